@@ -1,0 +1,1 @@
+"""The streaming server: aiohttp + python-socketio sessions that stream AI text to editors."""

@@ -1,0 +1,68 @@
+"""``python -m server``: run the streaming server (see ``--help``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from providers.registry import PROVIDERS
+from server.app import create_app
+from server.settings import Settings
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="Stream AI text to rich-text editors over Socket.IO and WebSocket. "
+        "Every setting can also be given as an environment variable or in .env "
+        "(HOST, PORT, DEFAULT_PROVIDER, LOG_LEVEL, ...).",
+    )
+    parser.add_argument("--host", help="address to bind (HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (PORT, default 3001)")
+    parser.add_argument(
+        "--provider",
+        choices=sorted(PROVIDERS),
+        help="default provider (DEFAULT_PROVIDER; default: openai if OPENAI_API_KEY is set, "
+        "else anthropic if ANTHROPIC_API_KEY is set, else demo)",
+    )
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="LOG_LEVEL (info)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    overrides = {
+        key: value
+        for key, value in {
+            "host": args.host,
+            "port": args.port,
+            "default_provider": args.provider,
+            "log_level": args.log_level,
+        }.items()
+        if value is not None
+    }
+    settings = Settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    app = create_app(settings)
+    provider = settings.resolved_default_provider()
+    print(
+        f"Streaming server on http://{settings.host}:{settings.port} (default provider: {provider})",
+        flush=True,
+    )
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_timeout,
+        print=None,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The app factory: builds the aiohttp application with Socket.IO attached. Wiring only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+import socketio
+from aiohttp import WSCloseCode, web
+
+from providers.base import AIProvider
+from server.http_api import (
+    Handler,
+    add_routes,
+    cors_middleware,
+    json_errors,
+    manager_key,
+    settings_key,
+)
+from server.manager import StreamingSessionManager
+from server.registry import InMemorySessionRegistry
+from server.settings import Settings
+from server.socket_api import SocketAPI
+from server.ws_api import stream_socket, websockets_key
+
+log = logging.getLogger(__name__)
+
+sio_key = web.AppKey("sio", socketio.AsyncServer)
+#: Transports of upgraded (WebSocket) requests still being handled, aborted on shutdown.
+upgrades_key = web.AppKey("upgrades", set[asyncio.Transport])
+socket_api_key = web.AppKey("socket_api", SocketAPI)
+
+_NOT_BUILT = """<!doctype html><meta charset="utf-8"><title>Streaming server</title>
+<p>The API is running. The demo page is not built: run <code>make dev</code>
+(or <code>npm run build</code> in <code>frontend/</code>).</p>"""
+
+
+def create_app(
+    settings: Settings | None = None, *, providers: Mapping[str, AIProvider] | None = None
+) -> web.Application:
+    """Build the whole server: HTTP API, Socket.IO, plain WebSocket and the demo page.
+
+    ``providers`` replaces the built-in providers of those names with ready instances
+    (tests use it to count pulls or script failures).
+    """
+    settings = settings or Settings()
+    app = web.Application(
+        middlewares=[_track_upgrades, cors_middleware(settings.cors_origins), json_errors],
+        client_max_size=max(settings.max_body_bytes, settings.max_socket_message_bytes),
+    )
+    manager = StreamingSessionManager(settings, InMemorySessionRegistry(), providers)
+    app[settings_key] = settings
+    app[manager_key] = manager
+
+    origins = "*" if "*" in settings.cors_origins else settings.cors_origins
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        cors_allowed_origins=origins,
+        namespaces="*",
+        max_http_buffer_size=settings.max_socket_message_bytes,
+    )
+    sio.attach(app)
+    app[sio_key] = sio
+    app[socket_api_key] = SocketAPI(sio, manager)
+    app[websockets_key] = set()
+    app[upgrades_key] = set()
+
+    add_routes(app)
+    app.router.add_get("/ws/stream/{session_id}", stream_socket)
+    _add_frontend(app, settings)
+    app.cleanup_ctx.append(_sessions_ctx)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+@web.middleware
+async def _track_upgrades(request: web.Request, handler: Handler) -> web.StreamResponse:
+    transport = request.transport
+    if transport is None or request.headers.get("Upgrade", "").lower() != "websocket":
+        return await handler(request)
+    upgrades = request.app[upgrades_key]
+    upgrades.add(transport)
+    try:
+        return await handler(request)
+    finally:
+        upgrades.discard(transport)
+
+
+def _add_frontend(app: web.Application, settings: Settings) -> None:
+    index = settings.static_dir / "index.html"
+
+    async def serve_index(request: web.Request) -> web.StreamResponse:
+        if index.is_file():
+            return web.FileResponse(index)
+        return web.Response(text=_NOT_BUILT, content_type="text/html")
+
+    app.router.add_get("/", serve_index)
+    assets = settings.static_dir / "assets"
+    if assets.is_dir():
+        app.router.add_static("/assets", assets)
+
+
+async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Run the expiry sweeper for the app's lifetime; end live sessions on the way out."""
+    manager = app[manager_key]
+    sweeper = asyncio.get_running_loop().create_task(manager.run_sweeper())
+    yield
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
+    await manager.shutdown()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    """Tell every viewer the stream ends with ``shutdown``, let it flush, then disconnect.
+
+    Open connections would otherwise keep aiohttp waiting for the whole shutdown timeout.
+    """
+    await app[manager_key].shutdown()
+    sio = app[sio_key]
+    settings = app[settings_key]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(settings.shutdown_timeout / 2):
+            await _flushed(app)
+    websockets: set[web.WebSocketResponse] = app[websockets_key]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(settings.shutdown_timeout / 2):
+            closing = [ws.close(code=WSCloseCode.GOING_AWAY) for ws in websockets]
+            if sio.eio.sockets:
+                closing.append(sio.eio.disconnect())
+            await asyncio.gather(*closing)
+    await sio.shutdown()
+    # Engine.IO leaves its WebSocket handlers waiting for the client's close frame;
+    # everything was said, so drop what is left rather than wait for aiohttp's timeout.
+    upgrades: set[asyncio.Transport] = app[upgrades_key]
+    for transport in tuple(upgrades):
+        transport.abort()
+
+
+async def _flushed(app: web.Application) -> None:
+    # Backlogs have no "drained" event (Engine.IO's queue is not ours): poll briefly.
+    while any(  # noqa: ASYNC110
+        viewer.backlog() for session in app[manager_key].registry for viewer in session.viewers.values()
+    ):
+        await asyncio.sleep(0.02)

@@ -1,0 +1,196 @@
+"""HTTP routes: create, start, inspect and cancel sessions; health; JSON errors and CORS."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from providers.base import StreamConfig
+from server.manager import ProviderUnavailable, StreamingSessionManager, TooManySessions
+from server.models import CreateSessionIn, StartIn, StreamConfigIn, parse_session_id
+from server.sessions import SessionConflict, StreamingSession, short_id
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+manager_key = web.AppKey("manager", StreamingSessionManager)
+settings_key = web.AppKey("settings", Settings)
+
+Model = TypeVar("Model", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """An expected failure: answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error is ``{"error": ...}``; a 500 never leaks a trace or a secret."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "Internal server error")
+
+
+def cors_middleware(origins: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Answer preflights and mark responses for the allowed origins (``*`` allows any)."""
+    allow_any = "*" in origins
+    allowed = frozenset(origins)
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        ok = origin is not None and (allow_any or origin in allowed)
+        if request.method == "OPTIONS" and ok and "Access-Control-Request-Method" in request.headers:
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+                "Access-Control-Request-Headers", "Content-Type"
+            )
+            response.headers["Access-Control-Max-Age"] = "600"
+        else:
+            response = await handler(request)
+        if ok and not response.prepared and origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = "*" if allow_any else origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return cors
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "Invalid request: " + "; ".join(parts)
+
+
+async def read_body(request: web.Request, model: type[Model]) -> Model:
+    """Parse and validate a JSON body, raising the right 4xx for each way it can be bad."""
+    limit = request.app[settings_key].max_body_bytes
+    too_large = ApiError(413, f"Request body too large (limit {limit} bytes)")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise too_large
+    try:
+        data: Any = json.loads(raw) if raw.strip() else None
+    except ValueError:
+        raise ApiError(400, "Invalid JSON body") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "The body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(400, _describe(exc)) from None
+
+
+def _session(request: web.Request) -> StreamingSession:
+    session_id = parse_session_id(request.match_info["session_id"])
+    session = request.app[manager_key].get_session(session_id) if session_id else None
+    if session is None:
+        raise ApiError(404, "Session not found")
+    return session
+
+
+def _stream_config(manager: StreamingSessionManager, raw: StreamConfigIn | None) -> StreamConfig:
+    raw = raw or StreamConfigIn()
+    settings = manager.settings
+    provider = raw.provider or settings.resolved_default_provider()
+    manager.provider(provider)  # raises ProviderUnavailable with what to set
+    if raw.max_tokens is not None and not 1 <= raw.max_tokens <= settings.max_tokens_limit:
+        raise ApiError(
+            400, f"Invalid request: config.maxTokens must be between 1 and {settings.max_tokens_limit}"
+        )
+    return StreamConfig(
+        provider=provider,
+        model=raw.model or manager.default_model(provider),
+        system_prompt=raw.system_prompt,
+        temperature=raw.temperature,
+        max_tokens=raw.max_tokens,
+        tokens_per_second=raw.tokens_per_second,
+        animation_type=raw.animation_type,
+        speed=raw.speed,
+    )
+
+
+async def create_session(request: web.Request) -> web.Response:
+    """``POST /api/streaming/session`` → ``{sessionId, wsEndpoint}``."""
+    body = await read_body(request, CreateSessionIn)
+    manager = request.app[manager_key]
+    try:
+        config = _stream_config(manager, body.config)
+        session = manager.create_session(body.user_id, config)
+    except ProviderUnavailable as exc:
+        raise ApiError(400, str(exc)) from None
+    except TooManySessions as exc:
+        raise ApiError(429, str(exc)) from None
+    return web.json_response({"sessionId": session.id, "wsEndpoint": f"/ws/stream/{session.id}"})
+
+
+async def start_session(request: web.Request) -> web.Response:
+    """``POST /api/streaming/{sessionId}/start`` with ``{prompt}``."""
+    session = _session(request)
+    body = await read_body(request, StartIn)
+    limit = request.app[settings_key].max_prompt_chars
+    if not body.prompt.strip():
+        raise ApiError(400, "Invalid request: prompt must not be empty")
+    if len(body.prompt) > limit:
+        raise ApiError(413, f"Prompt too long: {len(body.prompt)} characters (limit {limit})")
+    try:
+        session.start(body.prompt)
+    except SessionConflict as exc:
+        raise ApiError(409, str(exc)) from None
+    log.info("session %s: started", short_id(session.id))
+    return web.json_response({"status": "started"})
+
+
+async def get_session(request: web.Request) -> web.Response:
+    """``GET /api/streaming/{sessionId}``: state, text so far and usage."""
+    return web.json_response(_session(request).snapshot())
+
+
+async def cancel_session(request: web.Request) -> web.Response:
+    """``POST /api/streaming/{sessionId}/cancel``: closes the upstream request."""
+    session = _session(request)
+    try:
+        await session.cancel()
+    except SessionConflict as exc:
+        raise ApiError(409, str(exc)) from None
+    return web.json_response({"status": "cancelled"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/streaming/session", create_session)
+    app.router.add_post("/api/streaming/{session_id}/start", start_session)
+    app.router.add_get("/api/streaming/{session_id}", get_session)
+    app.router.add_post("/api/streaming/{session_id}/cancel", cancel_session)
+    app.router.add_get("/healthz", healthz)

@@ -1,0 +1,107 @@
+"""The seed's ``StreamingSessionManager``: creates, finds, starts and expires sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+
+from providers.base import AIProvider, StreamConfig
+from providers.registry import PROVIDERS
+from server.registry import SessionRegistry
+from server.sessions import FlowLimits, SessionState, StreamingSession, short_id
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class TooManySessions(Exception):
+    """The user already has the maximum number of live sessions (HTTP 429)."""
+
+
+class ProviderUnavailable(ValueError):
+    """Unknown provider, or one whose credentials are not configured (HTTP 400)."""
+
+
+class StreamingSessionManager:
+    """Everything the HTTP and socket layers do to sessions goes through here."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: SessionRegistry,
+        providers: Mapping[str, AIProvider] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.limits = FlowLimits(
+            max_lag=settings.viewer_max_lag,
+            stall_timeout=settings.viewer_stall_timeout,
+            max_pending_chars=settings.max_pending_chars,
+            max_viewers=settings.max_viewers_per_session,
+            first_token_timeout=settings.first_token_timeout,
+            token_idle_timeout=settings.token_idle_timeout,
+        )
+        self._provider_settings = settings.provider_settings()
+        self._providers: dict[str, AIProvider] = dict(providers or {})
+
+    def provider(self, name: str) -> AIProvider:
+        """The provider called ``name``, built once; raises :class:`ProviderUnavailable`."""
+        provider = self._providers.get(name)
+        if provider is not None:
+            return provider
+        spec = PROVIDERS.get(name)
+        if spec is None:
+            known = ", ".join(sorted(PROVIDERS))
+            raise ProviderUnavailable(f"Unknown provider {name!r}: use one of {known}")
+        missing = spec.missing(self._provider_settings)
+        if missing is not None:
+            raise ProviderUnavailable(missing)
+        provider = self._providers[name] = spec.build(self._provider_settings)
+        return provider
+
+    def default_model(self, provider_name: str) -> str:
+        spec = PROVIDERS.get(provider_name)
+        if spec is None:
+            return self.provider(provider_name).default_model
+        return spec.default_model(self._provider_settings)
+
+    def create_session(self, user_id: str, config: StreamConfig) -> StreamingSession:
+        if self.registry.live_count(user_id) >= self.settings.max_sessions_per_user:
+            raise TooManySessions(
+                f"Too many live sessions for this user (limit {self.settings.max_sessions_per_user})"
+            )
+        provider = self.provider(config.provider)
+        session = StreamingSession(str(uuid.uuid4()), user_id, config, provider, self.limits)
+        self.registry.add(session)
+        log.info("session %s: created (provider %s)", short_id(session.id), config.provider)
+        return session
+
+    def get_session(self, session_id: str) -> StreamingSession | None:
+        return self.registry.get(session_id)
+
+    async def sweep(self, now: float | None = None) -> None:
+        """Drop finished sessions past their TTL; end sessions idle too long."""
+        now = time.monotonic() if now is None else now
+        for session in self.registry:
+            if session.finished_at is not None:
+                if now - session.finished_at >= self.settings.session_ttl:
+                    self.registry.remove(session.id)
+                    session.viewers.clear()
+            elif session.state in (SessionState.CREATED, SessionState.PAUSED) and (
+                now - session.touched >= self.settings.session_idle_timeout
+            ):
+                log.info("session %s: idle, ending it", short_id(session.id))
+                await session.abort("idle", "The session was idle for too long")
+
+    async def run_sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval)
+            await self.sweep()
+
+    async def shutdown(self) -> None:
+        """End every live session with ``stream-error`` code ``shutdown``."""
+        live = [s for s in self.registry if s.is_live]
+        await asyncio.gather(*(s.abort("shutdown", "The server is shutting down") for s in live))

@@ -1,0 +1,81 @@
+"""Pydantic models for what crosses the wire: HTTP bodies and Socket.IO payloads."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic.alias_generators import to_camel
+
+
+class WireModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown keys are ignored."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class StreamConfigIn(WireModel):
+    """The seed's ``StreamConfig``: every key optional, known keys validated."""
+
+    provider: StrictStr | None = None
+    model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    system_prompt: Annotated[str, Field(max_length=100_000)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    max_tokens: StrictInt | None = None
+    tokens_per_second: Annotated[float, Field(ge=0, le=100_000)] | None = None
+    animation_type: Literal["wave", "fade", "slide"] | None = None
+    speed: Annotated[float, Field(ge=0)] | None = None
+
+
+class CreateSessionIn(WireModel):
+    user_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    config: StreamConfigIn | None = None
+
+
+class StartIn(WireModel):
+    prompt: StrictStr
+
+
+def _is_uuid(value: str) -> bool:
+    if len(value) != 36:
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+class JoinIn(WireModel):
+    """``join-stream``'s object form: ``{sessionId, lastSeq?}``."""
+
+    session_id: StrictStr
+    last_seq: Annotated[StrictInt, Field(ge=-1)] | None = None
+
+    @field_validator("session_id")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        if not _is_uuid(value):
+            raise ValueError("sessionId must be a session UUID")
+        return value
+
+
+def parse_session_id(value: object) -> str | None:
+    """A session id given as a bare string, or ``None`` when it is not one."""
+    if isinstance(value, str) and _is_uuid(value):
+        return value
+    return None
+
+
+def parse_last_seq(value: object) -> int | None:
+    """``lastSeq`` from a handshake or query string; raises ``ValueError`` when malformed."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("lastSeq must be an integer")
+    if isinstance(value, str):
+        value = int(value)
+    if not isinstance(value, int) or value < -1:
+        raise ValueError("lastSeq must be an integer >= -1")
+    return value

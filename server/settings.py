@@ -1,0 +1,85 @@
+"""Typed settings read from the environment and a ``.env`` file.
+
+Every limit the server enforces is named here with a safe default; the env var is the
+field name in upper case (``MAX_BODY_BYTES``), and the CLI flags reuse the same names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from providers.base import ProviderSettings
+from providers.registry import default_provider_name
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Server configuration; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(3001, ge=0, le=65535)
+    cors_origins: Annotated[list[str], NoDecode] = ["*"]
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    static_dir: Path = ROOT / "frontend" / "dist"
+
+    # Providers.
+    default_provider: str | None = None
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4.1-mini"
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None
+    anthropic_model: str = "claude-sonnet-4-5"
+    anthropic_max_tokens: int = Field(4000, ge=1)
+    provider_timeout: float = Field(60.0, gt=0)
+    provider_max_retries: int = Field(2, ge=0)
+    first_token_timeout: float = Field(30.0, gt=0)
+    token_idle_timeout: float = Field(30.0, gt=0)
+    demo_tokens_per_second: float = Field(40.0, ge=0)
+
+    # Limits.
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    max_prompt_chars: int = Field(100_000, ge=1)
+    max_tokens_limit: int = Field(32_000, ge=1)
+    max_sessions_per_user: int = Field(20, ge=1)
+    max_viewers_per_session: int = Field(32, ge=1)
+    max_socket_message_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    session_ttl: float = Field(3600.0, gt=0)
+    session_idle_timeout: float = Field(900.0, gt=0)
+    viewer_max_lag: int = Field(64, ge=1)
+    viewer_stall_timeout: float = Field(10.0, gt=0)
+    max_pending_chars: int = Field(64 * 1024, ge=1)
+    sweep_interval: float = Field(30.0, gt=0)
+    shutdown_timeout: float = Field(5.0, gt=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    def provider_settings(self) -> ProviderSettings:
+        """The subset the provider factories need, with secrets unwrapped."""
+        return ProviderSettings(
+            openai_api_key=self.openai_api_key.get_secret_value() if self.openai_api_key else None,
+            openai_base_url=self.openai_base_url,
+            openai_model=self.openai_model,
+            anthropic_api_key=(self.anthropic_api_key.get_secret_value() if self.anthropic_api_key else None),
+            anthropic_base_url=self.anthropic_base_url,
+            anthropic_model=self.anthropic_model,
+            anthropic_max_tokens=self.anthropic_max_tokens,
+            request_timeout=self.provider_timeout,
+            max_retries=self.provider_max_retries,
+            demo_tokens_per_second=self.demo_tokens_per_second,
+        )
+
+    def resolved_default_provider(self) -> str:
+        return self.default_provider or default_provider_name(self.provider_settings())

@@ -1,0 +1,281 @@
+"""Socket.IO events: ``join-stream`` and friends on ``/``, and the ``/stream/{id}`` namespaces.
+
+Every handler answers with an ack: ``{ok: true, ...}`` or ``{ok: false, error}``. A
+malformed payload changes nothing and never affects other clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import socketio
+from pydantic import ValidationError
+
+from server.manager import StreamingSessionManager
+from server.models import JoinIn, parse_last_seq, parse_session_id
+from server.sessions import Payload, SessionConflict, SessionFull, StreamingSession
+
+log = logging.getLogger(__name__)
+
+STREAM_NAMESPACE_PREFIX = "/stream/"
+SESSION_NOT_FOUND = "Session not found"
+
+Ack = dict[str, Any]
+
+
+def _error(message: str) -> Ack:
+    return {"ok": False, "error": message}
+
+
+class SocketIOViewer:
+    """One Socket.IO connection watching one session.
+
+    Events wait in an ordered queue drained by a short-lived task; the backlog also
+    counts packets Engine.IO holds for the socket, so a client that stops reading
+    shows up as a growing backlog.
+    """
+
+    __slots__ = ("_closing", "_namespace", "_queue", "_sid", "_sio", "_task", "key")
+
+    def __init__(self, sio: socketio.AsyncServer, sid: str, namespace: str) -> None:
+        self.key = f"sio:{namespace}:{sid}"
+        self._sio = sio
+        self._sid = sid
+        self._namespace = namespace
+        self._queue: deque[tuple[str, Payload]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+
+    def send(self, event: str, payload: Payload) -> None:
+        self._queue.append((event, payload))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                event, payload = self._queue.popleft()
+                await self._sio.emit(event, payload, to=self._sid, namespace=self._namespace)
+        finally:
+            self._task = None
+
+    def backlog(self) -> int:
+        held = 0
+        eio_sid = self._sio.manager.eio_sid_from_sid(self._sid, self._namespace)
+        if eio_sid is not None:
+            socket = self._sio.eio.sockets.get(eio_sid)
+            if socket is not None:
+                held = socket.queue.qsize()
+        return len(self._queue) + held
+
+    def close(self, reason: str) -> None:
+        self._queue.clear()
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(
+                self._sio.disconnect(self._sid, namespace=self._namespace)
+            )
+
+
+def _session_ref(data: object) -> tuple[str, int | None]:
+    """A ``sessionId`` or ``{sessionId, lastSeq?}``; raises ``ValueError`` with a clear message."""
+    if isinstance(data, dict):
+        try:
+            ref = JoinIn.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "payload"
+            raise ValueError(f"Invalid {where}: {first['msg']}") from None
+        return ref.session_id, ref.last_seq
+    session_id = parse_session_id(data)
+    if session_id is None:
+        raise ValueError("Expected a sessionId (a session UUID) or {sessionId, lastSeq}")
+    return session_id, None
+
+
+Handler = Callable[..., Awaitable[Ack]]
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Turn any unexpected exception into an ``ok: false`` ack instead of a silent drop."""
+
+    async def wrapper(*args: Any) -> Ack:
+        try:
+            return await handler(*args)
+        except Exception:
+            log.exception("socket handler %s failed", handler.__name__)
+            return _error("Internal server error")
+
+    wrapper.__name__ = handler.__name__
+    return wrapper
+
+
+class SocketAPI:
+    """Wires the Socket.IO server's events to the session manager."""
+
+    def __init__(self, sio: socketio.AsyncServer, manager: StreamingSessionManager) -> None:
+        self.sio = sio
+        self.manager = manager
+        #: Namespace ``/``: which sessions each socket joined.
+        self._joined: dict[str, dict[str, SocketIOViewer]] = {}
+        #: ``/stream/{id}`` namespaces: (namespace, sid) -> viewer.
+        self._stream_viewers: dict[tuple[str, str], SocketIOViewer] = {}
+
+        sio.on("join-stream", _guarded(self.join_stream), namespace="/")
+        sio.on("leave-stream", _guarded(self.leave_stream), namespace="/")
+        sio.on("pause-stream", _guarded(self.pause_stream), namespace="/")
+        sio.on("resume-stream", _guarded(self.resume_stream), namespace="/")
+        sio.on("cancel-stream", _guarded(self.cancel_stream), namespace="/")
+        sio.on("disconnect", self.root_disconnect, namespace="/")
+        sio.on("*", _guarded(self.unknown_root_event), namespace="/")
+        sio.on("connect", self.stream_connect, namespace="*")
+        sio.on("disconnect", self.stream_disconnect, namespace="*")
+        sio.on("pause-stream", _guarded(self.ns_pause), namespace="*")
+        sio.on("resume-stream", _guarded(self.ns_resume), namespace="*")
+        sio.on("cancel-stream", _guarded(self.ns_cancel), namespace="*")
+        sio.on("*", _guarded(self.unknown_ns_event), namespace="*")
+
+    def _lookup(self, data: object) -> tuple[StreamingSession, int | None]:
+        session_id, last_seq = _session_ref(data)
+        session = self.manager.get_session(session_id)
+        if session is None:
+            raise LookupError(SESSION_NOT_FOUND)
+        return session, last_seq
+
+    # -- namespace "/" ------------------------------------------------------
+
+    async def join_stream(self, sid: str, *args: object) -> Ack:
+        try:
+            session, last_seq = self._lookup(args[0] if args else None)
+        except (ValueError, LookupError) as exc:
+            return _error(str(exc))
+        joined = self._joined.setdefault(sid, {})
+        viewer = joined.get(session.id) or SocketIOViewer(self.sio, sid, "/")
+        try:
+            position = session.add_viewer(viewer, last_seq)
+        except SessionFull as exc:
+            return _error(str(exc))
+        joined[session.id] = viewer
+        await self.sio.enter_room(sid, f"stream-{session.id}", namespace="/")
+        return {"ok": True, **position}
+
+    async def leave_stream(self, sid: str, *args: object) -> Ack:
+        try:
+            session, _ = self._lookup(args[0] if args else None)
+        except (ValueError, LookupError) as exc:
+            return _error(str(exc))
+        if self._joined.get(sid, {}).pop(session.id, None) is not None:
+            session.remove_viewer(f"sio:/:{sid}")
+        await self.sio.leave_room(sid, f"stream-{session.id}", namespace="/")
+        return {"ok": True}
+
+    async def pause_stream(self, sid: str, *args: object) -> Ack:
+        return await self._command(args, _pause)
+
+    async def resume_stream(self, sid: str, *args: object) -> Ack:
+        return await self._command(args, _resume)
+
+    async def cancel_stream(self, sid: str, *args: object) -> Ack:
+        return await self._command(args, _cancel)
+
+    async def _command(
+        self, args: tuple[object, ...], action: Callable[[StreamingSession], Awaitable[Ack]]
+    ) -> Ack:
+        try:
+            session, _ = self._lookup(args[0] if args else None)
+        except (ValueError, LookupError) as exc:
+            return _error(str(exc))
+        return await action(session)
+
+    async def root_disconnect(self, sid: str, *args: object) -> None:
+        for session_id in self._joined.pop(sid, {}):
+            session = self.manager.get_session(session_id)
+            if session is not None:
+                session.remove_viewer(f"sio:/:{sid}")
+
+    async def unknown_root_event(self, event: str, sid: str, *args: object) -> Ack:
+        return _error(f"Unknown event {event[:64]!r}")
+
+    # -- namespaces "/stream/{id}" ------------------------------------------
+
+    def _namespace_session(self, namespace: str) -> StreamingSession | None:
+        if not namespace.startswith(STREAM_NAMESPACE_PREFIX):
+            return None
+        session_id = parse_session_id(namespace[len(STREAM_NAMESPACE_PREFIX) :])
+        return self.manager.get_session(session_id) if session_id else None
+
+    async def stream_connect(
+        self, namespace: str, sid: str, environ: dict[str, Any], auth: object = None
+    ) -> bool:
+        if namespace == "/":
+            return True
+        session = self._namespace_session(namespace)
+        if session is None:
+            raise socketio.exceptions.ConnectionRefusedError(SESSION_NOT_FOUND)
+        try:
+            last_seq = parse_last_seq(auth.get("lastSeq") if isinstance(auth, dict) else None)
+        except (ValueError, TypeError):
+            raise socketio.exceptions.ConnectionRefusedError(
+                "Invalid lastSeq: expected an integer >= -1"
+            ) from None
+        viewer = SocketIOViewer(self.sio, sid, namespace)
+        try:
+            session.add_viewer(viewer, last_seq)
+        except SessionFull as exc:
+            raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+        self._stream_viewers[(namespace, sid)] = viewer
+        return True
+
+    async def stream_disconnect(self, namespace: str, sid: str, *args: object) -> None:
+        viewer = self._stream_viewers.pop((namespace, sid), None)
+        session = self._namespace_session(namespace)
+        if viewer is not None and session is not None:
+            session.remove_viewer(viewer.key)
+
+    async def _ns_command(self, namespace: str, action: Callable[[StreamingSession], Awaitable[Ack]]) -> Ack:
+        session = self._namespace_session(namespace)
+        if session is None:
+            return _error(SESSION_NOT_FOUND)
+        return await action(session)
+
+    async def ns_pause(self, namespace: str, sid: str, *args: object) -> Ack:
+        return await self._ns_command(namespace, _pause)
+
+    async def ns_resume(self, namespace: str, sid: str, *args: object) -> Ack:
+        return await self._ns_command(namespace, _resume)
+
+    async def ns_cancel(self, namespace: str, sid: str, *args: object) -> Ack:
+        return await self._ns_command(namespace, _cancel)
+
+    async def unknown_ns_event(self, event: str, namespace: str, sid: str, *args: object) -> Ack:
+        return _error(f"Unknown event {event[:64]!r}")
+
+    def viewers(self) -> int:
+        return len(self._stream_viewers) + sum(len(v) for v in self._joined.values())
+
+
+async def _pause(session: StreamingSession) -> Ack:
+    try:
+        last_seq = session.pause()
+    except SessionConflict as exc:
+        return _error(str(exc))
+    return {"ok": True, "state": session.state.value, "lastSeq": last_seq}
+
+
+async def _resume(session: StreamingSession) -> Ack:
+    try:
+        session.resume()
+    except SessionConflict as exc:
+        return _error(str(exc))
+    return {"ok": True, "state": session.state.value}
+
+
+async def _cancel(session: StreamingSession) -> Ack:
+    try:
+        await session.cancel()
+    except SessionConflict as exc:
+        return _error(str(exc))
+    return {"ok": True, "state": session.state.value}

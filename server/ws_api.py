@@ -1,0 +1,123 @@
+"""The plain WebSocket at ``wsEndpoint`` (``/ws/stream/{id}``), for clients without Socket.IO.
+
+Each event is one JSON text frame ``{"type": event, ...payload}``. The client may send
+``{"type": "pause" | "resume" | "cancel"}``; each gets an ``ack`` frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from server.http_api import error_response, manager_key
+from server.models import parse_last_seq, parse_session_id
+from server.sessions import Payload, SessionConflict, SessionFull, StreamingSession
+
+log = logging.getLogger(__name__)
+
+#: The open plain WebSockets, closed on shutdown.
+websockets_key = web.AppKey("websockets", set[web.WebSocketResponse])
+
+#: Frames from clients are tiny commands; anything bigger is refused by aiohttp.
+MAX_CLIENT_FRAME_BYTES = 4096
+
+
+class WebSocketViewer:
+    """One plain WebSocket watching one session; its queue is the backlog."""
+
+    __slots__ = ("_queue", "_request", "_task", "_ws", "key")
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.key = f"ws:{id(ws)}"
+        self._ws = ws
+        self._request = request
+        self._queue: deque[str] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    def send(self, event: str, payload: Payload) -> None:
+        self._queue.append(json.dumps({"type": event, **payload}))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue and not self._ws.closed:
+                await self._ws.send_str(self._queue.popleft())
+        except (ConnectionError, RuntimeError):
+            self._queue.clear()
+        finally:
+            self._task = None
+
+    def backlog(self) -> int:
+        return len(self._queue)
+
+    def close(self, reason: str) -> None:
+        """Drop the connection at once: a stalled peer would never read a close frame."""
+        self._queue.clear()
+        transport = self._request.transport
+        if transport is not None:
+            transport.abort()
+
+
+async def _handle_command(session: StreamingSession, frame: object) -> Payload:
+    action = frame.get("type") if isinstance(frame, dict) else None
+    base: Payload = {"action": action if isinstance(action, str) else None}
+    try:
+        if action == "pause":
+            last_seq = session.pause()
+            return {**base, "ok": True, "state": session.state.value, "lastSeq": last_seq}
+        if action == "resume":
+            session.resume()
+        elif action == "cancel":
+            await session.cancel()
+        else:
+            return {**base, "ok": False, "error": 'Expected {"type": "pause" | "resume" | "cancel"}'}
+    except SessionConflict as exc:
+        return {**base, "ok": False, "error": str(exc)}
+    return {**base, "ok": True, "state": session.state.value}
+
+
+async def stream_socket(request: web.Request) -> web.StreamResponse:
+    """``GET /ws/stream/{sessionId}[?lastSeq=N]``: upgrade and stream the session's events."""
+    manager = request.app[manager_key]
+    session_id = parse_session_id(request.match_info["session_id"])
+    session = manager.get_session(session_id) if session_id else None
+    if session is None:
+        return error_response(404, "Session not found")
+    try:
+        last_seq = parse_last_seq(request.query.get("lastSeq"))
+    except ValueError:
+        return error_response(400, "Invalid lastSeq: expected an integer >= -1")
+
+    if len(session.viewers) >= session.limits.max_viewers:
+        return error_response(429, f"Session has its maximum of {session.limits.max_viewers} viewers")
+
+    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_CLIENT_FRAME_BYTES, compress=False)
+    await ws.prepare(request)
+    viewer = WebSocketViewer(ws, request)
+    try:
+        session.add_viewer(viewer, last_seq)
+    except SessionFull as exc:
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=str(exc).encode()[:120])
+        return ws
+    sockets = request.app[websockets_key]
+    sockets.add(ws)
+    try:
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                continue
+            try:
+                frame = json.loads(msg.data)
+            except ValueError:
+                frame = None
+            viewer.send("ack", await _handle_command(session, frame))
+    except ConnectionError:
+        pass
+    finally:
+        sockets.discard(ws)
+        session.remove_viewer(viewer.key)
+    return ws
