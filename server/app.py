@@ -77,9 +77,17 @@ def create_app(
 
 @web.middleware
 async def _track_upgrades(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """WebSocket upgrades: remembered so shutdown can drop them, and offered no compression.
+
+    Frames are small JSON events: permessage-deflate costs CPU on each and saves little.
+    """
     transport = request.transport
     if transport is None or request.headers.get("Upgrade", "").lower() != "websocket":
         return await handler(request)
+    if "Sec-WebSocket-Extensions" in request.headers:
+        headers = request.headers.copy()
+        del headers["Sec-WebSocket-Extensions"]
+        request = request.clone(headers=headers)
     upgrades = request.app[upgrades_key]
     upgrades.add(transport)
     try:

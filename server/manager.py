@@ -43,6 +43,7 @@ class StreamingSessionManager:
             max_viewers=settings.max_viewers_per_session,
             first_token_timeout=settings.first_token_timeout,
             token_idle_timeout=settings.token_idle_timeout,
+            coalesce_interval=settings.coalesce_ms / 1000,
         )
         self._provider_settings = settings.provider_settings()
         self._providers: dict[str, AIProvider] = dict(providers or {})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 from pydantic.alias_generators import to_camel
 
@@ -35,6 +36,11 @@ class CreateSessionIn(WireModel):
 
 class StartIn(WireModel):
     prompt: StrictStr
+
+
+def encode_json(value: object) -> str:
+    """JSON text for an outgoing event (orjson: several times faster than ``json``)."""
+    return orjson.dumps(value).decode()
 
 
 def _is_uuid(value: str) -> bool:

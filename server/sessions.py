@@ -78,6 +78,7 @@ class FlowLimits:
     max_viewers: int = 32
     first_token_timeout: float = 30.0
     token_idle_timeout: float = 30.0
+    coalesce_interval: float = 0.005
 
 
 @dataclass(slots=True)
@@ -122,6 +123,7 @@ class StreamingSession:
         self._pending = _Pending()
         self._pull_gate = asyncio.Event()
         self._flush_handle: asyncio.Handle | None = None
+        self._last_flush = 0.0
         self._watch_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._terminal_event: tuple[str, Payload] | None = None
@@ -308,8 +310,18 @@ class StreamingSession:
             await self._pull_gate.wait()
 
     def _schedule_flush(self) -> None:
+        """Flush now if the last chunk left a while ago, else when the interval is up.
+
+        An idle session sends each token at once; a fast one sends at most one chunk
+        per ``coalesce_interval``, with every token that arrived meanwhile.
+        """
         if self._flush_handle is None and self._pending.parts:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            due = self._last_flush + self.limits.coalesce_interval
+            if loop.time() >= due:
+                self._flush_handle = loop.call_soon(self._flush)
+            else:
+                self._flush_handle = loop.call_at(due, self._flush)
 
     def _flush(self) -> None:
         """Emit everything pending as one chunk, unless paused or held by a viewer."""
@@ -330,6 +342,7 @@ class StreamingSession:
             "sessionId": self.id,
         }
         self.chunks.append(chunk)
+        self._last_flush = asyncio.get_running_loop().time()
         self._pending = _Pending()
         self._broadcast("chunk", chunk)
         self._pull_gate.set()

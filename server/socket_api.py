@@ -16,7 +16,7 @@ import socketio
 from pydantic import ValidationError
 
 from server.manager import StreamingSessionManager
-from server.models import JoinIn, parse_last_seq, parse_session_id
+from server.models import JoinIn, encode_json, parse_last_seq, parse_session_id
 from server.sessions import Payload, SessionConflict, SessionFull, StreamingSession
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,11 @@ STREAM_NAMESPACE_PREFIX = "/stream/"
 SESSION_NOT_FOUND = "Session not found"
 
 Ack = dict[str, Any]
+
+
+def event_prefix(namespace: str) -> str:
+    """The start of a Socket.IO v5 EVENT packet for ``namespace`` (``2`` or ``2/ns,``)."""
+    return "2" if namespace == "/" else f"2{namespace},"
 
 
 def _error(message: str) -> Ack:
@@ -39,13 +44,14 @@ class SocketIOViewer:
     shows up as a growing backlog.
     """
 
-    __slots__ = ("_closing", "_namespace", "_queue", "_sid", "_sio", "_task", "key")
+    __slots__ = ("_closing", "_namespace", "_prefix", "_queue", "_sid", "_sio", "_task", "key")
 
     def __init__(self, sio: socketio.AsyncServer, sid: str, namespace: str) -> None:
         self.key = f"sio:{namespace}:{sid}"
         self._sio = sio
         self._sid = sid
         self._namespace = namespace
+        self._prefix = event_prefix(namespace)
         self._queue: deque[tuple[str, Payload]] = deque()
         self._task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -56,10 +62,13 @@ class SocketIOViewer:
             self._task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
+        # Straight to Engine.IO: ``sio.emit`` would spawn and await a task per packet.
         try:
-            while self._queue:
+            eio_sid = self._sio.manager.eio_sid_from_sid(self._sid, self._namespace)
+            prefix = self._prefix
+            while self._queue and eio_sid is not None:
                 event, payload = self._queue.popleft()
-                await self._sio.emit(event, payload, to=self._sid, namespace=self._namespace)
+                await self._sio.eio.send(eio_sid, prefix + encode_json([event, payload]))
         finally:
             self._task = None
 

@@ -14,7 +14,7 @@ from collections import deque
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from server.http_api import error_response, manager_key
-from server.models import parse_last_seq, parse_session_id
+from server.models import encode_json, parse_last_seq, parse_session_id
 from server.sessions import Payload, SessionConflict, SessionFull, StreamingSession
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class WebSocketViewer:
         self._task: asyncio.Task[None] | None = None
 
     def send(self, event: str, payload: Payload) -> None:
-        self._queue.append(json.dumps({"type": event, **payload}))
+        self._queue.append(encode_json({"type": event, **payload}))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._drain())
 
