@@ -57,8 +57,9 @@ PROVIDERS: dict[str, ProviderSpec] = {
 
 
 def default_provider_name(settings: ProviderSettings) -> str:
-    """``openai`` when its key is set, else ``anthropic`` when its key is set, else ``demo``."""
-    if settings.openai_api_key:
+    """``openai`` when its key (or a compatible server's URL) is set, else ``anthropic``
+    when its key is set, else ``demo``."""
+    if settings.openai_api_key or settings.openai_base_url:
         return "openai"
     if settings.anthropic_api_key:
         return "anthropic"

@@ -119,6 +119,7 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper
     await manager.shutdown()
+    await manager.close_providers()
 
 
 async def _on_shutdown(app: web.Application) -> None:

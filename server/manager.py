@@ -106,3 +106,10 @@ class StreamingSessionManager:
         """End every live session with ``stream-error`` code ``shutdown``."""
         live = [s for s in self.registry if s.is_live]
         await asyncio.gather(*(s.abort("shutdown", "The server is shutting down") for s in live))
+
+    async def close_providers(self) -> None:
+        """Release the providers' connection pools (those that hold one have ``aclose``)."""
+        for provider in self._providers.values():
+            aclose = getattr(provider, "aclose", None)
+            if aclose is not None:
+                await aclose()

@@ -33,10 +33,10 @@ class Settings(BaseSettings):
     default_provider: str | None = None
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
-    openai_model: str = "gpt-4.1-mini"
+    openai_model: str = "gpt-5.4-mini"
     anthropic_api_key: SecretStr | None = None
     anthropic_base_url: str | None = None
-    anthropic_model: str = "claude-sonnet-4-5"
+    anthropic_model: str = "claude-sonnet-4-6"
     anthropic_max_tokens: int = Field(4000, ge=1)
     provider_timeout: float = Field(60.0, gt=0)
     provider_max_retries: int = Field(2, ge=0)
