@@ -1,0 +1,968 @@
+"""Benchmark our streaming server against the seed's own stack (Express + Socket.IO).
+
+Each scenario runs against both servers, one after the other, each time in a fresh
+server process pinned to core 0 while the Node load generator (bench/loadgen) runs on
+core 1. Results go to RESULTS.md (tables, targets), results.json (raw) and results.png.
+
+    bash bench/run.sh                     # the full suite (what `make bench` runs)
+    bash bench/run.sh --quick             # small sizes, a smoke run (output in bench/quick/)
+    bash bench/run.sh --scenarios a,f     # only some scenarios
+    bash bench/run.sh --servers peer      # only one server
+
+Scenarios: a) 1 session x 50,000 tokens unthrottled; b) 50 x 2,000 unthrottled;
+c) 1,000 x 200 at 40 tokens/s; d) the most sessions at 40 tokens/s with p99 < 100 ms
+(doubling then bisecting, time-bounded); e) 10,000 idle viewers: RSS per viewer;
+f) start -> first chunk of single sessions, one at a time, unthrottled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+VENV_PY = ROOT / ".venv" / "bin" / "python"
+LOADGEN = BENCH / "loadgen" / "loadgen.js"
+PEER = BENCH / "peer-node" / "server.js"
+SERVERS = ("ours", "peer")
+ALL_SCENARIOS = "abcdef"
+
+# Pass/fail thresholds (see the issue).
+THROUGHPUT_RATIO = 1.5  # (a), (b): our content throughput vs the peer's
+C_P99_MS = 50.0  # (c)
+D_P99_MS = 100.0  # (d): a trial passes below this p99
+D_RATIO = 2.0  # (d): our session count vs the peer's
+TTFC_P50_MS = 5.0  # (f)
+
+
+def log(*parts: object) -> None:
+    print("[bench]", *parts, file=sys.stderr, flush=True)
+
+
+# ---- sizes ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    a_tokens: int
+    b_sessions: int
+    b_tokens: int
+    c_sessions: int
+    c_tokens: int
+    d_tokens: int
+    d_start: int
+    d_cap: int
+    d_budget: float  # seconds per server
+    d_max_trials: int
+    e_viewers: int
+    f_sessions: int
+    f_tokens: int
+    ramp: float  # (c), (d): seconds over which the starts are spread
+
+
+FULL = Sizes(50_000, 50, 2_000, 1_000, 200, 200, 250, 8_000, 180.0, 10, 10_000, 200, 20, 1.0)
+QUICK = Sizes(5_000, 10, 500, 100, 40, 40, 50, 800, 45.0, 6, 500, 30, 20, 0.25)
+TPS = 40.0
+
+
+# ---- processes --------------------------------------------------------------------------
+
+
+def raise_nofile(target: int = 65536) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        if hard != resource.RLIM_INFINITY and hard < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, target))
+            hard = target
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pin(core: int, pinning: bool) -> list[str]:
+    return ["taskset", "-c", str(core)] if pinning else []
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Server:
+    """One fresh server process (ours or the peer), stopped on exit."""
+
+    def __init__(self, kind: str, pinning: bool, workdir: Path) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        host_port = ["--host", "127.0.0.1", "--port", str(self.port)]
+        env = dict(os.environ)
+        if kind == "ours":
+            cmd = [str(VENV_PY), "-m", "server", *host_port, "--provider", "demo"]
+            env.update(
+                MAX_TOKENS_LIMIT="50000",
+                MAX_SESSIONS_PER_USER="100",
+                LOG_LEVEL="warning",
+                SHUTDOWN_TIMEOUT="1",
+                PYTHONPATH=str(ROOT),
+            )
+        else:
+            cmd = ["node", str(PEER), *host_port]
+            env["NODE_ENV"] = "production"
+        self.log_path = workdir / f"{kind}-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        # cwd is a scratch directory so that a developer's .env does not change the run.
+        self.proc = subprocess.Popen(
+            [*pin(0, pinning), *cmd], cwd=workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self.pid = self.proc.pid  # taskset execs the command: same pid
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                break
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return
+            time.sleep(0.1)
+        tail = self.log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{self.kind} server did not become healthy on {self.url}:\n{tail}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=8)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
+
+    def __enter__(self) -> Server:
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_loadgen(server: Server, pinning: bool, label: str, timeout: float, **params: Any) -> dict[str, Any]:
+    args = ["--url", server.url, "--pid", str(server.pid), "--label", label, "--timeout", f"{timeout:g}"]
+    for key, value in params.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    cmd = [*pin(1, pinning), "node", str(LOADGEN), *args]
+    cpu0 = cpu_seconds(server.pid)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60, check=False)
+    except subprocess.TimeoutExpired:
+        return {"fatal": "load generator timed out", "errors": {}}
+    cpu1 = cpu_seconds(server.pid)
+    for line in out.stderr.splitlines()[-6:]:
+        log("  ", line)
+    try:
+        result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        result = {"fatal": f"no result from the load generator (exit {out.returncode})", "errors": {}}
+    if cpu0 is not None and cpu1 is not None:
+        result["serverCpuSeconds"] = round(cpu1 - cpu0, 3)
+    if server.proc.poll() is not None:
+        result.setdefault("fatal", f"server exited with status {server.proc.returncode}")
+    return result
+
+
+# ---- scenarios --------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    sizes: Sizes
+    servers: tuple[str, ...]
+    pinning: bool
+    workdir: Path
+    extra: dict[str, Any] = field(default_factory=dict)  # passed to every load generator run
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def one(self, kind: str, label: str, timeout: float, **params: Any) -> dict[str, Any]:
+        try:
+            with Server(kind, self.pinning, self.workdir) as server:
+                return run_loadgen(server, self.pinning, f"{label}-{kind}", timeout, **params, **self.extra)
+        except RuntimeError as exc:
+            return {"fatal": str(exc), "errors": {}}
+
+    def each(self, key: str, title: str, timeout: float, **params: Any) -> None:
+        self.results[key] = {"title": title, "params": params}
+        for kind in self.servers:
+            log(f"scenario {key} ({title}) on {kind}")
+            r = self.one(kind, key, timeout, **params)
+            self.results[key][kind] = r
+            log(f"  -> {brief(r)}")
+
+    def a(self) -> None:
+        s = self.sizes
+        self.each(
+            "a",
+            f"1 session x {s.a_tokens:,} tokens, unthrottled",
+            60 + s.a_tokens / 1000,
+            mode="stream",
+            sessions=1,
+            tokens=s.a_tokens,
+            tps=0,
+        )
+
+    def b(self) -> None:
+        s = self.sizes
+        self.each(
+            "b",
+            f"{s.b_sessions} sessions x {s.b_tokens:,} tokens, unthrottled",
+            60 + s.b_sessions * s.b_tokens / 1000,
+            mode="stream",
+            sessions=s.b_sessions,
+            tokens=s.b_tokens,
+            tps=0,
+        )
+
+    def c(self) -> None:
+        s = self.sizes
+        self.each(
+            "c",
+            f"{s.c_sessions:,} sessions x {s.c_tokens} tokens at {TPS:g} tokens/s "
+            f"(starts spread over {s.ramp:g} s)",
+            60 + 2 * s.c_tokens / TPS + s.c_sessions / 50,
+            mode="stream",
+            sessions=s.c_sessions,
+            tokens=s.c_tokens,
+            tps=TPS,
+            ramp=s.ramp,
+            stream_timeout=paced_limit(s.c_tokens, s.ramp),
+        )
+
+    def e(self) -> None:
+        s = self.sizes
+        self.each(
+            "e",
+            f"{s.e_viewers:,} idle viewers (sessions created, not started)",
+            60 + s.e_viewers / 50,
+            mode="idle",
+            sessions=s.e_viewers,
+        )
+
+    def f(self) -> None:
+        s = self.sizes
+        self.each(
+            "f",
+            f"start -> first chunk: {s.f_sessions} single sessions in turn, {s.f_tokens} tokens, unthrottled",
+            60 + s.f_sessions,
+            mode="ttfc",
+            sessions=s.f_sessions,
+            tokens=s.f_tokens,
+            tps=0,
+        )
+
+    def d(self) -> None:
+        s = self.sizes
+        self.results["d"] = {
+            "title": f"most sessions at {TPS:g} tokens/s ({s.d_tokens} tokens each, starts spread over "
+            f"{s.ramp:g} s) with p99 < {D_P99_MS:g} ms",
+            "params": {"tokens": s.d_tokens, "tps": TPS, "start": s.d_start, "cap": s.d_cap, "ramp": s.ramp},
+        }
+        for kind in self.servers:
+            log(f"scenario d (capacity search) on {kind}")
+            self.results["d"][kind] = self.search(kind)
+            log(f"  -> {kind}: {self.results['d'][kind]['sessions']} sessions")
+
+    def search(self, kind: str) -> dict[str, Any]:
+        """Double from d_start until a trial fails, then bisect; bounded in trials and time."""
+        s = self.sizes
+        end = time.monotonic() + s.d_budget
+        lo, hi = 0, None  # the largest passing and the smallest failing session counts
+        best: dict[str, Any] | None = None
+        trials: list[dict[str, Any]] = []
+        n = s.d_start
+        while len(trials) < s.d_max_trials and time.monotonic() < end:
+            r = self.one(
+                kind,
+                f"d{n}",
+                60 + 2 * s.d_tokens / TPS + n / 50,
+                mode="stream",
+                sessions=n,
+                tokens=s.d_tokens,
+                tps=TPS,
+                ramp=s.ramp,
+                stream_timeout=paced_limit(s.d_tokens, s.ramp),
+            )
+            p99 = (r.get("latencyMs") or {}).get("p99")
+            ok = passes(r, n) and p99 is not None and p99 < D_P99_MS
+            trials.append(
+                {
+                    "sessions": n,
+                    "pass": ok,
+                    "p99": p99,
+                    "completed": r.get("completed"),
+                    "gaps": r.get("gaps"),
+                    "duplicates": r.get("duplicates"),
+                    "loadgenCpu": r.get("loadgenCpu"),
+                    "fatal": r.get("fatal"),
+                    "errors": r.get("errors"),
+                }
+            )
+            log(f"  {kind} d trial {n}: {'pass' if ok else 'fail'} (p99 {p99} ms)")
+            if ok:
+                lo, best = n, r
+                if n >= s.d_cap:
+                    break
+                n = min(n * 2, s.d_cap) if hi is None else (lo + hi) // 2
+            else:
+                hi = n
+                n = (lo + hi) // 2
+            step = max(math.ceil(lo * 0.1), 5)
+            if hi is not None and hi - lo <= step:
+                break
+            if n <= 0:
+                break
+        return {
+            "sessions": lo,
+            "boundedBy": "cap" if lo >= s.d_cap else ("search" if hi is not None else "time/trials"),
+            "firstFail": hi,
+            "trials": trials,
+            "best": best,
+        }
+
+
+def paced_limit(tokens: int, ramp: float) -> float:
+    """How long a paced stream phase may take: 3x its nominal length plus 5 s."""
+    return 3 * (tokens / TPS + ramp) + 5
+
+
+def passes(r: dict[str, Any], n: int) -> bool:
+    return (
+        not r.get("fatal")
+        and r.get("completed") == n
+        and r.get("gaps") == 0
+        and r.get("duplicates") == 0
+        and not r.get("chunksWithoutSeq")
+        and not r.get("errors")
+    )
+
+
+def brief(r: dict[str, Any]) -> str:
+    if r.get("fatal"):
+        return f"FATAL {r['fatal'][:300]}"
+    if r.get("mode") == "idle":
+        return f"{r.get('connected')} viewers, {fmt_bytes(r.get('bytesPerViewer'))}/viewer"
+    if r.get("mode") == "ttfc":
+        first = r.get("firstChunkMs") or {}
+        return (
+            f"completed {r.get('completed')}/{r.get('sessions')}, "
+            f"first chunk p50/p99 {first.get('p50')}/{first.get('p99')} ms"
+        )
+    lat = r.get("latencyMs") or {}
+    first = r.get("firstChunkMs") or {}
+    return (
+        f"completed {r.get('completed')}/{r.get('sessions')}, {r.get('charsPerSec')} chars/s, "
+        f"p50/p99 {lat.get('p50')}/{lat.get('p99')} ms, first chunk p50 {first.get('p50')} ms, "
+        f"gaps {r.get('gaps')} dups {r.get('duplicates')}, errors {r.get('errors')}"
+    )
+
+
+# ---- report -----------------------------------------------------------------------------
+
+
+def fmt_bytes(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 1024 * 1024:
+        return f"{v / 1024 / 1024:.1f} MiB"
+    if abs(v) >= 1024:
+        return f"{v / 1024:.1f} KiB"
+    return f"{v:.0f} B"
+
+
+def fmt_num(v: float | None, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def ratio(ours: float | None, peer: float | None) -> str:
+    if ours is None or peer is None or peer == 0:
+        return "-"
+    return f"{ours / peer:.2f}x"
+
+
+def get(r: dict[str, Any] | None, *path: str) -> Any:
+    cur: Any = r
+    for p in path:
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(p)
+    return cur
+
+
+def machine_info() -> dict[str, str]:
+    def run(cmd: list[str], cwd: Path = ROOT) -> str | None:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = "unknown"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    commit = run(["git", "rev-parse", "--short", "HEAD"]) or "uncommitted"
+    if commit != "uncommitted" and run(["git", "status", "--porcelain", "--", "server", "providers"]):
+        commit += " (with uncommitted changes)"
+    pyver = run(
+        [
+            str(VENV_PY),
+            "-c",
+            "import importlib.metadata as m, platform; print(platform.python_version(), "
+            "'python-socketio', m.version('python-socketio'), 'aiohttp', m.version('aiohttp'))",
+        ]
+    )
+
+    def npm_version(pkg: str, where: str) -> str:
+        p = BENCH / where / "node_modules" / pkg / "package.json"
+        try:
+            return str(json.loads(p.read_text())["version"])
+        except (OSError, ValueError, KeyError):
+            return "?"
+
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "memory": mem,
+        "kernel": platform.release(),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit,
+        "node": run(["node", "--version"]) or "?",
+        "ours": f"Python {pyver}" if pyver else "?",
+        "peer": f"express {npm_version('express', 'peer-node')}, "
+        f"socket.io {npm_version('socket.io', 'peer-node')}",
+        "loadgen": f"socket.io-client {npm_version('socket.io-client', 'loadgen')}",
+    }
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**PASS**" if ok else "**FAIL**")
+
+
+def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+
+    def both(key: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        r = res.get(key) or {}
+        return r.get("ours"), r.get("peer")
+
+    for key in "ab":
+        o, p = both(key)
+        oc, pc = get(o, "charsPerSec"), get(p, "charsPerSec")
+        ok = (
+            None
+            if oc is None or pc is None or get(o, "fatal") or get(p, "fatal")
+            else oc >= THROUGHPUT_RATIO * pc
+        )
+        rows.append(
+            (f"({key}) our content throughput >= {THROUGHPUT_RATIO}x the peer's", ratio(oc, pc), verdict(ok))
+        )
+    o, _ = both("c")
+    if o is not None:
+        n = get(res, "c", "params", "sessions")
+        p99 = get(o, "latencyMs", "p99")
+        ok = passes(o, n) and p99 is not None and p99 <= C_P99_MS
+        seen = (
+            f"{o.get('completed')}/{n} completed, gaps {o.get('gaps')}, "
+            f"dups {o.get('duplicates')}, p99 {p99} ms"
+        )
+    else:
+        ok, seen = None, "-"
+    rows.append((f"(c) all sessions complete, 0 gaps, p99 <= {C_P99_MS:g} ms", seen, verdict(ok)))
+    o, p = both("d")
+    on, pn = get(o, "sessions"), get(p, "sessions")
+    ok = None if on is None or pn is None else on >= D_RATIO * pn
+    rows.append(
+        (
+            f"(d) sessions at p99 < {D_P99_MS:g} ms >= {D_RATIO:g}x the peer's",
+            f"{on} vs {pn} ({ratio(on, pn)})" if on is not None and pn is not None else "-",
+            verdict(ok),
+        )
+    )
+    o, p = both("e")
+    ob, pb = get(o, "bytesPerViewer"), get(p, "bytesPerViewer")
+    ok = None if ob is None or pb is None else ob <= pb
+    rows.append(
+        (
+            "(e) memory per idle viewer <= the peer's",
+            f"{fmt_bytes(ob)} vs {fmt_bytes(pb)} ({ratio(ob, pb)})",
+            verdict(ok),
+        )
+    )
+    o, _ = both("f")
+    t = get(o, "firstChunkMs", "p50")
+    ok = None if t is None else t < TTFC_P50_MS
+    rows.append(
+        (
+            f"(f) single session start -> first chunk p50 < {TTFC_P50_MS:g} ms",
+            f"{t} ms" if t is not None else "-",
+            verdict(ok),
+        )
+    )
+    return rows
+
+
+STREAM_ROWS: list[tuple[str, tuple[str, ...], str, Any]] = [
+    # label, path into the result, better (higher/lower), formatter
+    ("content, chars/s", ("charsPerSec",), "higher", fmt_num),
+    ("chunks/s", ("chunksPerSec",), "higher", fmt_num),
+    ("tokens per chunk", ("tokensPerChunk",), "", lambda v: fmt_num(v, 2)),
+    ("chars per server CPU-second", ("charsPerCpuSecond",), "higher", fmt_num),
+    ("chunk latency p50, ms", ("latencyMs", "p50"), "lower", lambda v: fmt_num(v, 1)),
+    ("chunk latency p90, ms", ("latencyMs", "p90"), "lower", lambda v: fmt_num(v, 1)),
+    ("chunk latency p99, ms", ("latencyMs", "p99"), "lower", lambda v: fmt_num(v, 1)),
+    ("chunk latency max, ms", ("latencyMs", "max"), "lower", lambda v: fmt_num(v, 1)),
+    ("start -> first chunk p50, ms", ("firstChunkMs", "p50"), "lower", lambda v: fmt_num(v, 2)),
+    ("start -> first chunk p90, ms", ("firstChunkMs", "p90"), "lower", lambda v: fmt_num(v, 2)),
+    ("start -> first chunk p99, ms", ("firstChunkMs", "p99"), "lower", lambda v: fmt_num(v, 2)),
+    ("sessions completed", ("completed",), "", fmt_num),
+    ("seq gaps", ("gaps",), "", fmt_num),
+    ("seq duplicates", ("duplicates",), "", fmt_num),
+    ("server peak RSS (VmHWM)", ("vmHWM",), "lower", fmt_bytes),
+    ("server CPU, s", ("serverCpuSeconds",), "lower", lambda v: fmt_num(v, 2)),
+    ("load generator CPU (cores)", ("loadgenCpu",), "", lambda v: fmt_num(v, 2)),
+    ("stream duration, s", ("seconds",), "lower", lambda v: fmt_num(v, 2)),
+]
+IDLE_ROWS: list[tuple[str, tuple[str, ...], str, Any]] = [
+    ("viewers connected", ("connected",), "", fmt_num),
+    ("still connected after settling", ("stillConnected",), "", fmt_num),
+    ("RSS per idle viewer", ("bytesPerViewer",), "lower", fmt_bytes),
+    ("RSS per created session", ("bytesPerSession",), "lower", fmt_bytes),
+    ("RSS at start", ("rssBaseline",), "lower", fmt_bytes),
+    ("RSS with all viewers", ("rssViewers",), "lower", fmt_bytes),
+    ("connects/s", ("connectsPerSec",), "higher", fmt_num),
+]
+
+
+def scenario_table(entry: dict[str, Any], rows: list[tuple[str, tuple[str, ...], str, Any]]) -> list[str]:
+    o, p = entry.get("ours"), entry.get("peer")
+    out = ["| metric | ours | peer | ours/peer | better |", "|---|---:|---:|---:|:---:|"]
+    for label, path, better, f in rows:
+        ov, pv = get(o, *path), get(p, *path)
+        if ov is None and pv is None:
+            continue
+        rat = ratio(ov, pv) if better else ""
+        out.append(f"| {label} | {f(ov)} | {f(pv)} | {rat} | {better} |")
+    for kind, r in (("ours", o), ("peer", p)):
+        if r is None:
+            continue
+        if r.get("fatal"):
+            out.append(f"\n**{kind}: run failed:** `{r['fatal'][:400]}`")
+        if r.get("errors"):
+            out.append(f"\n{kind}: errors `{json.dumps(r['errors'])}`")
+        if (r.get("loadgenCpu") or 0) >= 0.9:
+            out.append(
+                f"\n{kind}: the load generator used {r['loadgenCpu']} of its core: it may be the "
+                "bottleneck, so this run's throughput and latency are bounds, not the server's own."
+            )
+    return out
+
+
+def render(
+    res: dict[str, dict[str, Any]], info: dict[str, str], quick: bool, chart: str | None, notes: list[str]
+) -> str:
+    lines = [
+        "# Benchmark: our server vs the seed's stack (Express + Socket.IO)"
+        + (" (QUICK smoke run)" if quick else ""),
+        "",
+        "Generated by `bench/run.py`" + (" --quick: small sizes, not a measurement." if quick else "."),
+        "Each scenario runs on a fresh server process pinned to core 0 (`taskset -c 0`); the load generator "
+        "(socket.io-client, one websocket connection per viewer on `/stream/<id>`) runs on core 1. "
+        "Ratios are what to compare; absolute numbers depend on the machine.",
+        "",
+        "| machine | |",
+        "|---|---|",
+        f"| date | {info['date']} |",
+        f"| commit | {info['commit']} |",
+        f"| CPU | {info['cpu']} x {info['nproc']} (nproc) |",
+        f"| memory | {info['memory']} |",
+        f"| kernel | {info['kernel']} |",
+        f"| load average at start | {info['load']} |",
+        f"| ours | {info['ours']} |",
+        f"| peer | Node {info['node']}, {info['peer']} |",
+        f"| load generator | Node {info['node']}, {info['loadgen']} |",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | result |",
+        "|---|---|---|",
+        *(f"| {a} | {b} | {c} |" for a, b, c in targets(res)),
+        "",
+    ]
+    digests = []
+    for key in "abcf":
+        e = res.get(key) or {}
+        od, pd = get(e, "ours", "contentDigest"), get(e, "peer", "contentDigest")
+        if od and pd:
+            digests.append(f"({key}) {'identical' if od == pd else f'DIFFERENT ({od} vs {pd})'}")
+    if digests:
+        lines += [
+            "Text delivered, ours vs peer (sha1 over every session's concatenated chunks): "
+            + ", ".join(digests)
+            + ".",
+            "",
+        ]
+    if chart:
+        lines += [f"![latency and throughput, ours vs peer]({chart})", ""]
+    for key in ALL_SCENARIOS:
+        entry = res.get(key)
+        if not entry:
+            continue
+        lines += [f"## ({key}) {entry['title']}", ""]
+        if key == "d":
+            lines += d_section(entry)
+        elif key == "e":
+            lines += scenario_table(entry, IDLE_ROWS)
+        else:
+            lines += scenario_table(entry, STREAM_ROWS)
+        lines.append("")
+    extensions = {
+        k: get(res, s, k, "wsExtensions")
+        for s in res
+        for k in SERVERS
+        if get(res, s, k, "wsExtensions") is not None
+    }
+    if extensions:
+        lines += [
+            "## Notes",
+            "",
+            "WebSocket extensions negotiated with socket.io-client's defaults: "
+            + ", ".join(f"{k}: `{v or 'none'}`" for k, v in extensions.items())
+            + ".",
+            "",
+        ]
+    if notes:
+        if not extensions:
+            lines += ["## Notes", ""]
+        lines += [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines)
+
+
+def d_section(e: dict[str, Any]) -> list[str]:
+    out = ["| | ours | peer | ours/peer |", "|---|---:|---:|---:|"]
+    o, p = e.get("ours"), e.get("peer")
+    out.append(
+        f"| sessions served with p99 < {D_P99_MS:g} ms | {get(o, 'sessions')} | {get(p, 'sessions')} | "
+        f"{ratio(get(o, 'sessions'), get(p, 'sessions'))} |"
+    )
+    out.append(f"| first failing count | {get(o, 'firstFail') or '-'} | {get(p, 'firstFail') or '-'} | |")
+    for label, path, f in (
+        ("p99 at that count, ms", ("best", "latencyMs", "p99"), lambda v: fmt_num(v, 1)),
+        ("p50 at that count, ms", ("best", "latencyMs", "p50"), lambda v: fmt_num(v, 1)),
+        ("chunks/s at that count", ("best", "chunksPerSec"), fmt_num),
+        ("peak RSS at that count", ("best", "vmHWM"), fmt_bytes),
+        ("load generator CPU (cores)", ("best", "loadgenCpu"), lambda v: fmt_num(v, 2)),
+    ):
+        out.append(f"| {label} | {f(get(o, *path))} | {f(get(p, *path))} | |")
+    for kind, r in (("ours", o), ("peer", p)):
+        if not r:
+            continue
+        trials = ", ".join(
+            f"{t['sessions']} {'pass' if t['pass'] else 'fail'} (p99 {t['p99']})" for t in r.get("trials", [])
+        )
+        out.append(f"\n{kind} trials: {trials}; search ended by {r.get('boundedBy')}.")
+    return out
+
+
+def chart(res: dict[str, dict[str, Any]], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    colors = {"ours": "#2f6fdf", "peer": "#e07b39"}
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    fig.suptitle("Streaming server benchmark: ours vs the seed's Express + Socket.IO")
+
+    def bars(
+        ax: Any,
+        groups: list[str],
+        values: dict[str, list[float | None]],
+        title: str,
+        ylabel: str,
+        log: bool = False,
+    ) -> None:
+        width = 0.38
+        for i, kind in enumerate(SERVERS):
+            xs = [g + (i - 0.5) * width for g in range(len(groups))]
+            ys = [v if v is not None else 0 for v in values.get(kind, [None] * len(groups))]
+            ax.bar(xs, ys, width, label=kind, color=colors[kind])
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+
+    stream = [k for k in "abc" if k in res]
+    if stream:
+        bars(
+            axes[0][0],
+            [f"({k})" for k in stream],
+            {kind: [get(res, k, kind, "charsPerSec") for k in stream] for kind in SERVERS},
+            "content throughput",
+            "chars/s",
+        )
+        groups = [f"({k}) {q}" for k in stream for q in ("p50", "p90", "p99")]
+        bars(
+            axes[0][1],
+            groups,
+            {
+                kind: [
+                    max(get(res, k, kind, "latencyMs", q) or 0, 0.1)
+                    for k in stream
+                    for q in ("p50", "p90", "p99")
+                ]
+                for kind in SERVERS
+            },
+            "per-chunk latency (receive - chunk.timestamp)",
+            "ms (log)",
+            log=True,
+        )
+        axes[0][1].tick_params(axis="x", labelrotation=60, labelsize=7)
+        bars(
+            axes[0][2],
+            [f"({k})" for k in stream],
+            {kind: [get(res, k, kind, "charsPerCpuSecond") for k in stream] for kind in SERVERS},
+            "content per server CPU-second",
+            "chars/CPU-s",
+        )
+    if "d" in res:
+        bars(
+            axes[1][0],
+            ["(d)"],
+            {kind: [get(res, "d", kind, "sessions")] for kind in SERVERS},
+            f"sessions at {TPS:g} tok/s with p99 < {D_P99_MS:g} ms",
+            "sessions",
+        )
+    if "e" in res:
+        bars(
+            axes[1][1],
+            ["(e)"],
+            {kind: [(get(res, "e", kind, "bytesPerViewer") or 0) / 1024] for kind in SERVERS},
+            "RSS per idle viewer",
+            "KiB",
+        )
+    if "f" in res:
+        bars(
+            axes[1][2],
+            ["p50", "p90", "p99"],
+            {
+                kind: [get(res, "f", kind, "firstChunkMs", q) for q in ("p50", "p90", "p99")]
+                for kind in SERVERS
+            },
+            "(f) start -> first chunk, single session",
+            "ms",
+        )
+    for row in axes:
+        for ax in row:
+            if not ax.has_data():
+                ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def ensure_matplotlib() -> bool:
+    try:
+        import matplotlib
+    except ImportError:
+        log("installing matplotlib into the venv for the chart")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], check=False, timeout=600)
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+# ---- main -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument(
+        "--scenarios",
+        default=ALL_SCENARIOS,
+        help="which scenarios to run, e.g. 'a,c' or 'ace' (default: all of abcdef)",
+    )
+    ap.add_argument("--servers", default="ours,peer", help="ours, peer or both (default)")
+    ap.add_argument(
+        "--out", type=Path, help="output directory (default bench/, or bench/quick/ with --quick)"
+    )
+    ap.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    ap.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
+    ap.add_argument(
+        "--no-deflate",
+        action="store_true",
+        help="viewers do not offer permessage-deflate (socket.io-client and browsers do by default)",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SIZE=VALUE",
+        help="override one size, e.g. --set e_viewers=3000 (names: "
+        + ", ".join(Sizes.__dataclass_fields__)
+        + ")",
+    )
+    args = ap.parse_args(argv)
+
+    scenarios = [c for c in args.scenarios.lower() if c in ALL_SCENARIOS]
+    servers = tuple(s for s in SERVERS if s in args.servers.split(","))
+    if not scenarios or not servers:
+        ap.error("nothing to run: check --scenarios and --servers")
+    out_dir = args.out or (BENCH / "quick" if args.quick else BENCH)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+
+    if not shutil.which("node"):
+        log("node is not installed: the peer and the load generator need Node 20")
+        return 2
+    for d in ("peer-node", "loadgen"):
+        if not (BENCH / d / "node_modules").is_dir():
+            log(f"bench/{d}/node_modules is missing: run `npm ci` there (bench/run.sh does)")
+            return 2
+    if "ours" in servers and not (ROOT / "server" / "__main__.py").exists():
+        log("our server (server/__main__.py) does not exist yet: running the peer only")
+        notes.append("Our server did not exist at run time: only the peer was measured.")
+        servers = tuple(s for s in servers if s != "ours")
+    if "ours" in servers and not VENV_PY.exists():
+        log(f"{VENV_PY} is missing: create the venv first")
+        return 2
+
+    nofile = raise_nofile()
+    pinning = not args.no_pin and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+    if not pinning:
+        notes.append("Processes were not pinned to cores (no taskset, fewer than 2 CPUs, or --no-pin).")
+    sizes = QUICK if args.quick else FULL
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in Sizes.__dataclass_fields__:
+            ap.error(f"unknown size {name!r}")
+        current = getattr(sizes, name)
+        sizes = dataclasses.replace(sizes, **{name: type(current)(value)})
+        notes.append(f"Size override: {name} = {value}.")
+    if "e" in scenarios and nofile < sizes.e_viewers + 1000:
+        notes.append(f"The open-file limit is {nofile}: scenario (e) may fail to connect every viewer.")
+    info = machine_info()
+    log(
+        f"machine: {info['cpu']} x {info['nproc']}, {info['memory']}, load {info['load']}, nofile {nofile}, "
+        f"pinning {'on' if pinning else 'off'}"
+    )
+
+    if "ours" in servers and VENV_PY.exists():
+        parity = subprocess.run(
+            [str(VENV_PY), str(BENCH / "check_demo_parity.py")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        log(parity.stdout.strip().splitlines()[-1] if parity.stdout.strip() else parity.stderr[-500:])
+        if parity.returncode != 0:
+            notes.append(
+                "The peer's demo provider does NOT produce the same tokens as providers/demo.py "
+                "(bench/check_demo_parity.py failed): throughput is not comparable."
+            )
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        bench = Bench(sizes, servers, pinning, Path(tmp), {"deflate": 0} if args.no_deflate else {})
+        if args.no_deflate:
+            notes.append("Run with --no-deflate: viewers did not offer permessage-deflate.")
+        try:
+            for key in ALL_SCENARIOS:
+                if key in scenarios:
+                    getattr(bench, key)()
+        except KeyboardInterrupt:
+            notes.append("Interrupted: the results are partial.")
+        logs = {
+            p.name: p.read_text(errors="replace")[-3000:]
+            for p in Path(tmp).glob("*.log")
+            if "Traceback" in p.read_text(errors="replace") or "Error" in p.read_text(errors="replace")
+        }
+    res = bench.results
+    for entry in res.values():  # derived metric: content per server CPU-second
+        for kind in SERVERS:
+            r = entry.get(kind)
+            if isinstance(r, dict) and r.get("chars") and r.get("serverCpuSeconds"):
+                r["charsPerCpuSecond"] = round(r["chars"] / r["serverCpuSeconds"])
+    if logs:
+        notes.append("Server logs with errors: " + ", ".join(sorted(logs)) + " (tails in results.json).")
+    notes.append(f"Total benchmark time: {time.monotonic() - started:.0f} s.")
+
+    chart_name = None
+    if not args.no_chart and ensure_matplotlib():
+        png = out_dir / "results.png"
+        if chart(res, png):
+            chart_name = png.name
+    if chart_name is None and not args.no_chart:
+        notes.append("No chart: matplotlib could not be installed.")
+    (out_dir / "results.json").write_text(
+        json.dumps({"machine": info, "quick": args.quick, "results": res, "serverLogs": logs}, indent=1)
+    )
+    report = render(res, info, args.quick, chart_name, notes)
+    (out_dir / "RESULTS.md").write_text(report)
+    log(f"wrote {out_dir / 'RESULTS.md'}")
+    print("\n".join(f"{a}: {b} -> {c}" for a, b, c in targets(res)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
