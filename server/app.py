@@ -111,13 +111,14 @@ def _add_frontend(app: web.Application, settings: Settings) -> None:
 
 
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Run the expiry sweeper for the app's lifetime; end live sessions on the way out."""
+    """Run the expiry sweeper and the pacer for the app's lifetime; end live sessions on the way out."""
     manager = app[manager_key]
-    sweeper = asyncio.get_running_loop().create_task(manager.run_sweeper())
+    loop = asyncio.get_running_loop()
+    background = [loop.create_task(manager.run_sweeper()), loop.create_task(manager.run_pacer())]
     yield
-    sweeper.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sweeper
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
     await manager.shutdown()
     await manager.close_providers()
 

@@ -11,10 +11,13 @@ from collections.abc import Mapping
 from providers.base import AIProvider, StreamConfig
 from providers.registry import PROVIDERS
 from server.registry import SessionRegistry
-from server.sessions import FlowLimits, SessionState, StreamingSession, short_id
+from server.sessions import FlowLimits, Pacer, SessionState, StreamingSession, short_id
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: How often the event loop's lateness is measured for the pacer.
+LAG_PROBE_SECONDS = 0.02
 
 
 class TooManySessions(Exception):
@@ -43,8 +46,9 @@ class StreamingSessionManager:
             max_viewers=settings.max_viewers_per_session,
             first_token_timeout=settings.first_token_timeout,
             token_idle_timeout=settings.token_idle_timeout,
-            coalesce_interval=settings.coalesce_ms / 1000,
         )
+        base = settings.coalesce_ms / 1000
+        self.pacer = Pacer(base=base, ceiling=max(base, settings.coalesce_max_ms / 1000), interval=base)
         self._provider_settings = settings.provider_settings()
         self._providers: dict[str, AIProvider] = dict(providers or {})
 
@@ -75,7 +79,7 @@ class StreamingSessionManager:
                 f"Too many live sessions for this user (limit {self.settings.max_sessions_per_user})"
             )
         provider = self.provider(config.provider)
-        session = StreamingSession(str(uuid.uuid4()), user_id, config, provider, self.limits)
+        session = StreamingSession(str(uuid.uuid4()), user_id, config, provider, self.limits, self.pacer)
         self.registry.add(session)
         log.info("session %s: created (provider %s)", short_id(session.id), config.provider)
         return session
@@ -101,6 +105,17 @@ class StreamingSessionManager:
         while True:
             await asyncio.sleep(self.settings.sweep_interval)
             await self.sweep()
+
+    async def run_pacer(self) -> None:
+        """Measure how late the event loop wakes up and let the pacer stretch chunks."""
+        loop = asyncio.get_running_loop()
+        lag = 0.0
+        while True:
+            expected = loop.time() + LAG_PROBE_SECONDS
+            await asyncio.sleep(LAG_PROBE_SECONDS)
+            late = max(0.0, loop.time() - expected)
+            lag = late if late > lag else 0.7 * lag + 0.3 * late
+            self.pacer.observe(lag)
 
     async def shutdown(self) -> None:
         """End every live session with ``stream-error`` code ``shutdown``."""

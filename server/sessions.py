@@ -78,7 +78,23 @@ class FlowLimits:
     max_viewers: int = 32
     first_token_timeout: float = 30.0
     token_idle_timeout: float = 30.0
-    coalesce_interval: float = 0.005
+
+
+@dataclass(slots=True)
+class Pacer:
+    """The shortest time between two chunks of one session, shared by all sessions.
+
+    ``base`` while the event loop keeps time; stretched up to ``ceiling`` while it runs
+    late, so that a busy server sends fewer, larger chunks instead of falling behind.
+    """
+
+    base: float = 0.005
+    ceiling: float = 0.05
+    interval: float = 0.005
+
+    def observe(self, lag: float) -> None:
+        """Feed the event loop's current lateness, in seconds."""
+        self.interval = min(self.ceiling, max(self.base, 2 * lag))
 
 
 @dataclass(slots=True)
@@ -105,12 +121,14 @@ class StreamingSession:
         config: StreamConfig,
         provider: AIProvider,
         limits: FlowLimits,
+        pacer: Pacer | None = None,
     ) -> None:
         self.id = session_id
         self.user_id = user_id
         self.config = config
         self.provider = provider
         self.limits = limits
+        self.pacer = pacer or Pacer()
         self.state = SessionState.CREATED
         self.created_at = time.time()
         self.chunks: list[Payload] = []
@@ -126,6 +144,10 @@ class StreamingSession:
         self._last_flush = 0.0
         self._watch_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._pulling = False
+        self._timed_out = False
         self._terminal_event: tuple[str, Payload] | None = None
 
     # -- queries -------------------------------------------------------------
@@ -201,7 +223,10 @@ class StreamingSession:
             raise SessionConflict(f"Session already started (state: {self.state.value})")
         self._set_state(SessionState.STREAMING)
         self._pull_gate.set()
-        self._task = asyncio.get_running_loop().create_task(self._run(prompt))
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(prompt))
+        self._deadline = loop.time() + self.limits.first_token_timeout
+        self._watchdog = loop.call_at(self._deadline, self._check_deadline)
 
     def pause(self) -> int:
         """Stop emitting and pulling; returns the last ``seq`` emitted."""
@@ -271,22 +296,30 @@ class StreamingSession:
                     await aclose()
 
     async def _pump(self, stream: AsyncIterator[AIChunk]) -> None:
+        loop = asyncio.get_running_loop()
         first = True
         while True:
             while not self._may_pull():
                 self._pull_gate.clear()
                 await self._pull_gate.wait()
             timeout = self.limits.first_token_timeout if first else self.limits.token_idle_timeout
+            self._deadline = loop.time() + timeout
+            self._pulling = True
             try:
-                async with asyncio.timeout(timeout):
-                    item = await anext(stream)
+                item = await anext(stream)
             except StopAsyncIteration:
                 return
-            except TimeoutError:
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not self._timed_out or task is None:
+                    raise
+                task.uncancel()
                 which = "first token" if first else "next token"
                 raise ProviderError(
                     "timeout", f"The provider sent no {which} within {timeout:g} seconds"
                 ) from None
+            finally:
+                self._pulling = False
             first = False
             if item.usage is not None:
                 self.usage = item.usage
@@ -298,6 +331,24 @@ class StreamingSession:
                 pending.chars += len(item.content)
                 pending.metadata = item.metadata
                 self._schedule_flush()
+
+    def _check_deadline(self) -> None:
+        """The pull timeouts, with one timer per session rather than one per token.
+
+        A pull that outlives its deadline cancels the stream task, which turns the
+        cancellation into ``stream-error`` code ``timeout``.
+        """
+        self._watchdog = None
+        if not self.is_live or self._task is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._pulling and now >= self._deadline:
+            self._timed_out = True
+            self._task.cancel()
+            return
+        when = self._deadline if self._pulling else now + self.limits.token_idle_timeout
+        self._watchdog = loop.call_at(when, self._check_deadline)
 
     def _may_pull(self) -> bool:
         return self.state is SessionState.STREAMING and self._pending.chars < self.limits.max_pending_chars
@@ -312,12 +363,12 @@ class StreamingSession:
     def _schedule_flush(self) -> None:
         """Flush now if the last chunk left a while ago, else when the interval is up.
 
-        An idle session sends each token at once; a fast one sends at most one chunk
-        per ``coalesce_interval``, with every token that arrived meanwhile.
+        An idle session sends each token at once; a fast one (or any, on a busy server)
+        sends at most one chunk per ``pacer.interval``, with every token received meanwhile.
         """
         if self._flush_handle is None and self._pending.parts:
             loop = asyncio.get_running_loop()
-            due = self._last_flush + self.limits.coalesce_interval
+            due = self._last_flush + self.pacer.interval
             if loop.time() >= due:
                 self._flush_handle = loop.call_soon(self._flush)
             else:
@@ -385,6 +436,9 @@ class StreamingSession:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self.finished_at = time.monotonic()
         self._set_state(state)
         self._pull_gate.set()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import socketio
+from engineio.packet import MESSAGE as ENGINEIO_MESSAGE
+from engineio.packet import Packet as EngineIOPacket
 from pydantic import ValidationError
 
 from server.manager import StreamingSessionManager
@@ -39,12 +40,14 @@ def _error(message: str) -> Ack:
 class SocketIOViewer:
     """One Socket.IO connection watching one session.
 
-    Events wait in an ordered queue drained by a short-lived task; the backlog also
-    counts packets Engine.IO holds for the socket, so a client that stops reading
-    shows up as a growing backlog.
+    Events are encoded once and put straight on the Engine.IO socket's queue, which its
+    writer drains (``sio.emit`` would spawn and await a task per packet): that queue is
+    the viewer's backlog, so a client that stops reading shows up as a growing backlog.
+    Events sent before :meth:`release` (the replay on join) are held until the
+    namespace's CONNECT or the join's ack has been queued ahead of them.
     """
 
-    __slots__ = ("_closing", "_namespace", "_prefix", "_queue", "_sid", "_sio", "_task", "key")
+    __slots__ = ("_closing", "_held", "_namespace", "_prefix", "_sid", "_sio", "_socket", "key")
 
     def __init__(self, sio: socketio.AsyncServer, sid: str, namespace: str) -> None:
         self.key = f"sio:{namespace}:{sid}"
@@ -52,37 +55,39 @@ class SocketIOViewer:
         self._sid = sid
         self._namespace = namespace
         self._prefix = event_prefix(namespace)
-        self._queue: deque[tuple[str, Payload]] = deque()
-        self._task: asyncio.Task[None] | None = None
+        eio_sid = sio.manager.eio_sid_from_sid(sid, namespace)
+        self._socket: Any = sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
+        self._held: list[str] | None = []
         self._closing: asyncio.Task[None] | None = None
 
     def send(self, event: str, payload: Payload) -> None:
-        self._queue.append((event, payload))
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+        data = self._prefix + encode_json([event, payload])
+        if self._held is not None:
+            self._held.append(data)
+            return
+        socket = self._socket
+        if socket is not None and not socket.closed:
+            socket.queue.put_nowait(EngineIOPacket(ENGINEIO_MESSAGE, data))
 
-    async def _drain(self) -> None:
-        # Straight to Engine.IO: ``sio.emit`` would spawn and await a task per packet.
-        try:
-            eio_sid = self._sio.manager.eio_sid_from_sid(self._sid, self._namespace)
-            prefix = self._prefix
-            while self._queue and eio_sid is not None:
-                event, payload = self._queue.popleft()
-                await self._sio.eio.send(eio_sid, prefix + encode_json([event, payload]))
-        finally:
-            self._task = None
+    def release(self, attempt: int = 0) -> None:
+        """Send what was held, once the client is connected to the namespace."""
+        if self._held is None:
+            return
+        if not self._sio.manager.is_connected(self._sid, self._namespace) and attempt < 100:
+            asyncio.get_running_loop().call_soon(self.release, attempt + 1)
+            return
+        held, self._held = self._held, None
+        socket = self._socket
+        if socket is not None and not socket.closed:
+            for data in held:
+                socket.queue.put_nowait(EngineIOPacket(ENGINEIO_MESSAGE, data))
 
     def backlog(self) -> int:
-        held = 0
-        eio_sid = self._sio.manager.eio_sid_from_sid(self._sid, self._namespace)
-        if eio_sid is not None:
-            socket = self._sio.eio.sockets.get(eio_sid)
-            if socket is not None:
-                held = socket.queue.qsize()
-        return len(self._queue) + held
+        held = len(self._held) if self._held is not None else 0
+        socket = self._socket
+        return held + (socket.queue.qsize() if socket is not None else 0)
 
     def close(self, reason: str) -> None:
-        self._queue.clear()
         if self._closing is None:
             self._closing = asyncio.get_running_loop().create_task(
                 self._sio.disconnect(self._sid, namespace=self._namespace)
@@ -162,13 +167,15 @@ class SocketAPI:
         except (ValueError, LookupError) as exc:
             return _error(str(exc))
         joined = self._joined.setdefault(sid, {})
-        viewer = joined.get(session.id) or SocketIOViewer(self.sio, sid, "/")
+        viewer = SocketIOViewer(self.sio, sid, "/")
         try:
             position = session.add_viewer(viewer, last_seq)
         except SessionFull as exc:
             return _error(str(exc))
         joined[session.id] = viewer
         await self.sio.enter_room(sid, f"stream-{session.id}", namespace="/")
+        # The ack goes out as this handler returns; the replay follows it.
+        asyncio.get_running_loop().call_soon(viewer.release)
         return {"ok": True, **position}
 
     async def leave_stream(self, sid: str, *args: object) -> Ack:
@@ -236,6 +243,8 @@ class SocketAPI:
         except SessionFull as exc:
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         self._stream_viewers[(namespace, sid)] = viewer
+        # The CONNECT packet goes out as this handler returns; the replay follows it.
+        asyncio.get_running_loop().call_soon(viewer.release)
         return True
 
     async def stream_disconnect(self, namespace: str, sid: str, *args: object) -> None:

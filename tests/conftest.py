@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 import socketio
+import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -20,6 +21,11 @@ from server.manager import StreamingSessionManager
 from server.settings import Settings
 
 WAIT = 15.0
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Tests run on uvloop, as ``python -m server`` does."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def make_settings(**overrides: Any) -> Settings:

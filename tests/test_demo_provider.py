@@ -43,4 +43,5 @@ async def test_pacing_follows_tokens_per_second():
 
     start = time.monotonic()
     await collect("pace", max_tokens=20, tokens_per_second=200)
-    assert time.monotonic() - start >= 19 / 200
+    # uvloop's timers have millisecond resolution: allow a little slack per token.
+    assert time.monotonic() - start >= 19 / 200 - 0.01
