@@ -1,14 +1,18 @@
-# The two commands: `make dev` serves the demo and the API on :3001; `make test` runs everything.
-# Both install what is missing first (a venv in .venv, npm packages, and as root Debian's chromium).
+# The two commands: `make dev` serves the demo page and the API on :3001; `make test` runs
+# every test. Both install what is missing first: a venv in .venv, the npm packages, and
+# (as root) Debian's chromium for the browser tests.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+FRONTEND_STAMP := frontend/node_modules/.installed
+FRONTEND_BUILD := frontend/dist/index.html
+FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.config.ts frontend/tsconfig*.json -type f 2>/dev/null)
 
-.PHONY: install dev test test-python lint format system-deps clean
+.PHONY: install dev test test-python test-frontend lint format bench system-deps clean
 
-install: $(STAMP)
+install: $(STAMP) $(FRONTEND_STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +22,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+$(FRONTEND_STAMP): frontend/package.json frontend/package-lock.json
+	cd frontend && npm ci --no-audit --no-fund
+	touch $@
+
+$(FRONTEND_BUILD): $(FRONTEND_STAMP) $(FRONTEND_SOURCES)
+	cd frontend && npm run build
+
 # Browser tests use Debian's Chromium (never a downloaded browser).
 system-deps:
 	@if [ ! -x /usr/bin/chromium ]; then \
@@ -26,22 +37,28 @@ system-deps:
 	  else echo "chromium is missing: run 'sudo apt-get install chromium'" >&2; exit 1; fi; \
 	fi
 
-dev: install
+dev: install $(FRONTEND_BUILD)
 	$(BIN)/python -m server
 
-test: install system-deps test-python
+test: install system-deps $(FRONTEND_BUILD) lint test-frontend test-python
 
-test-python: install
+test-frontend: $(FRONTEND_STAMP)
+	cd frontend && npm run typecheck && npm test
+
+test-python: $(STAMP) $(FRONTEND_BUILD)
 	$(BIN)/python -m pytest -q
 
-lint: install
+lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check server providers tests
+	$(BIN)/ruff format --check server providers tests bench
 	$(BIN)/mypy
 
-format: install
-	$(BIN)/ruff format server providers tests
+format: $(STAMP)
+	$(BIN)/ruff format server providers tests bench
 	$(BIN)/ruff check --fix .
 
+bench: install
+	bash bench/run.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache frontend/node_modules frontend/dist

@@ -1,0 +1,199 @@
+/**
+ * The demo page: an editor with some text, a prompt, Start / Pause / Resume / Stop, the
+ * provider and model in use and the live session state. Settings for the server's demo
+ * provider can be given in the query string (?tokensPerSecond=20&maxTokens=200&format=text).
+ */
+import type { Editor } from '@tiptap/core'
+import { EditorContent, useEditor } from '@tiptap/react'
+import StarterKit from '@tiptap/starter-kit'
+import { useEffect, useState } from 'react'
+
+import {
+  type AnimationType,
+  type StreamConfig,
+  StreamingExtension,
+  StreamingNode,
+  StreamingWebSocketService,
+  useStreaming,
+} from '../streaming'
+
+declare global {
+  interface Window {
+    /** The page's editor and service, for end-to-end tests and the console. */
+    __streaming?: { editor: Editor; service: StreamingWebSocketService }
+  }
+}
+
+const INITIAL_CONTENT = `
+<h1>Streaming into Tiptap</h1>
+<p>This document already has some text. Type a prompt below and press <strong>Start</strong>:
+the answer streams in at the end of the document, while you keep editing anywhere.</p>
+`
+
+const params = new URLSearchParams(window.location.search)
+
+function numberParam(name: string): number | undefined {
+  const value = params.get(name)
+  return value === null || value === '' || Number.isNaN(Number(value)) ? undefined : Number(value)
+}
+
+/** The server settings given in the query string. */
+function serverConfig(animationType: AnimationType): StreamConfig {
+  const config: StreamConfig = { animationType }
+  const provider = params.get('provider')
+  if (provider === 'openai' || provider === 'anthropic' || provider === 'demo') {
+    config.provider = provider
+  }
+  const model = params.get('model')
+  if (model) {
+    config.model = model
+  }
+  config.tokensPerSecond = numberParam('tokensPerSecond')
+  config.maxTokens = numberParam('maxTokens')
+  return config
+}
+
+// The server serves this page, so its WebSocket is at the page's own origin.
+const service = new StreamingWebSocketService({ baseUrl: window.location.origin.replace(/^http/, 'ws') })
+
+export function App() {
+  const [prompt, setPrompt] = useState('Explain how AI text streams into a rich text editor')
+  const [animationType, setAnimationType] = useState<AnimationType>('wave')
+  const [markdown, setMarkdown] = useState(params.get('format') !== 'text')
+  const [chunkCount, setChunkCount] = useState(0)
+
+  const editor = useEditor({
+    extensions: [StarterKit, StreamingNode, StreamingExtension],
+    content: INITIAL_CONTENT,
+  })
+
+  const streaming = useStreaming({
+    editor,
+    service,
+    animationType,
+    format: markdown ? 'markdown' : 'text',
+    onChunk: () => setChunkCount(count => count + 1),
+  })
+
+  useEffect(() => {
+    window.__streaming = { editor, service }
+  }, [editor])
+
+  const start = () => {
+    setChunkCount(0)
+    void streaming.startStreaming(prompt, serverConfig(animationType))
+  }
+
+  const state = streaming.state ?? 'idle'
+
+  return (
+    <main className="demo">
+      <header className="demo__header">
+        <h1>Tiptap streaming demo</h1>
+        <dl className="demo__status">
+          <dt>State</dt>
+          <dd data-testid="state" id="state">
+            {state}
+          </dd>
+          <dt>Provider</dt>
+          <dd data-testid="provider" id="provider">
+            {streaming.provider ?? '—'}
+          </dd>
+          <dt>Model</dt>
+          <dd data-testid="model" id="model">
+            {streaming.model ?? '—'}
+          </dd>
+          <dt>Chunks</dt>
+          <dd data-testid="chunk-count" id="chunk-count">
+            {chunkCount}
+          </dd>
+          <dt>Session</dt>
+          <dd data-testid="session-id" id="session-id">
+            {streaming.sessionId ?? '—'}
+          </dd>
+        </dl>
+      </header>
+
+      <section className="demo__controls" aria-label="Stream controls">
+        <label className="demo__prompt">
+          Prompt
+          <textarea
+            id="prompt"
+            data-testid="prompt"
+            rows={2}
+            value={prompt}
+            onChange={event => setPrompt(event.target.value)}
+          />
+        </label>
+        <div className="demo__buttons">
+          <button
+            type="button"
+            id="start"
+            data-testid="start"
+            disabled={streaming.isStreaming || prompt.trim() === ''}
+            onClick={start}
+          >
+            Start
+          </button>
+          <button
+            type="button"
+            id="pause"
+            data-testid="pause"
+            disabled={!streaming.isStreaming || state !== 'streaming'}
+            onClick={() => streaming.pauseStreaming()}
+          >
+            Pause
+          </button>
+          <button
+            type="button"
+            id="resume"
+            data-testid="resume"
+            disabled={!streaming.isStreaming || state !== 'paused'}
+            onClick={() => streaming.resumeStreaming()}
+          >
+            Resume
+          </button>
+          <button
+            type="button"
+            id="stop"
+            data-testid="stop"
+            disabled={!streaming.isStreaming}
+            onClick={() => void streaming.cancelStreaming()}
+          >
+            Stop
+          </button>
+          <label>
+            Animation
+            <select
+              id="animation"
+              data-testid="animation"
+              value={animationType}
+              onChange={event => setAnimationType(event.target.value as AnimationType)}
+            >
+              <option value="wave">wave</option>
+              <option value="fade">fade</option>
+              <option value="slide">slide</option>
+            </select>
+          </label>
+          <label>
+            <input
+              type="checkbox"
+              id="markdown"
+              data-testid="markdown"
+              checked={markdown}
+              onChange={event => setMarkdown(event.target.checked)}
+            />
+            Render Markdown
+          </label>
+        </div>
+        {streaming.error ? (
+          <p className="demo__error" role="alert" data-testid="error" id="error">
+            {streaming.error}
+          </p>
+        ) : null}
+      </section>
+
+      <EditorContent editor={editor} className="demo__editor" data-testid="editor" id="editor" />
+    </main>
+  )
+}

@@ -1,0 +1,236 @@
+/**
+ * A small real server for the unit tests, speaking PROTOCOL.md: the HTTP routes the hook
+ * uses and the Socket.IO namespace /stream/<id> with replay from the handshake's lastSeq.
+ * It streams a fixed script of chunks and can drop connections or fail on cue.
+ */
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+
+import { type Namespace, Server, type Socket } from 'socket.io'
+
+import type { SessionState, StreamChunk } from '../../src/streaming'
+
+export interface FakeServerOptions {
+  /** The chunks every session streams. */
+  script?: string[]
+  /** Milliseconds between two chunks. */
+  intervalMs?: number
+  /** After emitting this seq, drop every connection of the session, once. */
+  dropAfterSeq?: { seq: number; how: 'server-disconnect' | 'transport-close' }
+  /** After emitting this seq, fail the session with stream-error. */
+  failAfterSeq?: number
+  /** Replay from lastSeq - 2 instead of lastSeq, to check the client dedupes. */
+  replayOverlap?: boolean
+  /** Log this seq but do not send it live, so the client sees a gap. */
+  withholdSeq?: number
+  /** Status of POST /api/streaming/session, to simulate a refusal. */
+  sessionStatus?: number
+}
+
+export interface FakeSession {
+  id: string
+  state: SessionState
+  log: StreamChunk[]
+  /** The handshake auth of every connection, in order. */
+  auths: Record<string, unknown>[]
+  /** What the client sent with pause-stream, resume-stream, cancel-stream (ack excluded). */
+  commands: { event: string; args: unknown[] }[]
+  timer: ReturnType<typeof setInterval> | null
+  dropped: boolean
+}
+
+export interface FakeServer {
+  url: string
+  wsUrl: string
+  sessions: Map<string, FakeSession>
+  createSession: () => FakeSession
+  start: (id: string) => void
+  close: () => Promise<void>
+}
+
+const PROVIDER = { provider: 'demo', model: 'demo-model' }
+
+export async function startFakeServer(options: FakeServerOptions = {}): Promise<FakeServer> {
+  const script = options.script ?? ['# Title', '\n\nHello ', 'from ', 'the ', '**fake** ', 'server.']
+  const intervalMs = options.intervalMs ?? 5
+  const sessions = new Map<string, FakeSession>()
+  let counter = 0
+
+  const http = createServer((request, response) => {
+    void handleHttp(request, response)
+  })
+  const io = new Server(http, { transports: ['websocket'] })
+  const namespaces = io.of(/^\/stream\/[^/]+$/)
+
+  const namespaceOf = (id: string): Namespace => io.of(`/stream/${id}`)
+
+  function createSession(): FakeSession {
+    counter += 1
+    const session: FakeSession = {
+      id: `00000000-0000-4000-8000-${String(counter).padStart(12, '0')}`,
+      state: 'created',
+      log: [],
+      auths: [],
+      commands: [],
+      timer: null,
+      dropped: false,
+    }
+    sessions.set(session.id, session)
+    return session
+  }
+
+  function setState(session: FakeSession, state: SessionState): void {
+    session.state = state
+    namespaceOf(session.id).emit('stream-state', { sessionId: session.id, state, lastSeq: session.log.length - 1 })
+  }
+
+  function stop(session: FakeSession): void {
+    if (session.timer) {
+      clearInterval(session.timer)
+      session.timer = null
+    }
+  }
+
+  function tick(session: FakeSession): void {
+    if (session.state !== 'streaming') {
+      return
+    }
+    const nsp = namespaceOf(session.id)
+    const seq = session.log.length
+    const content = script[seq]
+    if (content === undefined) {
+      stop(session)
+      setState(session, 'completed')
+      nsp.emit('complete', { sessionId: session.id, totalChunks: seq, finishReason: 'stop', usage: {} })
+      return
+    }
+    const chunk: StreamChunk = { content, timestamp: Date.now(), metadata: PROVIDER, seq, sessionId: session.id }
+    session.log.push(chunk)
+    if (options.withholdSeq !== seq) {
+      nsp.emit('chunk', chunk)
+    }
+    if (options.dropAfterSeq?.seq === seq && !session.dropped) {
+      session.dropped = true
+      for (const socket of nsp.sockets.values()) {
+        if (options.dropAfterSeq.how === 'server-disconnect') {
+          socket.disconnect(true)
+        } else {
+          socket.conn.close()
+        }
+      }
+    }
+    if (options.failAfterSeq === seq) {
+      stop(session)
+      session.state = 'failed'
+      nsp.emit('stream-error', { sessionId: session.id, error: 'The provider failed.', code: 'provider_error' })
+    }
+  }
+
+  function start(id: string): void {
+    const session = sessions.get(id)
+    if (!session) {
+      throw new Error(`no session ${id}`)
+    }
+    setState(session, 'streaming')
+    session.timer = setInterval(() => tick(session), intervalMs)
+  }
+
+  namespaces.use((socket, next) => {
+    const id = socket.nsp.name.slice('/stream/'.length)
+    next(sessions.has(id) ? undefined : new Error('Session not found'))
+  })
+
+  namespaces.on('connection', (socket: Socket) => {
+    const session = sessions.get(socket.nsp.name.slice('/stream/'.length))
+    if (!session) {
+      return
+    }
+    const auth = socket.handshake.auth as Record<string, unknown>
+    session.auths.push(auth)
+    const lastSeq = typeof auth.lastSeq === 'number' ? auth.lastSeq : -1
+    const from = options.replayOverlap ? Math.max(0, lastSeq - 1) : lastSeq + 1
+    for (const chunk of session.log.slice(from)) {
+      socket.emit('chunk', chunk)
+    }
+
+    const command = (event: string, state: SessionState) => {
+      socket.on(event, (...args: unknown[]) => {
+        const ack = args.pop() as (answer: unknown) => void
+        session.commands.push({ event, args })
+        setState(session, state)
+        if (event === 'cancel-stream') {
+          // As the real server does: a cancelled session ends with `complete`, before the ack.
+          stop(session)
+          socket.nsp.emit('complete', {
+            sessionId: session.id,
+            totalChunks: session.log.length,
+            finishReason: 'cancelled',
+            usage: null,
+          })
+        }
+        ack({ ok: true, state, lastSeq: session.log.length - 1 })
+      })
+    }
+    command('pause-stream', 'paused')
+    command('resume-stream', 'streaming')
+    command('cancel-stream', 'cancelled')
+  })
+
+  async function readJson(request: IncomingMessage): Promise<Record<string, unknown>> {
+    let body = ''
+    for await (const part of request) {
+      body += String(part)
+    }
+    return body ? (JSON.parse(body) as Record<string, unknown>) : {}
+  }
+
+  async function handleHttp(request: IncomingMessage, response: ServerResponse): Promise<void> {
+    const send = (status: number, payload: unknown) => {
+      response.writeHead(status, { 'Content-Type': 'application/json' })
+      response.end(JSON.stringify(payload))
+    }
+    const url = request.url ?? ''
+    if (request.method === 'POST' && url === '/api/streaming/session') {
+      await readJson(request)
+      if (options.sessionStatus && options.sessionStatus !== 200) {
+        send(options.sessionStatus, { error: 'Too many live sessions for this user' })
+        return
+      }
+      const session = createSession()
+      send(200, { sessionId: session.id, wsEndpoint: `/ws/stream/${session.id}` })
+      return
+    }
+    const match = /^\/api\/streaming\/([^/]+)\/start$/.exec(url)
+    if (request.method === 'POST' && match?.[1]) {
+      const session = sessions.get(match[1])
+      if (!session) {
+        send(404, { error: 'Session not found' })
+        return
+      }
+      const body = await readJson(request)
+      if (typeof body.prompt !== 'string') {
+        send(400, { error: 'prompt must be a string' })
+        return
+      }
+      start(session.id)
+      send(200, { status: 'started' })
+      return
+    }
+    send(404, { error: 'Not found' })
+  }
+
+  await new Promise<void>(resolve => http.listen(0, '127.0.0.1', resolve))
+  const { port } = http.address() as AddressInfo
+
+  return {
+    url: `http://127.0.0.1:${port}`,
+    wsUrl: `ws://127.0.0.1:${port}`,
+    sessions,
+    createSession,
+    start,
+    close: async () => {
+      sessions.forEach(stop)
+      await io.close()
+    },
+  }
+}

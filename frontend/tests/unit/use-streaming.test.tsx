@@ -1,0 +1,168 @@
+import type { Editor } from '@tiptap/core'
+import { createRoot, type Root } from 'react-dom/client'
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
+
+import { StreamingWebSocketService, useStreaming, type UseStreamingOptions } from '../../src/streaming'
+import { type FakeServer, type FakeServerOptions, startFakeServer } from './fake-server'
+import { createEditor, streamingNodes, streamText } from './helpers'
+
+type HookResult = ReturnType<typeof useStreaming>
+
+interface Mounted {
+  editor: Editor
+  service: StreamingWebSocketService
+  result: () => HookResult
+  callbacks: { onChunk: ReturnType<typeof vi.fn>; onComplete: ReturnType<typeof vi.fn>; onError: ReturnType<typeof vi.fn> }
+}
+
+let server: FakeServer | null = null
+let cleanups: (() => void)[] = []
+
+// The hook's state changes come from the network, as in a browser, not from act() scopes.
+beforeAll(() => {
+  Object.assign(globalThis, { IS_REACT_ACT_ENVIRONMENT: false })
+})
+afterAll(() => {
+  Object.assign(globalThis, { IS_REACT_ACT_ENVIRONMENT: true })
+})
+
+afterEach(async () => {
+  cleanups.forEach(cleanup => cleanup())
+  cleanups = []
+  await server?.close()
+  server = null
+})
+
+async function mountHook(fake: FakeServer, options: Partial<UseStreamingOptions> = {}): Promise<Mounted> {
+  const editor = createEditor('<p>Intro</p>')
+  const service = new StreamingWebSocketService({ baseUrl: fake.wsUrl, reconnectDelay: 10 })
+  const callbacks = { onChunk: vi.fn(), onComplete: vi.fn(), onError: vi.fn() }
+  let latest: HookResult | null = null
+
+  function Harness() {
+    latest = useStreaming({ editor, service, apiBaseUrl: fake.url, ...callbacks, ...options })
+    return null
+  }
+
+  const container = document.createElement('div')
+  const root: Root = createRoot(container)
+  root.render(<Harness />)
+  await vi.waitFor(() => expect(latest).not.toBeNull())
+  cleanups.push(() => {
+    root.unmount()
+    service.disconnect()
+    editor.destroy()
+  })
+  return {
+    editor,
+    service,
+    callbacks,
+    result: () => {
+      if (!latest) {
+        throw new Error('hook not rendered')
+      }
+      return latest
+    },
+  }
+}
+
+async function startServer(options: FakeServerOptions = {}): Promise<FakeServer> {
+  server = await startFakeServer(options)
+  return server
+}
+
+describe('useStreaming', () => {
+  it('creates a session, streams its chunks into the editor and finishes with rich content', async () => {
+    const fake = await startServer()
+    const { editor, result, callbacks } = await mountHook(fake)
+    expect(result().isStreaming).toBe(false)
+
+    await result().startStreaming('Tell me something')
+    await vi.waitFor(() => expect(result().sessionId).toBeTruthy())
+    const sessionId = result().sessionId
+    await vi.waitFor(() => expect(callbacks.onComplete).toHaveBeenCalledTimes(1))
+
+    expect(callbacks.onChunk.mock.calls.map(([chunk]) => chunk).join('')).toBe(
+      '# Title\n\nHello from the **fake** server.',
+    )
+    await vi.waitFor(() =>
+      expect(result()).toMatchObject({ isStreaming: false, state: 'completed', provider: 'demo', model: 'demo-model' }),
+    )
+    expect(result().error).toBeNull()
+    expect(editor.getHTML()).toContain('<h1>Title</h1><p>Hello from the <strong>fake</strong> server.</p>')
+    expect(streamingNodes(editor)[0]?.node.attrs).toMatchObject({ streamId: sessionId, isActive: false, chunkCount: 6 })
+    expect(callbacks.onError).not.toHaveBeenCalled()
+  })
+
+  it('keeps the text as it arrived in plain-text mode', async () => {
+    const fake = await startServer()
+    const { editor, result, callbacks } = await mountHook(fake, { format: 'text' })
+    await result().startStreaming('plain')
+    await vi.waitFor(() => expect(callbacks.onComplete).toHaveBeenCalled())
+    expect(streamText(editor, String(streamingNodes(editor)[0]?.node.attrs.streamId))).toBe('# Title\n\nHello from the **fake** server.')
+  })
+
+  it('calls onError for a mid-stream failure and keeps what arrived', async () => {
+    const fake = await startServer({ failAfterSeq: 2 })
+    const { editor, result, callbacks } = await mountHook(fake)
+    await result().startStreaming('fail please')
+    await vi.waitFor(() => expect(callbacks.onError).toHaveBeenCalledTimes(1))
+
+    expect(callbacks.onError.mock.calls[0]?.[0]).toBeInstanceOf(Error)
+    expect((callbacks.onError.mock.calls[0]?.[0] as Error).message).toBe('The provider failed.')
+    await vi.waitFor(() =>
+      expect(result()).toMatchObject({ isStreaming: false, state: 'failed', error: 'The provider failed.' }),
+    )
+    expect(editor.storage.streaming.streamManager.get(result().sessionId)).toMatchObject({ status: 'error' })
+    expect(editor.getText()).toContain('Hello from')
+  })
+
+  it('calls onError when the session cannot be created', async () => {
+    const fake = await startServer({ sessionStatus: 429 })
+    const { editor, result, callbacks } = await mountHook(fake)
+    await result().startStreaming('refused')
+
+    expect(callbacks.onError).toHaveBeenCalledTimes(1)
+    expect((callbacks.onError.mock.calls[0]?.[0] as Error).message).toBe('Too many live sessions for this user')
+    await vi.waitFor(() => expect(result()).toMatchObject({ isStreaming: false, state: 'failed' }))
+    expect(streamingNodes(editor)).toHaveLength(0)
+  })
+
+  it('pauses and resumes through the server, and cancels', async () => {
+    const fake = await startServer({ intervalMs: 30, script: Array.from({ length: 50 }, (_, i) => `w${i} `) })
+    const { result, callbacks } = await mountHook(fake)
+    await result().startStreaming('long')
+    await vi.waitFor(() => expect(callbacks.onChunk).toHaveBeenCalled())
+
+    expect(result().pauseStreaming()).toBe(true)
+    await vi.waitFor(() => expect(result().state).toBe('paused'))
+    const session = fake.sessions.get(result().sessionId ?? '')
+    expect(session?.state).toBe('paused')
+
+    expect(result().resumeStreaming()).toBe(true)
+    await vi.waitFor(() => expect(result().state).toBe('streaming'))
+
+    expect(await result().cancelStreaming()).toBe(true)
+    await vi.waitFor(() => expect(result()).toMatchObject({ isStreaming: false, state: 'cancelled' }))
+    expect(result().error).toBeNull()
+    expect(callbacks.onComplete).toHaveBeenCalledTimes(1)
+    expect(session?.commands.map(command => command.event)).toEqual(['pause-stream', 'resume-stream', 'cancel-stream'])
+  })
+
+  it('keeps two hooks on one page to their own sessions', async () => {
+    const fake = await startServer()
+    const one = await mountHook(fake)
+    const two = await mountHook(fake)
+    await one.result().startStreaming('one')
+    await vi.waitFor(() => expect(one.callbacks.onComplete).toHaveBeenCalled())
+
+    expect(two.callbacks.onChunk).not.toHaveBeenCalled()
+    expect(streamingNodes(two.editor)).toHaveLength(0)
+
+    await two.result().startStreaming('two')
+    await vi.waitFor(() => expect(two.callbacks.onComplete).toHaveBeenCalled())
+    expect(one.callbacks.onChunk).toHaveBeenCalledTimes(6)
+    expect(two.callbacks.onChunk).toHaveBeenCalledTimes(6)
+    expect(streamingNodes(one.editor)).toHaveLength(1)
+  })
+})
