@@ -52,6 +52,12 @@ async function postJson<T>(url: string, body: unknown): Promise<T> {
   return payload
 }
 
+/** The part of `GET /api/streaming/{id}` the hook shows. */
+interface SessionInfo {
+  provider: string
+  model: string
+}
+
 function toError(error: unknown): Error {
   return error instanceof Error ? error : new Error(String(error))
 }
@@ -95,9 +101,10 @@ export function useStreaming(options: UseStreamingOptions) {
       const current = optionsRef.current
       const apiBaseUrl = current.apiBaseUrl ?? ''
       try {
-        // A stream this hook still shows ends here: its session is left behind.
+        // A stream this hook still shows ends here, and its server session is cancelled.
         const previous = editor.storage.streaming.streamManager.get(streamIdRef.current)
         if (previous && !previous.finished) {
+          await wsService.cancel().catch(() => undefined)
           endStream('cancelled')
         }
         setIsStreaming(true)
@@ -114,6 +121,16 @@ export function useStreaming(options: UseStreamingOptions) {
         })
         sessionRef.current = newSessionId
         setSessionId(newSessionId)
+        // Show the provider and model in use at once (chunks carry them as well).
+        void fetch(`${apiBaseUrl}/api/streaming/${encodeURIComponent(newSessionId)}`)
+          .then(response => (response.ok ? (response.json() as Promise<Partial<SessionInfo>>) : null))
+          .then(info => {
+            if (info && sessionRef.current === newSessionId) {
+              if (typeof info.provider === 'string') setProvider(info.provider)
+              if (typeof info.model === 'string') setModel(info.model)
+            }
+          })
+          .catch(() => undefined)
 
         // Connect WebSocket
         await wsService.connect(newSessionId)

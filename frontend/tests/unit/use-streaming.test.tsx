@@ -128,6 +128,19 @@ describe('useStreaming', () => {
     expect(streamingNodes(editor)).toHaveLength(0)
   })
 
+  it('cancels the previous session on the server when a new stream starts', async () => {
+    const fake = await startServer({ intervalMs: 30, script: Array.from({ length: 50 }, (_, i) => `w${i} `) })
+    const { result, callbacks } = await mountHook(fake)
+    await result().startStreaming('first')
+    await vi.waitFor(() => expect(callbacks.onChunk).toHaveBeenCalled())
+    const first = result().sessionId ?? ''
+
+    await result().startStreaming('second')
+    await vi.waitFor(() => expect(result().sessionId).not.toBe(first))
+    expect(fake.sessions.get(first)?.commands.map(c => c.event)).toContain('cancel-stream')
+    await vi.waitFor(() => expect(result().state).toBe('streaming'))
+  })
+
   it('pauses and resumes through the server, and cancels', async () => {
     const fake = await startServer({ intervalMs: 30, script: Array.from({ length: 50 }, (_, i) => `w${i} `) })
     const { result, callbacks } = await mountHook(fake)
