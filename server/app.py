@@ -137,10 +137,13 @@ async def _on_shutdown(app: web.Application) -> None:
     websockets: set[web.WebSocketResponse] = app[websockets_key]
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(settings.shutdown_timeout / 2):
-            closing = [ws.close(code=WSCloseCode.GOING_AWAY) for ws in websockets]
-            if sio.eio.sockets:
-                closing.append(sio.eio.disconnect())
-            await asyncio.gather(*closing)
+            # One disconnect per Engine.IO socket: ``eio.disconnect()`` for all of them
+            # fails when the last client leaves by itself in the meantime.
+            await asyncio.gather(
+                *(ws.close(code=WSCloseCode.GOING_AWAY) for ws in tuple(websockets)),
+                *(sio.eio.disconnect(eio_sid) for eio_sid in tuple(sio.eio.sockets)),
+                return_exceptions=True,
+            )
     await sio.shutdown()
     # Engine.IO leaves its WebSocket handlers waiting for the client's close frame;
     # everything was said, so drop what is left rather than wait for aiohttp's timeout.
