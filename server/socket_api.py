@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,6 +29,34 @@ SESSION_NOT_FOUND = "Session not found"
 Ack = dict[str, Any]
 
 
+#: Events are written straight to a WebSocket only while less than this is buffered for it.
+DIRECT_WRITE_LIMIT = 64 * 1024
+ENGINEIO_MESSAGE_PREFIX = "4"
+
+
+def websocket_text_frame(text: str) -> bytes:
+    """One unmasked, final, uncompressed text frame (RFC 6455 section 5.2), server to client."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
+
+
+def _websocket_transport(environ: dict[str, Any] | None) -> asyncio.WriteTransport | None:
+    """The connection under an Engine.IO session opened as a WebSocket (not upgraded from
+    long-polling, whose first request is another connection)."""
+    request = environ.get("aiohttp.request") if environ else None
+    if request is None or request.headers.get("Upgrade", "").lower() != "websocket":
+        return None
+    transport: asyncio.WriteTransport | None = request.transport
+    return transport
+
+
 def event_prefix(namespace: str) -> str:
     """The start of a Socket.IO v5 EVENT packet for ``namespace`` (``2`` or ``2/ns,``)."""
     return "2" if namespace == "/" else f"2{namespace},"
@@ -40,14 +69,27 @@ def _error(message: str) -> Ack:
 class SocketIOViewer:
     """One Socket.IO connection watching one session.
 
-    Events are encoded once and put straight on the Engine.IO socket's queue, which its
-    writer drains (``sio.emit`` would spawn and await a task per packet): that queue is
-    the viewer's backlog, so a client that stops reading shows up as a growing backlog.
+    Events are encoded once. On a WebSocket connection whose Engine.IO writer is idle
+    (nothing of Engine.IO's queued or in flight) and whose socket buffer is small, the
+    frame is written to the connection at once, as Node's Socket.IO does; otherwise it
+    goes on the Engine.IO socket's queue, which its writer drains. ``sio.emit`` would
+    spawn and await a task per packet. The queue is the viewer's backlog: a client that
+    stops reading fills the socket buffer, then the queue, and shows as lagging.
     Events sent before :meth:`release` (the replay on join) are held until the
     namespace's CONNECT or the join's ack has been queued ahead of them.
     """
 
-    __slots__ = ("_closing", "_held", "_namespace", "_prefix", "_sid", "_sio", "_socket", "key")
+    __slots__ = (
+        "_closing",
+        "_held",
+        "_namespace",
+        "_prefix",
+        "_sid",
+        "_sio",
+        "_socket",
+        "_transport",
+        "key",
+    )
 
     def __init__(self, sio: socketio.AsyncServer, sid: str, namespace: str) -> None:
         self.key = f"sio:{namespace}:{sid}"
@@ -57,6 +99,7 @@ class SocketIOViewer:
         self._prefix = event_prefix(namespace)
         eio_sid = sio.manager.eio_sid_from_sid(sid, namespace)
         self._socket: Any = sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
+        self._transport = _websocket_transport(sio.get_environ(sid, namespace))
         self._held: list[str] | None = []
         self._closing: asyncio.Task[None] | None = None
 
@@ -65,9 +108,24 @@ class SocketIOViewer:
         if self._held is not None:
             self._held.append(data)
             return
+        self._deliver(data)
+
+    def _deliver(self, data: str) -> None:
         socket = self._socket
-        if socket is not None and not socket.closed:
-            socket.queue.put_nowait(EngineIOPacket(ENGINEIO_MESSAGE, data))
+        if socket is None or socket.closed:
+            return
+        queue = socket.queue
+        transport = self._transport
+        if (
+            transport is not None
+            and queue.empty()
+            and queue._getters  # the writer waits for work: nothing of Engine.IO's is in flight
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT
+        ):
+            transport.write(websocket_text_frame(ENGINEIO_MESSAGE_PREFIX + data))
+        else:
+            queue.put_nowait(EngineIOPacket(ENGINEIO_MESSAGE, data))
 
     def release(self, attempt: int = 0) -> None:
         """Send what was held, once the client is connected to the namespace."""
@@ -77,10 +135,8 @@ class SocketIOViewer:
             asyncio.get_running_loop().call_soon(self.release, attempt + 1)
             return
         held, self._held = self._held, None
-        socket = self._socket
-        if socket is not None and not socket.closed:
-            for data in held:
-                socket.queue.put_nowait(EngineIOPacket(ENGINEIO_MESSAGE, data))
+        for data in held:
+            self._deliver(data)
 
     def backlog(self) -> int:
         held = len(self._held) if self._held is not None else 0

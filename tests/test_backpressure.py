@@ -123,3 +123,71 @@ async def test_no_viewer_keeps_streaming_into_the_log(server, http):
     await wait_until(lambda: not session.is_live)
     snapshot = await get_session(http, server, session_id)
     assert snapshot["state"] == "completed" and snapshot["usage"]["completionTokens"] == 500
+
+
+async def _read_frame(sock: socket.socket) -> str:
+    loop = asyncio.get_running_loop()
+
+    async def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            data += await loop.sock_recv(sock, n - len(data))
+        return data
+
+    head = await exactly(2)
+    size = head[1] & 0x7F
+    if size == 126:
+        size = int.from_bytes(await exactly(2), "big")
+    elif size == 127:
+        size = int.from_bytes(await exactly(8), "big")
+    return (await exactly(size)).decode()
+
+
+def _client_text_frame(text: str) -> bytes:
+    payload = text.encode()
+    mask = os.urandom(4)
+    assert len(payload) < 126
+    return bytes((0x81, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def test_stalled_socketio_viewer_is_bounded_and_dropped(start_server, http, sio_clients):
+    """The same over Socket.IO: a client joins /stream/<id> over a raw WebSocket, then stops reading."""
+    server = await start_server(
+        providers={"demo": ScriptedProvider(BIG_TOKENS)},
+        viewer_max_lag=MAX_LAG,
+        viewer_stall_timeout=STALL_TIMEOUT,
+    )
+    session_id = await create_session(http, server)
+    session = server.manager.get_session(session_id)
+    assert session is not None
+    _, fast = await stream_viewer(sio_clients, server, session_id)
+    before = set(session.viewers)
+
+    stalled = await open_stalled_websocket(server.url, "/socket.io/?EIO=4&transport=websocket")
+    assert (await _read_frame(stalled)).startswith("0{")  # Engine.IO OPEN
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(stalled, _client_text_frame(f"40/stream/{session_id},"))
+    assert (await _read_frame(stalled)).startswith(f"40/stream/{session_id},")  # Socket.IO CONNECT
+    await wait_until(lambda: len(session.viewers) == 2)
+    (key,) = set(session.viewers) - before
+    stalled_viewer = session.viewers[key]
+
+    peak = 0
+
+    async def sample() -> None:
+        nonlocal peak
+        while key in session.viewers:
+            peak = max(peak, stalled_viewer.backlog())
+            await asyncio.sleep(0.002)
+
+    sampler = loop.create_task(sample())
+    await start_stream(http, server, session_id)
+    await fast.wait_finished(timeout=WAIT + 30)
+    await asyncio.wait_for(sampler, WAIT)
+    stalled.close()
+
+    assert fast.completes, fast.errors
+    assert 0 < peak <= MAX_LAG + 3, f"queue stayed bounded (peak {peak})"
+    snapshot = await get_session(http, server, session_id)
+    assert fast.seqs == list(range(snapshot["chunks"]))
+    assert snapshot["text"] == "".join(BIG_TOKENS)
