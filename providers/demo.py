@@ -121,8 +121,11 @@ class DemoProvider:
         count = 0
         for token in demo_tokens(prompt, config.max_tokens):
             if tps > 0:
+                # Tokens already due (the loop ran late) come at once, as they do when an
+                # SDK parses several events from one network read.
                 delay = started + count / tps - loop.time()
-                await asyncio.sleep(delay if delay > 0 else 0)
+                if delay > 0:
+                    await asyncio.sleep(delay)
             else:
                 await asyncio.sleep(0)
             count += 1
