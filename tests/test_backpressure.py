@@ -45,6 +45,27 @@ async def open_stalled_websocket(url: str, path: str) -> socket.socket:
 BIG_TOKENS = [f"{i:05d}" + "x" * 2043 for i in range(5000)]
 
 
+async def stream_past_stalled_viewer(http, server, session, fast, key: str) -> int:
+    """Start the stream, let the fast viewer finish, and return the stalled viewer's peak
+    backlog, sampled until the server drops it."""
+    viewer = session.viewers[key]
+    peak = 0
+
+    async def sample() -> None:
+        nonlocal peak
+        while key in session.viewers:
+            peak = max(peak, viewer.backlog())
+            await asyncio.sleep(0.002)
+
+    sampler = asyncio.get_running_loop().create_task(sample())
+    await start_stream(http, server, session.id)
+    await fast.wait_finished(timeout=WAIT + 30)
+    await asyncio.wait_for(sampler, WAIT)
+    assert fast.completes, fast.errors
+    assert key not in session.viewers, "the stalled viewer was dropped"
+    return peak
+
+
 async def test_stalled_websocket_is_bounded_and_dropped(start_server, http, sio_clients):
     server = await start_server(
         providers={"demo": ScriptedProvider(BIG_TOKENS)},
@@ -66,24 +87,10 @@ async def test_stalled_websocket_is_bounded_and_dropped(start_server, http, sio_
     fast.record = timed_record  # type: ignore[method-assign]
     stalled = await open_stalled_websocket(server.url, f"/ws/stream/{session_id}")
     await wait_until(lambda: len(session.viewers) == 2)
-    (stalled_viewer,) = [v for k, v in session.viewers.items() if k.startswith("ws:")]
-
-    peak = 0
-
-    async def sample() -> None:
-        nonlocal peak
-        while stalled_viewer.key in session.viewers:
-            peak = max(peak, stalled_viewer.backlog())
-            await asyncio.sleep(0.002)
-
-    sampler = asyncio.get_running_loop().create_task(sample())
-    await start_stream(http, server, session_id)
-    await fast.wait_finished(timeout=WAIT + 30)
-    await asyncio.wait_for(sampler, WAIT)
+    (key,) = [k for k in session.viewers if k.startswith("ws:")]
+    peak = await stream_past_stalled_viewer(http, server, session, fast, key)
     stalled.close()
 
-    assert fast.completes, fast.errors
-    assert stalled_viewer.key not in session.viewers, "the stalled viewer was dropped"
     assert 0 < peak <= MAX_LAG + 3, f"queue stayed bounded (peak {peak})"
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert max(gaps) < STALL_TIMEOUT + 1.5, "the others waited at most about the stall timeout"
@@ -170,23 +177,9 @@ async def test_stalled_socketio_viewer_is_bounded_and_dropped(start_server, http
     assert (await _read_frame(stalled)).startswith(f"40/stream/{session_id},")  # Socket.IO CONNECT
     await wait_until(lambda: len(session.viewers) == 2)
     (key,) = set(session.viewers) - before
-    stalled_viewer = session.viewers[key]
-
-    peak = 0
-
-    async def sample() -> None:
-        nonlocal peak
-        while key in session.viewers:
-            peak = max(peak, stalled_viewer.backlog())
-            await asyncio.sleep(0.002)
-
-    sampler = loop.create_task(sample())
-    await start_stream(http, server, session_id)
-    await fast.wait_finished(timeout=WAIT + 30)
-    await asyncio.wait_for(sampler, WAIT)
+    peak = await stream_past_stalled_viewer(http, server, session, fast, key)
     stalled.close()
 
-    assert fast.completes, fast.errors
     assert 0 < peak <= MAX_LAG + 3, f"queue stayed bounded (peak {peak})"
     snapshot = await get_session(http, server, session_id)
     assert fast.seqs == list(range(snapshot["chunks"]))
