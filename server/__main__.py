@@ -52,16 +52,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     app = create_app(settings)
     provider = settings.resolved_default_provider()
-    print(
-        f"Streaming server on http://{settings.host}:{settings.port} (default provider: {provider})",
-        flush=True,
-    )
+    ready = f"Streaming server on http://{settings.host}:{settings.port} (default provider: {provider})"
     web.run_app(
         app,
         host=settings.host,
         port=settings.port,
         shutdown_timeout=settings.shutdown_timeout,
-        print=None,
+        # run_app calls this once the socket listens: the line means "ready".
+        print=lambda _: print(ready, flush=True),
         loop=new_event_loop(),
     )
 

@@ -45,6 +45,19 @@ async def open_stalled_websocket(url: str, path: str) -> socket.socket:
 BIG_TOKENS = [f"{i:05d}" + "x" * 2043 for i in range(5000)]
 
 
+async def big_session(start_server, http):
+    """A server whose provider streams BIG_TOKENS, with tight viewer bounds, and one session."""
+    server = await start_server(
+        providers={"demo": ScriptedProvider(BIG_TOKENS)},
+        viewer_max_lag=MAX_LAG,
+        viewer_stall_timeout=STALL_TIMEOUT,
+    )
+    session_id = await create_session(http, server)
+    session = server.manager.get_session(session_id)
+    assert session is not None
+    return server, session_id, session
+
+
 async def stream_past_stalled_viewer(http, server, session, fast, key: str) -> int:
     """Start the stream, let the fast viewer finish, and return the stalled viewer's peak
     backlog, sampled until the server drops it."""
@@ -67,14 +80,7 @@ async def stream_past_stalled_viewer(http, server, session, fast, key: str) -> i
 
 
 async def test_stalled_websocket_is_bounded_and_dropped(start_server, http, sio_clients):
-    server = await start_server(
-        providers={"demo": ScriptedProvider(BIG_TOKENS)},
-        viewer_max_lag=MAX_LAG,
-        viewer_stall_timeout=STALL_TIMEOUT,
-    )
-    session_id = await create_session(http, server)
-    session = server.manager.get_session(session_id)
-    assert session is not None
+    server, session_id, session = await big_session(start_server, http)
 
     _, fast = await stream_viewer(sio_clients, server, session_id)
     arrivals: list[float] = []
@@ -159,14 +165,7 @@ def _client_text_frame(text: str) -> bytes:
 
 async def test_stalled_socketio_viewer_is_bounded_and_dropped(start_server, http, sio_clients):
     """The same over Socket.IO: a client joins /stream/<id> over a raw WebSocket, then stops reading."""
-    server = await start_server(
-        providers={"demo": ScriptedProvider(BIG_TOKENS)},
-        viewer_max_lag=MAX_LAG,
-        viewer_stall_timeout=STALL_TIMEOUT,
-    )
-    session_id = await create_session(http, server)
-    session = server.manager.get_session(session_id)
-    assert session is not None
+    server, session_id, session = await big_session(start_server, http)
     _, fast = await stream_viewer(sio_clients, server, session_id)
     before = set(session.viewers)
 

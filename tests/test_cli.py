@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
 import socketio
 
 from tests.conftest import WAIT, record_events
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.server_process import ROOT, ServerProcess
 
 
 def test_help_lists_the_flags():
@@ -28,43 +24,16 @@ def test_help_lists_the_flags():
         assert flag in out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
-async def server_process() -> AsyncIterator[tuple[subprocess.Popen[str], str]]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env["DEMO_TOKENS_PER_SECOND"] = "50"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port), "--provider", "demo"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as http, asyncio.timeout(WAIT):
-        while True:
-            try:
-                async with http.get(f"{url}/healthz") as resp:
-                    if resp.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
-    yield proc, url
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
+def server_process() -> Iterator[ServerProcess]:
+    with ServerProcess({"DEMO_TOKENS_PER_SECOND": "50"}) as server:
+        yield server
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_signal_ends_running_sessions_with_shutdown_error(server_process, sig):
-    proc, url = server_process
+    proc, url = server_process.process, server_process.url
+    assert proc is not None
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{url}/api/streaming/session", json={"userId": "u"}) as resp:
             session_id = (await resp.json())["sessionId"]
@@ -84,5 +53,4 @@ async def test_signal_ends_running_sessions_with_shutdown_error(server_process, 
         await client.disconnect()
     code = await asyncio.to_thread(proc.wait, WAIT)
     assert code == 0
-    output = proc.stdout.read() if proc.stdout else ""
-    assert "a long answer" not in output, "prompts are not logged"
+    assert "a long answer" not in server_process.output, "prompts are not logged"

@@ -7,13 +7,7 @@ The server runs as ``python -m server`` and serves ``frontend/dist`` (build it f
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +16,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+from tests.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 DIST = ROOT / "frontend" / "dist" / "index.html"
@@ -45,12 +41,6 @@ STREAM_TEXT_JS = """() => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
@@ -60,41 +50,8 @@ def _get_json(url: str) -> Any:
 def server_url() -> Iterator[str]:
     if not DIST.exists():
         pytest.fail(f"{DIST} is missing: run `npm run build` in frontend/ first")
-    port = _free_port()
-    env = {**os.environ, "DEMO_TOKENS_PER_SECOND": "40", "OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": ""}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port), "--provider", "demo"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    try:
-        while True:
-            if process.poll() is not None:
-                output = process.stdout.read() if process.stdout else ""
-                pytest.fail(f"the server exited with {process.returncode}:\n{output}")
-            try:
-                if _get_json(f"{url}/healthz") == {"status": "ok"}:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer /healthz within {STARTUP_TIMEOUT}s")
-            time.sleep(0.1)  # polling interval of the readiness check, not a synchronisation
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout:
-            process.stdout.close()
+    with ServerProcess({"DEMO_TOKENS_PER_SECOND": "40"}, STARTUP_TIMEOUT) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
