@@ -116,20 +116,43 @@ class DemoProvider:
         tps = config.tokens_per_second
         if tps is None:
             tps = self._tokens_per_second
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         count = 0
-        for token in demo_tokens(prompt, config.max_tokens):
-            if tps > 0:
-                # Tokens already due (the loop ran late) come at once, as they do when an
-                # SDK parses several events from one network read.
-                delay = started + count / tps - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            else:
+        if tps > 0:
+            async for tokens in _paced(demo_tokens(prompt, config.max_tokens), tps):
+                count += len(tokens)
+                yield AIChunk("".join(tokens), {**_METADATA, "tokens": count})
+        else:
+            for token in demo_tokens(prompt, config.max_tokens):
                 await asyncio.sleep(0)
-            count += 1
-            yield AIChunk(token, {"provider": "demo", "model": "demo", "demo": True, "tokens": count})
+                count += 1
+                yield AIChunk(token, {**_METADATA, "tokens": count})
         finish = "length" if config.max_tokens is not None and count >= config.max_tokens else "stop"
         usage = Usage(prompt_tokens=len(_TOKEN.findall(prompt)), completion_tokens=count)
-        yield AIChunk("", {"provider": "demo", "model": "demo", "demo": True}, usage, finish)
+        yield AIChunk("", dict(_METADATA), usage, finish)
+
+
+_METADATA = {"provider": "demo", "model": "demo", "demo": True}
+
+
+async def _paced(tokens: Iterator[str], tps: float) -> AsyncIterator[list[str]]:
+    """``tokens`` at ``tps``, token ``i`` due ``i / tps`` seconds after the start.
+
+    Tokens that are already due when the loop gets round to them (it ran late) come
+    together in one list, as when an SDK finds several events in one network read.
+    """
+    loop = asyncio.get_running_loop()
+    started = now = loop.time()
+    batch: list[str] = []
+    for count, token in enumerate(tokens):
+        due = started + count / tps
+        if due > now:
+            if batch:
+                yield batch
+                batch = []
+                now = loop.time()
+            if due > now:
+                await asyncio.sleep(due - now)
+                now = loop.time()
+        batch.append(token)
+    if batch:
+        yield batch

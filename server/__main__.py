@@ -7,10 +7,9 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from providers.registry import PROVIDERS
 from server.app import create_app
+from server.runner import run_app
 from server.settings import Settings
 
 
@@ -53,13 +52,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     app = create_app(settings)
     provider = settings.resolved_default_provider()
     ready = f"Streaming server on http://{settings.host}:{settings.port} (default provider: {provider})"
-    web.run_app(
+    run_app(
         app,
         host=settings.host,
         port=settings.port,
         shutdown_timeout=settings.shutdown_timeout,
-        # run_app calls this once the socket listens: the line means "ready".
-        print=lambda _: print(ready, flush=True),
+        # Called once the socket listens: the line means "ready".
+        on_ready=lambda: print(ready, flush=True),
         loop=new_event_loop(),
     )
 

@@ -22,6 +22,7 @@ from server.http_api import (
 from server.manager import StreamingSessionManager
 from server.registry import InMemorySessionRegistry
 from server.settings import Settings
+from server.sio_direct import DirectHub
 from server.socket_api import SocketAPI
 from server.ws_api import stream_socket, websockets_key
 
@@ -31,6 +32,8 @@ sio_key = web.AppKey("sio", socketio.AsyncServer)
 #: Transports of upgraded (WebSocket) requests still being handled, aborted on shutdown.
 upgrades_key = web.AppKey("upgrades", set[asyncio.Transport])
 socket_api_key = web.AppKey("socket_api", SocketAPI)
+#: Direct Socket.IO WebSockets (``server.sio_direct``), when ``SOCKETIO_DIRECT_WEBSOCKET`` is on.
+direct_hub_key = web.AppKey("direct_hub", DirectHub)
 
 _NOT_BUILT = """<!doctype html><meta charset="utf-8"><title>Streaming server</title>
 <p>The API is running. The demo page is not built: run <code>make dev</code>
@@ -63,7 +66,16 @@ def create_app(
     )
     sio.attach(app)
     app[sio_key] = sio
-    app[socket_api_key] = SocketAPI(sio, manager)
+    api = SocketAPI(sio, manager)
+    app[socket_api_key] = api
+    if settings.socketio_direct_websocket:
+        app[direct_hub_key] = DirectHub(
+            api,
+            ping_interval=sio.eio.ping_interval,
+            ping_timeout=sio.eio.ping_timeout,
+            max_payload=settings.max_socket_message_bytes,
+            origins=None if "*" in settings.cors_origins else settings.cors_origins,
+        )
     app[websockets_key] = set()
     app[upgrades_key] = set()
 
@@ -111,10 +123,14 @@ def _add_frontend(app: web.Application, settings: Settings) -> None:
 
 
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Run the expiry sweeper and the pacer for the app's lifetime; end live sessions on the way out."""
+    """Run the expiry sweeper, the pacer and the direct sockets' heartbeat for the app's
+    lifetime; end live sessions on the way out."""
     manager = app[manager_key]
     loop = asyncio.get_running_loop()
     background = [loop.create_task(manager.run_sweeper()), loop.create_task(manager.run_pacer())]
+    hub = app.get(direct_hub_key)
+    if hub is not None:
+        background.append(loop.create_task(hub.run_heartbeat()))
     yield
     for task in background:
         task.cancel()
@@ -134,6 +150,9 @@ async def _on_shutdown(app: web.Application) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(settings.shutdown_timeout / 2):
             await _flushed(app)
+    hub = app.get(direct_hub_key)
+    if hub is not None:
+        hub.close_all()
     websockets: set[web.WebSocketResponse] = app[websockets_key]
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(settings.shutdown_timeout / 2):

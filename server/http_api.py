@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from providers.base import StreamConfig
 from server.manager import ProviderUnavailable, StreamingSessionManager, TooManySessions
-from server.models import CreateSessionIn, StartIn, StreamConfigIn, parse_session_id
+from server.models import CreateSessionIn, StartIn, StreamConfigIn, encode_json, parse_session_id
 from server.sessions import SessionConflict, StreamingSession, short_id
 from server.settings import Settings
 
@@ -34,8 +34,13 @@ class ApiError(Exception):
         self.message = message
 
 
+def _json(body: object, status: int = 200) -> web.Response:
+    """A JSON response encoded with orjson (``web.json_response`` uses the stdlib)."""
+    return web.Response(text=encode_json(body), status=status, content_type="application/json")
+
+
 def error_response(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return _json({"error": message}, status=status)
 
 
 @web.middleware
@@ -98,7 +103,7 @@ async def read_body(request: web.Request, model: type[Model]) -> Model:
     if len(raw) > limit:
         raise too_large
     try:
-        data: Any = json.loads(raw) if raw.strip() else None
+        data: Any = orjson.loads(raw) if raw.strip() else None
     except ValueError:
         raise ApiError(400, "Invalid JSON body") from None
     if not isinstance(data, dict):
@@ -149,7 +154,7 @@ async def create_session(request: web.Request) -> web.Response:
         raise ApiError(400, str(exc)) from None
     except TooManySessions as exc:
         raise ApiError(429, str(exc)) from None
-    return web.json_response({"sessionId": session.id, "wsEndpoint": f"/ws/stream/{session.id}"})
+    return _json({"sessionId": session.id, "wsEndpoint": f"/ws/stream/{session.id}"})
 
 
 async def start_session(request: web.Request) -> web.Response:
@@ -166,12 +171,12 @@ async def start_session(request: web.Request) -> web.Response:
     except SessionConflict as exc:
         raise ApiError(409, str(exc)) from None
     log.info("session %s: started", short_id(session.id))
-    return web.json_response({"status": "started"})
+    return _json({"status": "started"})
 
 
 async def get_session(request: web.Request) -> web.Response:
     """``GET /api/streaming/{sessionId}``: state, text so far and usage."""
-    return web.json_response(_session(request).snapshot())
+    return _json(_session(request).snapshot())
 
 
 async def cancel_session(request: web.Request) -> web.Response:
@@ -181,11 +186,11 @@ async def cancel_session(request: web.Request) -> web.Response:
         await session.cancel()
     except SessionConflict as exc:
         raise ApiError(409, str(exc)) from None
-    return web.json_response({"status": "cancelled"})
+    return _json({"status": "cancelled"})
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return _json({"status": "ok"})
 
 
 def add_routes(app: web.Application) -> None:

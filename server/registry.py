@@ -25,15 +25,28 @@ class SessionRegistry(Protocol):
 
 
 class InMemorySessionRegistry:
-    """Sessions of this process in a dict, with a per-user index for the quota."""
+    """Sessions of this process in a dict, with a per-user count of live ones for the quota.
+
+    The count follows each session's end (``on_finish``), so the quota check costs the
+    same with 10 sessions as with 10,000.
+    """
 
     def __init__(self) -> None:
         self._sessions: dict[str, StreamingSession] = {}
-        self._by_user: dict[str, set[str]] = {}
+        self._live: dict[str, set[str]] = {}
 
     def add(self, session: StreamingSession) -> None:
         self._sessions[session.id] = session
-        self._by_user.setdefault(session.user_id, set()).add(session.id)
+        if session.is_live:
+            self._live.setdefault(session.user_id, set()).add(session.id)
+            session.on_finish = self._finished
+
+    def _finished(self, session: StreamingSession) -> None:
+        live = self._live.get(session.user_id)
+        if live is not None:
+            live.discard(session.id)
+            if not live:
+                del self._live[session.user_id]
 
     def get(self, session_id: str) -> StreamingSession | None:
         return self._sessions.get(session_id)
@@ -42,15 +55,11 @@ class InMemorySessionRegistry:
         session = self._sessions.pop(session_id, None)
         if session is None:
             return
-        ids = self._by_user.get(session.user_id)
-        if ids is not None:
-            ids.discard(session_id)
-            if not ids:
-                del self._by_user[session.user_id]
+        self._finished(session)
+        session.on_finish = None
 
     def live_count(self, user_id: str) -> int:
-        ids = self._by_user.get(user_id, ())
-        return sum(1 for sid in ids if self._sessions[sid].is_live)
+        return len(self._live.get(user_id, ()))
 
     def __iter__(self) -> Iterator[StreamingSession]:
         return iter(tuple(self._sessions.values()))

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -149,6 +149,8 @@ class StreamingSession:
         self._pulling = False
         self._timed_out = False
         self._terminal_event: tuple[str, Payload] | None = None
+        #: Called once when the session reaches a terminal state (the registry's quota count).
+        self.on_finish: Callable[[StreamingSession], None] | None = None
 
     # -- queries -------------------------------------------------------------
 
@@ -441,6 +443,8 @@ class StreamingSession:
             self._watchdog = None
         self.finished_at = time.monotonic()
         self._set_state(state)
+        if self.on_finish is not None:
+            self.on_finish(self)
         self._pull_gate.set()
         if error is not None:
             self.error = error

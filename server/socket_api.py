@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import socketio
 from engineio.packet import MESSAGE as ENGINEIO_MESSAGE
@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from server.manager import StreamingSessionManager
 from server.models import JoinIn, encode_json, parse_last_seq, parse_session_id
-from server.sessions import Payload, SessionConflict, SessionFull, StreamingSession
+from server.sessions import Payload, SessionConflict, SessionFull, StreamingSession, Viewer
 
 log = logging.getLogger(__name__)
 
@@ -183,30 +183,46 @@ def _guarded(handler: Handler) -> Handler:
     return wrapper
 
 
+class ReleasableViewer(Viewer, Protocol):
+    """A viewer that holds what it is sent until the client has its CONNECT or ack."""
+
+    def release(self) -> None: ...
+
+
+class ConnectRefused(Exception):
+    """A ``/stream/{id}`` namespace refuses the connection (sent as CONNECT_ERROR)."""
+
+
+Action = Callable[[StreamingSession], Awaitable[Ack]]
+
+
 class SocketAPI:
-    """Wires the Socket.IO server's events to the session manager."""
+    """The Socket.IO events, independent of the connection that carries them.
+
+    Two transports feed it: python-socketio (long-polling, and WebSockets upgraded from
+    it) through the handlers registered here, and :mod:`server.sio_direct` for clients
+    that open a WebSocket straight away. Both call the same methods, so both behave
+    the same on the wire.
+    """
 
     def __init__(self, sio: socketio.AsyncServer, manager: StreamingSessionManager) -> None:
         self.sio = sio
         self.manager = manager
-        #: Namespace ``/``: which sessions each socket joined.
-        self._joined: dict[str, dict[str, SocketIOViewer]] = {}
-        #: ``/stream/{id}`` namespaces: (namespace, sid) -> viewer.
-        self._stream_viewers: dict[tuple[str, str], SocketIOViewer] = {}
+        #: Namespace ``/``: which sessions each connection joined (by connection key).
+        self._joined: dict[str, dict[str, Viewer]] = {}
+        #: ``/stream/{id}`` namespaces: (namespace, viewer key) -> viewer.
+        self._stream_viewers: dict[tuple[str, str], Viewer] = {}
+        self._root_actions: dict[str, Action] = {
+            "pause-stream": _pause,
+            "resume-stream": _resume,
+            "cancel-stream": _cancel,
+        }
 
-        sio.on("join-stream", _guarded(self.join_stream), namespace="/")
-        sio.on("leave-stream", _guarded(self.leave_stream), namespace="/")
-        sio.on("pause-stream", _guarded(self.pause_stream), namespace="/")
-        sio.on("resume-stream", _guarded(self.resume_stream), namespace="/")
-        sio.on("cancel-stream", _guarded(self.cancel_stream), namespace="/")
-        sio.on("disconnect", self.root_disconnect, namespace="/")
-        sio.on("*", _guarded(self.unknown_root_event), namespace="/")
-        sio.on("connect", self.stream_connect, namespace="*")
-        sio.on("disconnect", self.stream_disconnect, namespace="*")
-        sio.on("pause-stream", _guarded(self.ns_pause), namespace="*")
-        sio.on("resume-stream", _guarded(self.ns_resume), namespace="*")
-        sio.on("cancel-stream", _guarded(self.ns_cancel), namespace="*")
-        sio.on("*", _guarded(self.unknown_ns_event), namespace="*")
+        sio.on("*", _guarded(self._sio_root_event), namespace="/")
+        sio.on("disconnect", self._sio_root_disconnect, namespace="/")
+        sio.on("connect", self._sio_connect, namespace="*")
+        sio.on("disconnect", self._sio_disconnect, namespace="*")
+        sio.on("*", _guarded(self._sio_stream_event), namespace="*")
 
     def _lookup(self, data: object) -> tuple[StreamingSession, int | None]:
         session_id, last_seq = _session_ref(data)
@@ -217,59 +233,52 @@ class SocketAPI:
 
     # -- namespace "/" ------------------------------------------------------
 
-    async def join_stream(self, sid: str, *args: object) -> Ack:
-        try:
-            session, last_seq = self._lookup(args[0] if args else None)
-        except (ValueError, LookupError) as exc:
-            return _error(str(exc))
-        joined = self._joined.setdefault(sid, {})
-        viewer = SocketIOViewer(self.sio, sid, "/")
-        try:
-            position = session.add_viewer(viewer, last_seq)
-        except SessionFull as exc:
-            return _error(str(exc))
-        joined[session.id] = viewer
-        await self.sio.enter_room(sid, f"stream-{session.id}", namespace="/")
-        # The ack goes out as this handler returns; the replay follows it.
-        asyncio.get_running_loop().call_soon(viewer.release)
-        return {"ok": True, **position}
-
-    async def leave_stream(self, sid: str, *args: object) -> Ack:
-        try:
-            session, _ = self._lookup(args[0] if args else None)
-        except (ValueError, LookupError) as exc:
-            return _error(str(exc))
-        if self._joined.get(sid, {}).pop(session.id, None) is not None:
-            session.remove_viewer(f"sio:/:{sid}")
-        await self.sio.leave_room(sid, f"stream-{session.id}", namespace="/")
-        return {"ok": True}
-
-    async def pause_stream(self, sid: str, *args: object) -> Ack:
-        return await self._command(args, _pause)
-
-    async def resume_stream(self, sid: str, *args: object) -> Ack:
-        return await self._command(args, _resume)
-
-    async def cancel_stream(self, sid: str, *args: object) -> Ack:
-        return await self._command(args, _cancel)
-
-    async def _command(
-        self, args: tuple[object, ...], action: Callable[[StreamingSession], Awaitable[Ack]]
+    async def root_event(
+        self,
+        conn: str,
+        event: str,
+        args: Sequence[object],
+        make_viewer: Callable[[], ReleasableViewer],
     ) -> Ack:
+        """One event on namespace ``/`` from connection ``conn``; returns its ack."""
         try:
+            if event == "join-stream":
+                return self._join(conn, args, make_viewer)
+            if event == "leave-stream":
+                return self._leave(conn, args)
+            action = self._root_actions.get(event)
+            if action is None:
+                return _error(f"Unknown event {event[:64]!r}")
             session, _ = self._lookup(args[0] if args else None)
         except (ValueError, LookupError) as exc:
             return _error(str(exc))
         return await action(session)
 
-    async def root_disconnect(self, sid: str, *args: object) -> None:
-        for session_id in self._joined.pop(sid, {}):
+    def _join(self, conn: str, args: Sequence[object], make_viewer: Callable[[], ReleasableViewer]) -> Ack:
+        session, last_seq = self._lookup(args[0] if args else None)
+        viewer = make_viewer()
+        try:
+            position = session.add_viewer(viewer, last_seq)
+        except SessionFull as exc:
+            return _error(str(exc))
+        self._joined.setdefault(conn, {})[session.id] = viewer
+        # The ack goes out as the event's handler returns; the replay follows it.
+        asyncio.get_running_loop().call_soon(viewer.release)
+        return {"ok": True, **position}
+
+    def _leave(self, conn: str, args: Sequence[object]) -> Ack:
+        session, _ = self._lookup(args[0] if args else None)
+        viewer = self._joined.get(conn, {}).pop(session.id, None)
+        if viewer is not None:
+            session.remove_viewer(viewer.key)
+        return {"ok": True}
+
+    def root_closed(self, conn: str) -> None:
+        """Connection ``conn`` left namespace ``/``: it stops watching what it joined."""
+        for session_id, viewer in self._joined.pop(conn, {}).items():
             session = self.manager.get_session(session_id)
             if session is not None:
-                session.remove_viewer(f"sio:/:{sid}")
-
-    async def unknown_root_event(self, event: str, sid: str, *args: object) -> Ack:
-        return _error(f"Unknown event {event[:64]!r}")
+                session.remove_viewer(viewer.key)
 
     # -- namespaces "/stream/{id}" ------------------------------------------
 
@@ -279,56 +288,71 @@ class SocketAPI:
         session_id = parse_session_id(namespace[len(STREAM_NAMESPACE_PREFIX) :])
         return self.manager.get_session(session_id) if session_id else None
 
-    async def stream_connect(
-        self, namespace: str, sid: str, environ: dict[str, Any], auth: object = None
-    ) -> bool:
-        if namespace == "/":
-            return True
+    def attach(self, namespace: str, auth: object, viewer: Viewer) -> None:
+        """A client connects to ``/stream/{id}``: replay from ``auth.lastSeq`` and keep it live.
+
+        Raises :class:`ConnectRefused` with the reason the client is told.
+        """
         session = self._namespace_session(namespace)
         if session is None:
-            raise socketio.exceptions.ConnectionRefusedError(SESSION_NOT_FOUND)
+            raise ConnectRefused(SESSION_NOT_FOUND)
         try:
             last_seq = parse_last_seq(auth.get("lastSeq") if isinstance(auth, dict) else None)
         except (ValueError, TypeError):
-            raise socketio.exceptions.ConnectionRefusedError(
-                "Invalid lastSeq: expected an integer >= -1"
-            ) from None
-        viewer = SocketIOViewer(self.sio, sid, namespace)
+            raise ConnectRefused("Invalid lastSeq: expected an integer >= -1") from None
         try:
             session.add_viewer(viewer, last_seq)
         except SessionFull as exc:
-            raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
-        self._stream_viewers[(namespace, sid)] = viewer
-        # The CONNECT packet goes out as this handler returns; the replay follows it.
-        asyncio.get_running_loop().call_soon(viewer.release)
-        return True
+            raise ConnectRefused(str(exc)) from None
+        self._stream_viewers[(namespace, viewer.key)] = viewer
 
-    async def stream_disconnect(self, namespace: str, sid: str, *args: object) -> None:
-        viewer = self._stream_viewers.pop((namespace, sid), None)
+    def detach(self, namespace: str, key: str) -> None:
+        """The viewer ``key`` left ``namespace`` (or its connection closed)."""
+        viewer = self._stream_viewers.pop((namespace, key), None)
         session = self._namespace_session(namespace)
         if viewer is not None and session is not None:
-            session.remove_viewer(viewer.key)
+            session.remove_viewer(key)
 
-    async def _ns_command(self, namespace: str, action: Callable[[StreamingSession], Awaitable[Ack]]) -> Ack:
+    async def stream_event(self, namespace: str, event: str) -> Ack:
+        """One event on a ``/stream/{id}`` namespace; the namespace names the session."""
+        action = self._root_actions.get(event)
+        if action is None:
+            return _error(f"Unknown event {event[:64]!r}")
         session = self._namespace_session(namespace)
         if session is None:
             return _error(SESSION_NOT_FOUND)
         return await action(session)
 
-    async def ns_pause(self, namespace: str, sid: str, *args: object) -> Ack:
-        return await self._ns_command(namespace, _pause)
-
-    async def ns_resume(self, namespace: str, sid: str, *args: object) -> Ack:
-        return await self._ns_command(namespace, _resume)
-
-    async def ns_cancel(self, namespace: str, sid: str, *args: object) -> Ack:
-        return await self._ns_command(namespace, _cancel)
-
-    async def unknown_ns_event(self, event: str, namespace: str, sid: str, *args: object) -> Ack:
-        return _error(f"Unknown event {event[:64]!r}")
-
     def viewers(self) -> int:
         return len(self._stream_viewers) + sum(len(v) for v in self._joined.values())
+
+    # -- python-socketio's handlers -----------------------------------------
+
+    async def _sio_root_event(self, event: str, sid: str, *args: object) -> Ack:
+        return await self.root_event(sid, event, args, lambda: SocketIOViewer(self.sio, sid, "/"))
+
+    async def _sio_root_disconnect(self, sid: str, *args: object) -> None:
+        self.root_closed(sid)
+
+    async def _sio_connect(
+        self, namespace: str, sid: str, environ: dict[str, Any], auth: object = None
+    ) -> bool:
+        if namespace == "/":
+            return True
+        viewer = SocketIOViewer(self.sio, sid, namespace)
+        try:
+            self.attach(namespace, auth, viewer)
+        except ConnectRefused as exc:
+            raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+        # The CONNECT packet goes out as this handler returns; the replay follows it.
+        asyncio.get_running_loop().call_soon(viewer.release)
+        return True
+
+    async def _sio_disconnect(self, namespace: str, sid: str, *args: object) -> None:
+        self.detach(namespace, f"sio:{namespace}:{sid}")
+
+    async def _sio_stream_event(self, event: str, namespace: str, sid: str, *args: object) -> Ack:
+        return await self.stream_event(namespace, event)
 
 
 async def _pause(session: StreamingSession) -> Ack:

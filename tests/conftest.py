@@ -18,6 +18,7 @@ from providers.base import AIProvider
 from server.app import create_app
 from server.http_api import manager_key
 from server.manager import StreamingSessionManager
+from server.runner import StreamingAppRunner
 from server.settings import Settings
 
 WAIT = 15.0
@@ -62,13 +63,20 @@ class LiveServer:
 ServerFactory = Callable[..., Awaitable[LiveServer]]
 
 
+class StreamingTestServer(TestServer):
+    """aiohttp's test server with the runner ``python -m server`` uses."""
+
+    async def _make_runner(self, **kwargs: Any) -> StreamingAppRunner:
+        return StreamingAppRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def start_server() -> AsyncIterator[ServerFactory]:
     servers: list[TestServer] = []
 
     async def start(providers: Mapping[str, AIProvider] | None = None, **overrides: Any) -> LiveServer:
         app = create_app(make_settings(**overrides), providers=providers)
-        server = TestServer(app, host="127.0.0.1", port=0)
+        server = StreamingTestServer(app, host="127.0.0.1", port=0)
         await server.start_server()
         servers.append(server)
         return LiveServer(str(server.make_url("")).rstrip("/"), app)

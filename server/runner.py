@@ -1,0 +1,69 @@
+"""Serving the app: an ``AppRunner`` that lets :mod:`server.sio_direct` see each
+connection first, and the process's run loop (``python -m server``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import cast
+
+from aiohttp import web
+
+from server.app import direct_hub_key
+
+
+class StreamingAppRunner(web.AppRunner):
+    """``web.AppRunner`` whose sites start every connection with the direct Socket.IO
+    handshake check; what it does not take goes to aiohttp as usual."""
+
+    @property
+    def server(self) -> web.Server | None:
+        http = super().server
+        hub = self.app.get(direct_hub_key)
+        if http is None or hub is None:
+            return http
+        # Sites only call the factory, once per connection.
+        return cast(web.Server, hub.protocol_factory(http))
+
+
+def run_app(
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    shutdown_timeout: float,
+    on_ready: Callable[[], None],
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully (as ``web.run_app``)."""
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(_serve(app, host, port, shutdown_timeout, on_ready))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        main.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(main)
+        rest = asyncio.all_tasks(loop)
+        for task in rest:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+async def _serve(
+    app: web.Application, host: str, port: int, shutdown_timeout: float, on_ready: Callable[[], None]
+) -> None:
+    runner = StreamingAppRunner(app, handle_signals=True, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        on_ready()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
