@@ -63,6 +63,8 @@ def create_app(
         cors_allowed_origins=origins,
         namespaces="*",
         max_http_buffer_size=settings.max_socket_message_bytes,
+        ping_interval=settings.socketio_ping_interval,
+        ping_timeout=settings.socketio_ping_timeout,
     )
     sio.attach(app)
     app[sio_key] = sio
@@ -71,8 +73,8 @@ def create_app(
     if settings.socketio_direct_websocket:
         app[direct_hub_key] = DirectHub(
             api,
-            ping_interval=sio.eio.ping_interval,
-            ping_timeout=sio.eio.ping_timeout,
+            ping_interval=settings.socketio_ping_interval,
+            ping_timeout=settings.socketio_ping_timeout,
             max_payload=settings.max_socket_message_bytes,
             origins=None if "*" in settings.cors_origins else settings.cors_origins,
         )

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     coalesce_ms: float = Field(5.0, ge=0, le=1000)
     coalesce_max_ms: float = Field(50.0, ge=0, le=1000)
     socketio_direct_websocket: bool = True
+    socketio_ping_interval: float = Field(25.0, gt=0)
+    socketio_ping_timeout: float = Field(20.0, gt=0)
     sweep_interval: float = Field(30.0, gt=0)
     shutdown_timeout: float = Field(5.0, gt=0)
 

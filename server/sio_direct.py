@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 #: A request head longer than this is not ours: aiohttp gets it (and answers it).
 MAX_HANDSHAKE_BYTES = 16 * 1024
 WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-#: How often the heartbeat task looks at the connections, in seconds.
+#: How often the heartbeat task looks at the connections, at most, in seconds.
 HEARTBEAT_TICK = 1.0
 
 # WebSocket opcodes (RFC 6455 section 5.2) and close codes (section 7.4.1).
@@ -193,8 +193,9 @@ class DirectHub:
         """Ping every connection each ``ping_interval``; drop those silent for longer than
         ``ping_interval + ping_timeout`` (python-engineio's rule)."""
         loop = asyncio.get_running_loop()
+        tick = min(HEARTBEAT_TICK, self.ping_interval / 4)
         while True:
-            await asyncio.sleep(HEARTBEAT_TICK)
+            await asyncio.sleep(tick)
             now = loop.time()
             for connection in tuple(self.connections):
                 connection.heartbeat(now)

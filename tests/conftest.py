@@ -70,11 +70,23 @@ class StreamingTestServer(TestServer):
         return StreamingAppRunner(self.app, **kwargs)
 
 
+@pytest.fixture(params=["direct", "engineio"])
+def sio_path(request: pytest.FixtureRequest) -> str:
+    """Which server code serves Socket.IO WebSockets: ``server.sio_direct`` or python-socketio.
+
+    Modules that use it (``pytestmark = pytest.mark.usefixtures("sio_path")``) run each
+    test against both.
+    """
+    return str(request.param)
+
+
 @pytest.fixture
-async def start_server() -> AsyncIterator[ServerFactory]:
+async def start_server(request: pytest.FixtureRequest) -> AsyncIterator[ServerFactory]:
     servers: list[TestServer] = []
+    path = request.getfixturevalue("sio_path") if "sio_path" in request.fixturenames else "direct"
 
     async def start(providers: Mapping[str, AIProvider] | None = None, **overrides: Any) -> LiveServer:
+        overrides.setdefault("socketio_direct_websocket", path == "direct")
         app = create_app(make_settings(**overrides), providers=providers)
         server = StreamingTestServer(app, host="127.0.0.1", port=0)
         await server.start_server()

@@ -11,9 +11,14 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+import pytest
+
 from tests.conftest import WAIT, create_session, get_session, start_stream, stream_viewer, wait_until
 from tests.providers import ScriptedProvider
 from tests.test_ws_api import open_ws
+
+# Every test runs against both Socket.IO WebSocket paths (see conftest.sio_path).
+pytestmark = pytest.mark.usefixtures("sio_path")
 
 MAX_LAG = 16
 STALL_TIMEOUT = 1.0

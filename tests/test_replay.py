@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import (
     WAIT,
     assert_exactly_once,
@@ -12,6 +14,9 @@ from tests.conftest import (
     stream_viewer,
     wait_until,
 )
+
+# Every test runs against both Socket.IO WebSocket paths (see conftest.sio_path).
+pytestmark = pytest.mark.usefixtures("sio_path")
 
 
 async def test_reconnect_to_stream_namespace_with_auth_last_seq(server, http, sio_clients):

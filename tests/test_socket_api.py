@@ -18,6 +18,9 @@ from tests.conftest import (
     stream_viewer,
 )
 
+# Every test runs against both Socket.IO WebSocket paths (see conftest.sio_path).
+pytestmark = pytest.mark.usefixtures("sio_path")
+
 
 async def test_seed_flow_create_connect_start_chunks_complete(server, http, sio_clients):
     session_id = await create_session(http, server)
