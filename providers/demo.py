@@ -108,6 +108,8 @@ class DemoProvider:
 
     name = "demo"
     default_model = "demo"
+    #: A pull returns every token already due, so the session may pull less often.
+    batches_backlog = True
 
     def __init__(self, tokens_per_second: float = DEFAULT_TOKENS_PER_SECOND) -> None:
         self._tokens_per_second = tokens_per_second

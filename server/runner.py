@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Callable
 from typing import cast
 
 from aiohttp import web
 
 from server.app import direct_hub_key
+
+#: The cyclic garbage collector's thresholds for the serving process. CPython's default
+#: (700, 10, 10) ran 954 young and 8 full collections while 3,250 sessions streamed at
+#: 40 tokens/s: 2.2 s of the run, with full collections of about 150 ms each. With these,
+#: 10 young collections and no full one (bench (d), ``gc.callbacks`` timings).
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 class StreamingAppRunner(web.AppRunner):
@@ -37,6 +44,9 @@ def run_app(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully (as ``web.run_app``)."""
+    # Everything imported so far lives as long as the process: keep it out of collections.
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     asyncio.set_event_loop(loop)
     main = loop.create_task(_serve(app, host, port, shutdown_timeout, on_ready))
     try:

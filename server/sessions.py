@@ -299,8 +299,17 @@ class StreamingSession:
 
     async def _pump(self, stream: AsyncIterator[AIChunk]) -> None:
         loop = asyncio.get_running_loop()
+        pacer = self.pacer
+        # A provider whose pull hands over everything that is due (the demo) is pulled
+        # once per chunk while the pacer is stretched: the tokens still leave at the same
+        # flush, and the server wakes once per chunk instead of once per token.
+        batching = bool(getattr(self.provider, "batches_backlog", False))
         first = True
         while True:
+            if batching and pacer.interval > pacer.base:
+                wait = self._last_flush + pacer.interval - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
             while not self._may_pull():
                 self._pull_gate.clear()
                 await self._pull_gate.wait()
@@ -332,7 +341,12 @@ class StreamingSession:
                 pending.parts.append(item.content)
                 pending.chars += len(item.content)
                 pending.metadata = item.metadata
-                self._schedule_flush()
+                if batching and loop.time() >= self._last_flush + pacer.interval:
+                    if self._flush_handle is not None:
+                        self._flush_handle.cancel()
+                    self._flush()
+                else:
+                    self._schedule_flush()
 
     def _check_deadline(self) -> None:
         """The pull timeouts, with one timer per session rather than one per token.

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
 
 from providers.base import ProviderError, StreamConfig
+from providers.demo import demo_tokens
 from server.manager import StreamingSessionManager
 from server.registry import InMemorySessionRegistry
-from server.sessions import FlowLimits, SessionConflict, SessionState, StreamingSession
+from server.sessions import FlowLimits, Pacer, SessionConflict, SessionState, StreamingSession
 from tests.conftest import make_settings, wait_until
 from tests.providers import CountingProvider, ScriptedProvider
 
@@ -191,3 +192,43 @@ async def test_shutdown_ends_live_sessions_with_shutdown_error():
     await manager.shutdown()
     assert viewer.of("stream-error")[0]["code"] == "shutdown"
     assert session.state is SessionState.FAILED
+
+
+async def test_busy_server_pulls_a_batching_provider_once_per_chunk():
+    """While the pacer is stretched, the demo is pulled once per chunk interval (each pull
+    hands over every token already due) and every token still arrives, in order."""
+    provider = CountingProvider(tokens_per_second=400)
+    provider.batches_backlog = True
+    busy = Pacer(base=0.005, ceiling=0.05, interval=0.05)
+    session = StreamingSession(
+        "00000000-0000-4000-8000-00000000000b",
+        "u",
+        replace(CONFIG, max_tokens=100),
+        provider,
+        FlowLimits(),
+        busy,
+    )
+    viewer = FakeViewer()
+    session.add_viewer(viewer)
+    started = time.monotonic()
+    session.start("p")
+    await finished(session)
+    chunks = viewer.of("chunk")
+    assert [c["seq"] for c in chunks] == list(range(len(chunks)))
+    assert "".join(c["content"] for c in chunks) == "".join(demo_tokens("p", 100))
+    # 100 tokens at 400/s take 0.25 s: about 6 chunks 50 ms apart, one pull each (+ the end).
+    assert len(chunks) <= 8 and provider.pulled <= len(chunks) + 2
+    assert time.monotonic() - started < 0.25 + 0.2, "pulling less often does not slow the stream"
+
+
+async def test_idle_server_pulls_every_token_as_it_comes():
+    provider = CountingProvider(tokens_per_second=400)
+    provider.batches_backlog = True
+    session = StreamingSession(
+        "00000000-0000-4000-8000-00000000000c", "u", replace(CONFIG, max_tokens=40), provider, FlowLimits()
+    )
+    viewer = FakeViewer()
+    session.add_viewer(viewer)
+    session.start("p")
+    await finished(session)
+    assert provider.pulled >= 30, "an idle server does not batch"
