@@ -76,7 +76,9 @@ def create_app(
             ping_interval=settings.socketio_ping_interval,
             ping_timeout=settings.socketio_ping_timeout,
             max_payload=settings.max_socket_message_bytes,
-            origins=None if "*" in settings.cors_origins else settings.cors_origins,
+            # python-engineio checks no origin for "*" or an empty list either.
+            origins=None if "*" in settings.cors_origins else settings.cors_origins or None,
+            idle_timeout=settings.keepalive_timeout,
         )
     app[websockets_key] = set()
     app[upgrades_key] = set()

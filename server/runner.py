@@ -12,6 +12,7 @@ from typing import cast
 from aiohttp import web
 
 from server.app import direct_hub_key
+from server.http_api import settings_key
 
 #: The cyclic garbage collector's thresholds for the serving process. CPython's default
 #: (700, 10, 10) ran 954 young and 8 full collections while 3,250 sessions streamed at
@@ -69,7 +70,12 @@ def run_app(
 async def _serve(
     app: web.Application, host: str, port: int, shutdown_timeout: float, on_ready: Callable[[], None]
 ) -> None:
-    runner = StreamingAppRunner(app, handle_signals=True, shutdown_timeout=shutdown_timeout)
+    runner = StreamingAppRunner(
+        app,
+        handle_signals=True,
+        shutdown_timeout=shutdown_timeout,
+        keepalive_timeout=app[settings_key].keepalive_timeout,
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

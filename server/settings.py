@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     max_pending_chars: int = Field(64 * 1024, ge=1)
     coalesce_ms: float = Field(5.0, ge=0, le=1000)
     coalesce_max_ms: float = Field(50.0, ge=0, le=1000)
+    keepalive_timeout: float = Field(75.0, gt=0)
     socketio_direct_websocket: bool = True
     socketio_ping_interval: float = Field(25.0, gt=0)
     socketio_ping_timeout: float = Field(20.0, gt=0)

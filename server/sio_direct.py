@@ -47,6 +47,10 @@ MAX_HANDSHAKE_BYTES = 16 * 1024
 WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: How often the heartbeat task looks at the connections, at most, in seconds.
 HEARTBEAT_TICK = 1.0
+#: Most frames one fragmented message may have (empty fragments cost nothing otherwise).
+MAX_FRAGMENTS = 1024
+#: Close codes a peer may send (RFC 6455 section 7.4); others are answered with 1002.
+_VALID_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 # WebSocket opcodes (RFC 6455 section 5.2) and close codes (section 7.4.1).
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -73,6 +77,22 @@ def _unmask(data: bytes, mask: bytes) -> bytes:
         return data
     key = (mask * (size // 4 + 1))[:size]
     return (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")
+
+
+def _close_reply(payload: bytes) -> int:
+    """The code to answer a close frame with (RFC 6455 sections 5.5.1 and 7.4)."""
+    if not payload:
+        return CLOSE_NORMAL
+    if len(payload) < 2:
+        return CLOSE_PROTOCOL_ERROR
+    code: int = struct.unpack("!H", payload[:2])[0]
+    if code not in _VALID_CLOSE_CODES and not 3000 <= code < 5000:
+        return CLOSE_PROTOCOL_ERROR
+    try:
+        payload[2:].decode()
+    except UnicodeDecodeError:
+        return CLOSE_INVALID_DATA
+    return code
 
 
 def _namespace_prefix(namespace: str) -> str:
@@ -167,13 +187,17 @@ class DirectHub:
         ping_timeout: float,
         max_payload: int,
         origins: Sequence[str] | None,
+        idle_timeout: float = 75.0,
     ) -> None:
         self.api = api
+        self.idle_timeout = idle_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.max_payload = max_payload
         self.origins = origins
         self.connections: set[SioConnection] = set()
+        #: Connections whose request head has not arrived yet.
+        self.handshakes: set[Handshake] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         #: The Engine.IO ``open`` packet's fields after ``sid``.
         self.open_fields = encode_json(
@@ -193,34 +217,58 @@ class DirectHub:
         """Ping every connection each ``ping_interval``; drop those silent for longer than
         ``ping_interval + ping_timeout`` (python-engineio's rule)."""
         loop = asyncio.get_running_loop()
-        tick = min(HEARTBEAT_TICK, self.ping_interval / 4)
+        tick = min(HEARTBEAT_TICK, self.ping_interval / 4, self.ping_timeout / 4)
         while True:
             await asyncio.sleep(tick)
             now = loop.time()
             for connection in tuple(self.connections):
-                connection.heartbeat(now)
+                try:
+                    connection.heartbeat(now)
+                except Exception:
+                    log.exception("direct socket %s: heartbeat failed", connection.sid)
+                    connection.abort()
 
     def close_all(self) -> None:
-        """Server shutdown: every connection gets Engine.IO's close, then a close frame."""
+        """Server shutdown: every connection gets Engine.IO's close, then a close frame;
+        connections still sending their request head are closed."""
         for connection in tuple(self.connections):
             connection.close(CLOSE_GOING_AWAY)
+        for handshake in tuple(self.handshakes):
+            handshake.close()
 
 
 class Handshake(asyncio.Protocol):
     """The first protocol of every connection: reads the request head, then either
     serves a direct Socket.IO WebSocket or hands the connection to aiohttp."""
 
-    __slots__ = ("_buffer", "_http", "_hub", "_transport")
+    __slots__ = ("_buffer", "_http", "_hub", "_timer", "_transport")
 
     def __init__(self, hub: DirectHub, http: Callable[[], asyncio.BaseProtocol]) -> None:
         self._hub = hub
         self._http = http
         self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._buffer = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not registered as asyncio.Transport subclasses.
         self._transport = cast(asyncio.Transport, transport)
+        # aiohttp's own idle timeout starts only once it has the connection.
+        self._timer = asyncio.get_running_loop().call_later(self._hub.idle_timeout, self.close)
+        self._hub.handshakes.add(self)
+
+    def close(self) -> None:
+        """Give up on a connection that never sent a whole request head."""
+        if self._transport is not None:
+            self._transport.close()
+        self._done()
+
+    def _done(self) -> None:
+        self._transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._hub.handshakes.discard(self)
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
@@ -237,15 +285,16 @@ class Handshake(asyncio.Protocol):
             self._hand_over(transport)
             return
         rest = self._buffer[end + 4 :]
-        self._transport = None
         self._buffer = b""
+        self._done()
         connection = SioConnection(self._hub, transport)
         transport.set_protocol(connection)
         connection.open(accept, rest)
 
     def _hand_over(self, transport: asyncio.Transport) -> None:
         protocol = cast(asyncio.Protocol, self._http())
-        buffered, self._buffer, self._transport = self._buffer, b"", None
+        buffered, self._buffer = self._buffer, b""
+        self._done()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         protocol.data_received(buffered)
@@ -254,7 +303,7 @@ class Handshake(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
+        self._done()
 
 
 class DirectViewer:
@@ -299,6 +348,7 @@ class SioConnection(asyncio.Protocol):
         "_buffer",
         "_closing",
         "_fragment_opcode",
+        "_fragment_size",
         "_fragments",
         "_hub",
         "_last_seen",
@@ -319,6 +369,7 @@ class SioConnection(asyncio.Protocol):
         self._buffer = bytearray()
         self._fragments: list[bytes] | None = None
         self._fragment_opcode = OP_TEXT
+        self._fragment_size = 0
         #: Connected namespaces: name -> the namespace's Socket.IO sid.
         self._namespaces: dict[str, str] = {}
         self._viewers: dict[str, DirectViewer] = {}
@@ -366,12 +417,15 @@ class SioConnection(asyncio.Protocol):
         out = self._out
         while out and not self._paused:
             self._transport.write(out.popleft())
+        if out is not None and not out and not self._closing:
+            self._out = None
+            self._transport.resume_reading()
 
     def heartbeat(self, now: float) -> None:
         hub = self._hub
         if now - self._last_seen > hub.ping_interval + hub.ping_timeout:
             log.debug("direct socket %s: no pong, closing", self.sid)
-            self._transport.abort()
+            self.abort()
         elif now >= self._next_ping:
             self._next_ping = now + hub.ping_interval
             self._write(websocket_text_frame("2"))
@@ -387,6 +441,11 @@ class SioConnection(asyncio.Protocol):
         self._closing = True
         self._transport.close()
 
+    def abort(self) -> None:
+        """Drop the connection at once, unsent data included."""
+        self._closing = True
+        self._transport.abort()
+
     def _fail(self, code: int, why: str) -> None:
         log.info("direct socket %s: %s, closing", self.sid, why)
         self._write(_close_frame(code))
@@ -401,6 +460,9 @@ class SioConnection(asyncio.Protocol):
         if self._paused or self._out:
             if self._out is None:
                 self._out = deque()
+                # A client that does not read is not read either: what it sends could
+                # only add replies to this queue.
+                self._transport.pause_reading()
             self._out.append(frame)
         else:
             self._transport.write(frame)
@@ -450,6 +512,9 @@ class SioConnection(asyncio.Protocol):
     def _frame(self, final: bool, opcode: int, payload: bytes) -> None:
         self._last_seen = asyncio.get_running_loop().time()
         if opcode >= OP_CLOSE:
+            if not final or len(payload) > 125:
+                self._fail(CLOSE_PROTOCOL_ERROR, "fragmented or oversized control frame")
+                return
             self._control(opcode, payload)
             return
         if opcode == OP_CONTINUATION:
@@ -457,7 +522,8 @@ class SioConnection(asyncio.Protocol):
                 self._fail(CLOSE_PROTOCOL_ERROR, "continuation without a first frame")
                 return
             self._fragments.append(payload)
-            if sum(len(part) for part in self._fragments) > self._hub.max_payload:
+            self._fragment_size += len(payload)
+            if self._fragment_size > self._hub.max_payload or len(self._fragments) > MAX_FRAGMENTS:
                 self._fail(CLOSE_TOO_BIG, "fragmented message too big")
                 return
             if not final:
@@ -470,6 +536,7 @@ class SioConnection(asyncio.Protocol):
                 return
             if not final:
                 self._fragments, self._fragment_opcode = [payload], opcode
+                self._fragment_size = len(payload)
                 return
         else:
             self._fail(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
@@ -489,8 +556,7 @@ class SioConnection(asyncio.Protocol):
         if opcode == OP_PING:
             self._write(_control_frame(OP_PONG, payload[:125]))
         elif opcode == OP_CLOSE:
-            code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else CLOSE_NORMAL
-            self._write(_close_frame(code if 1000 <= code < 5000 else CLOSE_PROTOCOL_ERROR))
+            self._write(_close_frame(_close_reply(payload)))
             self._closing = True
             self._transport.close()
         elif opcode != OP_PONG:
@@ -500,11 +566,11 @@ class SioConnection(asyncio.Protocol):
         kind = text[:1]
         if kind == "4":
             self._socketio(text[1:])
-        elif kind == "2":  # a client ping (probes only): answer with the same payload
-            self.send_text("3" + text[1:])
         elif kind == "1":
             self.close(announce=False)
-        # "3" (pong) only refreshes _last_seen; "6" (noop) and the rest are ignored.
+        # "3" (pong) only refreshes _last_seen. A client "2" (ping) belongs to a transport
+        # upgrade, which a direct WebSocket never has: ignored, as python-engineio does,
+        # like "6" (noop) and anything else.
 
     def _socketio(self, text: str) -> None:
         try:
@@ -583,6 +649,8 @@ class SioConnection(asyncio.Protocol):
     async def _dispatch(
         self, namespace: str, sid: str, ack_id: int | None, event: str, args: Sequence[object]
     ) -> None:
+        if self._namespaces.get(namespace) != sid:
+            return  # the client left the namespace before its event got its turn
         api = self._hub.api
         try:
             if namespace == "/":

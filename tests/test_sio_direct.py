@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import struct
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import socketio
 
+from server.app import direct_hub_key
 from tests.conftest import (
     WAIT,
     LiveServer,
@@ -192,6 +194,16 @@ async def test_malformed_packets_are_ignored(server: LiveServer, http: Any) -> N
         pytest.param({"opcode": TEXT, "payload": b"\xff\xfe"}, 1007, id="not-utf8"),
         pytest.param({"opcode": 0x3, "payload": b""}, 1002, id="unknown-opcode"),
         pytest.param({"opcode": 0x0, "payload": b"x"}, 1002, id="stray-continuation"),
+        pytest.param({"opcode": PING, "payload": b"x", "final": False}, 1002, id="fragmented-ping"),
+        pytest.param({"opcode": PING, "payload": b"x" * 126}, 1002, id="oversized-ping"),
+        pytest.param({"opcode": CLOSE, "payload": b"\x03"}, 1002, id="one-byte-close"),
+        pytest.param({"opcode": CLOSE, "payload": struct.pack("!H", 1005)}, 1002, id="reserved-close-code"),
+        pytest.param(
+            {"opcode": CLOSE, "payload": struct.pack("!H", 1000) + b"\xff"}, 1007, id="close-reason-not-utf8"
+        ),
+        pytest.param(
+            {"opcode": CLOSE, "payload": struct.pack("!H", 4001) + b"bye"}, 4001, id="application-close-code"
+        ),
     ],
 )
 async def test_protocol_errors_close_with_the_rfc_code(
@@ -207,6 +219,58 @@ async def test_protocol_errors_close_with_the_rfc_code(
     await start_stream(http, server, session_id)
     await bystander.wait_finished()
     assert_exactly_once(bystander, (await get_session(http, server, session_id))["chunks"])
+
+
+async def test_endless_empty_fragments_are_refused(server: LiveServer) -> None:
+    raw = await open_direct(server)
+    raw.send(TEXT, b"4", final=False)
+    for _ in range(2000):
+        raw.send(0x0, b"", final=False)
+    hub = server.app[direct_hub_key]
+    # Closed with the rest of the fragments unread, the kernel may reset instead.
+    with contextlib.suppress(ConnectionResetError):
+        assert await raw.recv_close() == 1009
+    await wait_until(lambda: not hub.connections)
+
+
+async def test_leaving_before_a_join_is_handled_leaves_no_viewer(server: LiveServer, http: Any) -> None:
+    session_id = await create_session(http, server)
+    session = server.manager.get_session(session_id)
+    assert session is not None
+    raw = await open_direct(server)
+    await raw.connect()
+    # One write: the join is still queued when the namespace is left.
+    raw.send_text(f'421["join-stream","{session_id}"]')
+    raw.send_text("41")
+    raw.send_text('422["nope"]')
+    raw.send_text("40")
+    assert (await raw.recv_text()).startswith('40{"sid":')
+    raw.send_text('423["nope"]')
+    assert (await raw.recv_text()).startswith("433[")
+    assert not session.viewers
+    raw.close()
+
+
+async def test_client_pings_are_not_echoed(server: LiveServer) -> None:
+    """A client ping only belongs to a transport upgrade; python-engineio ignores it too."""
+    raw = await open_direct(server)
+    await raw.connect()
+    raw.send_text("2probe")
+    raw.send_text('421["nope"]')
+    assert (await raw.recv_text()).startswith("431[")
+    raw.close()
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"])
+async def test_a_connection_without_a_whole_request_is_closed(
+    start_server: ServerFactory, sent: bytes
+) -> None:
+    server = await start_server(keepalive_timeout=0.3)
+    parts = urlsplit(server.url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(sent)
+    assert await asyncio.wait_for(reader.read(), WAIT) == b""
+    writer.close()
 
 
 async def test_close_frame_is_answered_and_the_viewer_leaves(server: LiveServer, http: Any) -> None:
