@@ -11,6 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from providers.base import StreamConfig
+from server.commands import Action, session_command
 from server.manager import ProviderUnavailable, StreamingSessionManager, TooManySessions
 from server.models import CreateSessionIn, StartIn, StreamConfigIn, encode_json, parse_session_id
 from server.sessions import SessionConflict, StreamingSession, short_id
@@ -181,11 +182,9 @@ async def get_session(request: web.Request) -> web.Response:
 
 async def cancel_session(request: web.Request) -> web.Response:
     """``POST /api/streaming/{sessionId}/cancel``: closes the upstream request."""
-    session = _session(request)
-    try:
-        await session.cancel()
-    except SessionConflict as exc:
-        raise ApiError(409, str(exc)) from None
+    ack = await session_command(_session(request), Action.CANCEL)
+    if not ack["ok"]:
+        raise ApiError(409, ack["error"])
     return _json({"status": "cancelled"})
 
 

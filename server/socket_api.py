@@ -8,146 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import socketio
-from engineio.packet import MESSAGE as ENGINEIO_MESSAGE
-from engineio.packet import Packet as EngineIOPacket
 from pydantic import ValidationError
 
+from server.commands import EVENT_ACTIONS, session_command
 from server.manager import StreamingSessionManager
-from server.models import JoinIn, encode_json, parse_last_seq, parse_session_id
-from server.sessions import Payload, SessionConflict, SessionFull, StreamingSession, Viewer
+from server.models import JoinIn, parse_last_seq, parse_session_id
+from server.sessions import SessionFull, StreamingSession, Viewer
+from server.socketio_viewer import SocketIOViewer
+from server.wire.socketio import Ack, error_ack
 
 log = logging.getLogger(__name__)
 
 STREAM_NAMESPACE_PREFIX = "/stream/"
 SESSION_NOT_FOUND = "Session not found"
-
-Ack = dict[str, Any]
-
-
-#: Events are written straight to a WebSocket only while less than this is buffered for it.
-DIRECT_WRITE_LIMIT = 64 * 1024
-ENGINEIO_MESSAGE_PREFIX = "4"
-
-
-def websocket_text_frame(text: str) -> bytes:
-    """One unmasked, final, uncompressed text frame (RFC 6455 section 5.2), server to client."""
-    payload = text.encode()
-    size = len(payload)
-    if size < 126:
-        header = bytes((0x81, size))
-    elif size < 1 << 16:
-        header = struct.pack("!BBH", 0x81, 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, size)
-    return header + payload
-
-
-def _websocket_transport(environ: dict[str, Any] | None) -> asyncio.WriteTransport | None:
-    """The connection under an Engine.IO session opened as a WebSocket (not upgraded from
-    long-polling, whose first request is another connection)."""
-    request = environ.get("aiohttp.request") if environ else None
-    if request is None or request.headers.get("Upgrade", "").lower() != "websocket":
-        return None
-    transport: asyncio.WriteTransport | None = request.transport
-    return transport
-
-
-def event_prefix(namespace: str) -> str:
-    """The start of a Socket.IO v5 EVENT packet for ``namespace`` (``2`` or ``2/ns,``)."""
-    return "2" if namespace == "/" else f"2{namespace},"
-
-
-def _error(message: str) -> Ack:
-    return {"ok": False, "error": message}
-
-
-class SocketIOViewer:
-    """One Socket.IO connection watching one session.
-
-    Events are encoded once. On a WebSocket connection whose Engine.IO writer is idle
-    (nothing of Engine.IO's queued or in flight) and whose socket buffer is small, the
-    frame is written to the connection at once, as Node's Socket.IO does; otherwise it
-    goes on the Engine.IO socket's queue, which its writer drains. ``sio.emit`` would
-    spawn and await a task per packet. The queue is the viewer's backlog: a client that
-    stops reading fills the socket buffer, then the queue, and shows as lagging.
-    Events sent before :meth:`release` (the replay on join) are held until the
-    namespace's CONNECT or the join's ack has been queued ahead of them.
-    """
-
-    __slots__ = (
-        "_closing",
-        "_held",
-        "_namespace",
-        "_prefix",
-        "_sid",
-        "_sio",
-        "_socket",
-        "_transport",
-        "key",
-    )
-
-    def __init__(self, sio: socketio.AsyncServer, sid: str, namespace: str) -> None:
-        self.key = f"sio:{namespace}:{sid}"
-        self._sio = sio
-        self._sid = sid
-        self._namespace = namespace
-        self._prefix = event_prefix(namespace)
-        eio_sid = sio.manager.eio_sid_from_sid(sid, namespace)
-        self._socket: Any = sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
-        self._transport = _websocket_transport(sio.get_environ(sid, namespace))
-        self._held: list[str] | None = []
-        self._closing: asyncio.Task[None] | None = None
-
-    def send(self, event: str, payload: Payload) -> None:
-        data = self._prefix + encode_json([event, payload])
-        if self._held is not None:
-            self._held.append(data)
-            return
-        self._deliver(data)
-
-    def _deliver(self, data: str) -> None:
-        socket = self._socket
-        if socket is None or socket.closed:
-            return
-        queue = socket.queue
-        transport = self._transport
-        if (
-            transport is not None
-            and queue.empty()
-            and queue._getters  # the writer waits for work: nothing of Engine.IO's is in flight
-            and not transport.is_closing()
-            and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT
-        ):
-            transport.write(websocket_text_frame(ENGINEIO_MESSAGE_PREFIX + data))
-        else:
-            queue.put_nowait(EngineIOPacket(ENGINEIO_MESSAGE, data))
-
-    def release(self, attempt: int = 0) -> None:
-        """Send what was held, once the client is connected to the namespace."""
-        if self._held is None:
-            return
-        if not self._sio.manager.is_connected(self._sid, self._namespace) and attempt < 100:
-            asyncio.get_running_loop().call_soon(self.release, attempt + 1)
-            return
-        held, self._held = self._held, None
-        for data in held:
-            self._deliver(data)
-
-    def backlog(self) -> int:
-        held = len(self._held) if self._held is not None else 0
-        socket = self._socket
-        return held + (socket.queue.qsize() if socket is not None else 0)
-
-    def close(self, reason: str) -> None:
-        if self._closing is None:
-            self._closing = asyncio.get_running_loop().create_task(
-                self._sio.disconnect(self._sid, namespace=self._namespace)
-            )
 
 
 def _session_ref(data: object) -> tuple[str, int | None]:
@@ -177,7 +54,7 @@ def _guarded(handler: Handler) -> Handler:
             return await handler(*args)
         except Exception:
             log.exception("socket handler %s failed", handler.__name__)
-            return _error("Internal server error")
+            return error_ack("Internal server error")
 
     wrapper.__name__ = handler.__name__
     return wrapper
@@ -191,9 +68,6 @@ class ReleasableViewer(Viewer, Protocol):
 
 class ConnectRefused(Exception):
     """A ``/stream/{id}`` namespace refuses the connection (sent as CONNECT_ERROR)."""
-
-
-Action = Callable[[StreamingSession], Awaitable[Ack]]
 
 
 class SocketAPI:
@@ -212,11 +86,6 @@ class SocketAPI:
         self._joined: dict[str, dict[str, Viewer]] = {}
         #: ``/stream/{id}`` namespaces: (namespace, viewer key) -> viewer.
         self._stream_viewers: dict[tuple[str, str], Viewer] = {}
-        self._root_actions: dict[str, Action] = {
-            "pause-stream": _pause,
-            "resume-stream": _resume,
-            "cancel-stream": _cancel,
-        }
 
         sio.on("*", _guarded(self._sio_root_event), namespace="/")
         sio.on("disconnect", self._sio_root_disconnect, namespace="/")
@@ -246,13 +115,13 @@ class SocketAPI:
                 return self._join(conn, args, make_viewer)
             if event == "leave-stream":
                 return self._leave(conn, args)
-            action = self._root_actions.get(event)
+            action = EVENT_ACTIONS.get(event)
             if action is None:
-                return _error(f"Unknown event {event[:64]!r}")
+                return error_ack(f"Unknown event {event[:64]!r}")
             session, _ = self._lookup(args[0] if args else None)
         except (ValueError, LookupError) as exc:
-            return _error(str(exc))
-        return await action(session)
+            return error_ack(str(exc))
+        return await session_command(session, action)
 
     def _join(self, conn: str, args: Sequence[object], make_viewer: Callable[[], ReleasableViewer]) -> Ack:
         session, last_seq = self._lookup(args[0] if args else None)
@@ -260,7 +129,7 @@ class SocketAPI:
         try:
             position = session.add_viewer(viewer, last_seq)
         except SessionFull as exc:
-            return _error(str(exc))
+            return error_ack(str(exc))
         self._joined.setdefault(conn, {})[session.id] = viewer
         # The ack goes out as the event's handler returns; the replay follows it.
         asyncio.get_running_loop().call_soon(viewer.release)
@@ -315,13 +184,13 @@ class SocketAPI:
 
     async def stream_event(self, namespace: str, event: str) -> Ack:
         """One event on a ``/stream/{id}`` namespace; the namespace names the session."""
-        action = self._root_actions.get(event)
+        action = EVENT_ACTIONS.get(event)
         if action is None:
-            return _error(f"Unknown event {event[:64]!r}")
+            return error_ack(f"Unknown event {event[:64]!r}")
         session = self._namespace_session(namespace)
         if session is None:
-            return _error(SESSION_NOT_FOUND)
-        return await action(session)
+            return error_ack(SESSION_NOT_FOUND)
+        return await session_command(session, action)
 
     def viewers(self) -> int:
         return len(self._stream_viewers) + sum(len(v) for v in self._joined.values())
@@ -353,27 +222,3 @@ class SocketAPI:
 
     async def _sio_stream_event(self, event: str, namespace: str, sid: str, *args: object) -> Ack:
         return await self.stream_event(namespace, event)
-
-
-async def _pause(session: StreamingSession) -> Ack:
-    try:
-        last_seq = session.pause()
-    except SessionConflict as exc:
-        return _error(str(exc))
-    return {"ok": True, "state": session.state.value, "lastSeq": last_seq}
-
-
-async def _resume(session: StreamingSession) -> Ack:
-    try:
-        session.resume()
-    except SessionConflict as exc:
-        return _error(str(exc))
-    return {"ok": True, "state": session.state.value}
-
-
-async def _cancel(session: StreamingSession) -> Ack:
-    try:
-        await session.cancel()
-    except SessionConflict as exc:
-        return _error(str(exc))
-    return {"ok": True, "state": session.state.value}

@@ -13,9 +13,11 @@ from collections import deque
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from server.commands import Action, session_command
 from server.http_api import error_response, manager_key
 from server.models import encode_json, parse_last_seq, parse_session_id
-from server.sessions import Payload, SessionConflict, SessionFull, StreamingSession
+from server.sessions import Payload, SessionFull, StreamingSession
+from server.wire.socketio import error_ack
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +65,18 @@ class WebSocketViewer:
             transport.abort()
 
 
+#: The command frames a client may send: ``{"type": <action>}``.
+_FRAME_ACTIONS = {action.value: action for action in Action}
+
+
 async def _handle_command(session: StreamingSession, frame: object) -> Payload:
-    action = frame.get("type") if isinstance(frame, dict) else None
-    base: Payload = {"action": action if isinstance(action, str) else None}
-    try:
-        if action == "pause":
-            last_seq = session.pause()
-            return {**base, "ok": True, "state": session.state.value, "lastSeq": last_seq}
-        if action == "resume":
-            session.resume()
-        elif action == "cancel":
-            await session.cancel()
-        else:
-            return {**base, "ok": False, "error": 'Expected {"type": "pause" | "resume" | "cancel"}'}
-    except SessionConflict as exc:
-        return {**base, "ok": False, "error": str(exc)}
-    return {**base, "ok": True, "state": session.state.value}
+    """One command frame from the client; the ack frame carries its ``action``."""
+    name = frame.get("type") if isinstance(frame, dict) else None
+    action = _FRAME_ACTIONS.get(name) if isinstance(name, str) else None
+    base: Payload = {"action": name if isinstance(name, str) else None}
+    if action is None:
+        return {**base, **error_ack('Expected {"type": "pause" | "resume" | "cancel"}')}
+    return {**base, **await session_command(session, action)}
 
 
 async def stream_socket(request: web.Request) -> web.StreamResponse:

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import WAIT, create_session, get_session, start_stream, stream_viewer, wait_until
-from tests.providers import ScriptedProvider
+from tests.fake_providers import ScriptedProvider
+from tests.helpers import WAIT, create_session, get_session, start_stream, stream_viewer, wait_until
 from tests.test_ws_api import open_ws
 
 # Every test runs against both Socket.IO WebSocket paths (see conftest.sio_path).

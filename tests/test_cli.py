@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import socketio
 
-from tests.conftest import WAIT, record_events
+from tests.helpers import WAIT, record_events
 from tests.server_process import ROOT, ServerProcess
 
 

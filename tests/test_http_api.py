@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import create_session, get_session, start_stream, stream_viewer
+from tests.helpers import create_session, get_session, start_stream, stream_viewer
 
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.conftest import assert_exactly_once, create_session, start_stream, stream_viewer
+from tests.helpers import assert_exactly_once, create_session, start_stream, stream_viewer
 
 SESSIONS = 200
 

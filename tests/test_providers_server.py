@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
+from tests.fake_upstream import FakeUpstream, Script
+from tests.helpers import (
     ServerFactory,
     create_session,
     get_session,
     start_stream,
     stream_viewer,
 )
-from tests.fake_upstream import FakeUpstream, Script
 
 OPENAI_KEY = "sk-test-openai-e2e-0123456789"
 ANTHROPIC_KEY = "sk-ant-test-e2e-0123456789"
@@ -147,10 +147,10 @@ async def test_pause_does_not_read_upstream(provider, start, fake, http, sio_cli
     ack = await client.call("pause-stream", namespace=f"/stream/{session_id}")
     session = server.manager.get_session(session_id)
     assert session is not None
-    held = session._pending.chars
+    held = session.emitter.pending_chars
     with pytest.raises(TimeoutError):
         await viewer.wait_for(lambda: viewer.seqs[-1] > ack["lastSeq"], timeout=0.4)
-    assert session._pending.chars - held <= len("t39 "), "at most the read in flight lands"
+    assert session.emitter.pending_chars - held <= len("t39 "), "at most the read in flight lands"
     await client.call("resume-stream", namespace=f"/stream/{session_id}")
     await viewer.wait_finished()
     assert viewer.text == "".join(f"t{i} " for i in range(40))

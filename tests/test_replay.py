@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import (
+from tests.helpers import (
     WAIT,
     assert_exactly_once,
     create_session,

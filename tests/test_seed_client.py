@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WAIT, get_session
+from tests.helpers import WAIT, get_session
 
 ROOT = Path(__file__).resolve().parent.parent
 

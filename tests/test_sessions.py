@@ -13,8 +13,8 @@ from providers.demo import demo_tokens
 from server.manager import StreamingSessionManager
 from server.registry import InMemorySessionRegistry
 from server.sessions import FlowLimits, Pacer, SessionConflict, SessionState, StreamingSession
-from tests.conftest import make_settings, wait_until
-from tests.providers import CountingProvider, ScriptedProvider
+from tests.fake_providers import CountingProvider, ScriptedProvider
+from tests.helpers import make_settings, wait_until
 
 CONFIG = StreamConfig(provider="demo", model="demo")
 
@@ -55,7 +55,7 @@ async def test_tokens_held_back_by_a_lagging_viewer_are_coalesced():
     viewer = FakeViewer(held=10)
     session.add_viewer(viewer)
     session.start("p")
-    await wait_until(lambda: provider.closed.is_set() or session._pending.chars > 100)
+    await wait_until(lambda: provider.closed.is_set() or session.emitter.pending_chars > 100)
     assert viewer.of("chunk") == [], "nothing is emitted while the viewer lags"
     viewer.held = 0
     await finished(session)

@@ -22,7 +22,7 @@ import pytest
 import socketio
 
 from server.app import direct_hub_key
-from tests.conftest import (
+from tests.helpers import (
     WAIT,
     LiveServer,
     ServerFactory,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import socketio
 
-from tests.conftest import (
+from tests.helpers import (
     WAIT,
     assert_exactly_once,
     create_session,
@@ -154,7 +154,7 @@ async def test_pause_and_resume_by_id_on_root_namespace(server, http, sio_client
 
 
 async def test_pause_stops_pulling_the_provider(start_server, http, sio_clients):
-    from tests.providers import CountingProvider
+    from tests.fake_providers import CountingProvider
 
     provider = CountingProvider(tokens_per_second=100)
     server = await start_server(providers={"demo": provider})
@@ -172,7 +172,7 @@ async def test_pause_stops_pulling_the_provider(start_server, http, sio_clients)
 
 
 async def test_cancel_stream_closes_the_provider(start_server, http, sio_clients):
-    from tests.providers import CountingProvider
+    from tests.fake_providers import CountingProvider
 
     provider = CountingProvider(tokens_per_second=100)
     server = await start_server(providers={"demo": provider})

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import WAIT, Recorder, create_session, get_session, start_stream
+from tests.helpers import WAIT, Recorder, create_session, get_session, start_stream
 
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 

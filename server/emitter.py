@@ -1,0 +1,223 @@
+"""Chunk emission: a session's viewers, the text waiting to go out, and flow control.
+
+A :class:`ChunkEmitter` sits between whatever produces text (a provider pump, or a
+relay that reads a shared log) and the viewers. It joins the text that arrives between
+two flushes into one chunk, sends at most one chunk per ``pacer.interval``, and holds
+emission back while a viewer lags (dropping one that stays behind too long), so a slow
+viewer costs a bounded backlog and never unbounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+#: How often an emitter held back by a lagging viewer checks whether it caught up.
+BACKPRESSURE_POLL_SECONDS = 0.01
+
+Payload = dict[str, Any]
+
+
+class Viewer(Protocol):
+    """Where a session's events go: one socket, one WebSocket, or another process."""
+
+    key: str
+
+    def send(self, event: str, payload: Payload) -> None:
+        """Queue one event; must not block and must keep order."""
+
+    def backlog(self) -> int:
+        """How many events are queued for this viewer and not yet written."""
+
+    def close(self, reason: str) -> None:
+        """Drop the connection (the viewer may reconnect with ``lastSeq``)."""
+
+
+class SessionFull(Exception):
+    """The session already has its maximum number of viewers."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlowLimits:
+    """The bounds a session applies; all come from the server settings."""
+
+    max_lag: int = 64
+    stall_timeout: float = 10.0
+    max_pending_chars: int = 64 * 1024
+    max_viewers: int = 32
+    first_token_timeout: float = 30.0
+    token_idle_timeout: float = 30.0
+
+
+@dataclass(slots=True)
+class Pacer:
+    """The shortest time between two chunks of one session, shared by all sessions.
+
+    ``base`` while the event loop keeps time; stretched up to ``ceiling`` while it runs
+    late, so that a busy server sends fewer, larger chunks instead of falling behind.
+    """
+
+    base: float = 0.005
+    ceiling: float = 0.05
+    interval: float = 0.005
+
+    def observe(self, lag: float) -> None:
+        """Feed the event loop's current lateness, in seconds."""
+        self.interval = min(self.ceiling, max(self.base, 2 * lag))
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Text received but not yet emitted as a chunk."""
+
+    parts: list[str] = field(default_factory=list)
+    chars: int = 0
+    metadata: Payload = field(default_factory=dict)
+
+
+class ChunkEmitter:
+    """Viewers, pending text and the flush schedule of one stream.
+
+    ``make_chunk(content, metadata)`` logs a chunk and returns its payload; ``may_emit()``
+    says whether chunks may leave now (not while paused); ``on_emitted()`` is called
+    after each chunk, so the producer can read more.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        limits: FlowLimits,
+        pacer: Pacer,
+        make_chunk: Callable[[str, Payload], Payload],
+        may_emit: Callable[[], bool],
+        on_emitted: Callable[[], None],
+    ) -> None:
+        self.label = label
+        self.limits = limits
+        self.pacer = pacer
+        self.viewers: dict[str, Viewer] = {}
+        self.last_flush = 0.0
+        self._make_chunk = make_chunk
+        self._may_emit = may_emit
+        self._on_emitted = on_emitted
+        self._pending = _Pending()
+        self._flush_handle: asyncio.Handle | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+
+    # -- viewers -------------------------------------------------------------
+
+    def check_room(self, key: str) -> None:
+        """Raise :class:`SessionFull` unless ``key`` is already a viewer or fits."""
+        if key not in self.viewers and len(self.viewers) >= self.limits.max_viewers:
+            raise SessionFull(f"Session has its maximum of {self.limits.max_viewers} viewers")
+
+    def add(self, viewer: Viewer) -> None:
+        self.viewers[viewer.key] = viewer
+
+    def remove(self, key: str) -> None:
+        self.viewers.pop(key, None)
+        if not self.lagging():
+            self.schedule()
+
+    def broadcast(self, event: str, payload: Payload) -> None:
+        for viewer in tuple(self.viewers.values()):
+            viewer.send(event, payload)
+
+    def lagging(self) -> bool:
+        max_lag = self.limits.max_lag
+        return any(viewer.backlog() > max_lag for viewer in self.viewers.values())
+
+    # -- pending text --------------------------------------------------------
+
+    @property
+    def pending_chars(self) -> int:
+        return self._pending.chars
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending.parts)
+
+    def push(self, content: str, metadata: Payload, *, flush_now: bool = False) -> None:
+        """Add text to the next chunk, and flush at once (``flush_now``: a producer that
+        hands over everything already due, when the interval is up) or when it is due."""
+        pending = self._pending
+        pending.parts.append(content)
+        pending.chars += len(content)
+        pending.metadata = metadata
+        if flush_now:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self.flush()
+        elif self._flush_handle is None:
+            self.schedule()
+
+    def schedule(self) -> None:
+        """Flush now if the last chunk left a while ago, else when the interval is up.
+
+        An idle stream sends each piece at once; a fast one (or any, on a busy server)
+        sends at most one chunk per ``pacer.interval``, with everything received meanwhile.
+        """
+        if self._flush_handle is None and self._pending.parts:
+            loop = asyncio.get_running_loop()
+            due = self.last_flush + self.pacer.interval
+            if loop.time() >= due:
+                self._flush_handle = loop.call_soon(self.flush)
+            else:
+                self._flush_handle = loop.call_at(due, self.flush)
+
+    def flush(self) -> None:
+        """Emit everything pending as one chunk, unless emission is stopped or held."""
+        self._flush_handle = None
+        pending = self._pending
+        if not pending.parts or not self._may_emit():
+            return
+        if self.lagging():
+            if self._watch_task is None:
+                self._watch_task = asyncio.get_running_loop().create_task(self._watch_lag())
+            return
+        content = pending.parts[0] if len(pending.parts) == 1 else "".join(pending.parts)
+        chunk = self._make_chunk(content, pending.metadata)
+        self.last_flush = asyncio.get_running_loop().time()
+        self._pending = _Pending()
+        self.broadcast("chunk", chunk)
+        self._on_emitted()
+
+    def cancel_flush(self) -> None:
+        """The stream has ended: no further chunk (what is pending is dropped)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+
+    def stop_watch(self) -> None:
+        """Stop waiting for lagging viewers (the stream was stopped)."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+
+    async def _watch_lag(self) -> None:
+        """Hold emission while a viewer lags; drop one that stays behind too long."""
+        loop = asyncio.get_running_loop()
+        limits = self.limits
+        behind_since: dict[str, float] = {}
+        try:
+            while True:
+                await asyncio.sleep(BACKPRESSURE_POLL_SECONDS)
+                now = loop.time()
+                lagging = [v for v in self.viewers.values() if v.backlog() > limits.max_lag]
+                if not lagging:
+                    break
+                keys = {v.key for v in lagging}
+                behind_since = {k: t for k, t in behind_since.items() if k in keys}
+                for viewer in lagging:
+                    since = behind_since.setdefault(viewer.key, now)
+                    if now - since >= limits.stall_timeout:
+                        log.info("session %s: dropping stalled viewer", self.label)
+                        self.viewers.pop(viewer.key, None)
+                        viewer.close("stalled")
+        finally:
+            self._watch_task = None
+        self.schedule()
