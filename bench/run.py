@@ -12,7 +12,9 @@ core 1. Results go to RESULTS.md (tables, targets), results.json (raw) and resul
 Scenarios: a) 1 session x 50,000 tokens unthrottled; b) 50 x 2,000 unthrottled;
 c) 1,000 x 200 at 40 tokens/s; d) the most sessions at 40 tokens/s with p99 < 100 ms
 (doubling then bisecting, time-bounded); e) 10,000 idle viewers: RSS per viewer;
-f) start -> first chunk of single sessions, one at a time, unthrottled.
+f) start -> first chunk of single sessions, one at a time, unthrottled; j) a late joiner of a
+finished 20,000-token session: snapshot join vs chunk-by-chunk replay (ours only: the
+peer has neither).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ VENV_PY = ROOT / ".venv" / "bin" / "python"
 LOADGEN = BENCH / "loadgen" / "loadgen.js"
 PEER = BENCH / "peer-node" / "server.js"
 SERVERS = ("ours", "peer")
-ALL_SCENARIOS = "abcdef"
+ALL_SCENARIOS = "abcdefj"
 
 # Pass/fail thresholds (see the issue).
 THROUGHPUT_RATIO = 1.5  # (a), (b): our content throughput vs the peer's
@@ -80,12 +82,16 @@ class Sizes:
     e_viewers: int
     f_sessions: int
     f_tokens: int
-    ramp: float  # (c), (d): seconds over which the starts are spread
+    ramp: float
+    j_tokens: int
+    j_rounds: int  # (c), (d): seconds over which the starts are spread
 
 
-FULL = Sizes(50_000, 50, 2_000, 1_000, 200, 200, 250, 8_000, 180.0, 10, 10_000, 200, 20, 1.0)
-QUICK = Sizes(5_000, 10, 500, 100, 40, 40, 50, 800, 45.0, 6, 500, 30, 20, 0.25)
+FULL = Sizes(50_000, 50, 2_000, 1_000, 200, 200, 250, 8_000, 180.0, 10, 10_000, 200, 20, 1.0, 20_000, 5)
+QUICK = Sizes(5_000, 10, 500, 100, 40, 40, 50, 800, 45.0, 6, 500, 30, 20, 0.25, 2_000, 2)
 TPS = 40.0
+#: (j): the session streams this fast on a server that does not coalesce.
+J_TOKENS_PER_SECOND = 2000
 
 
 # ---- processes --------------------------------------------------------------------------
@@ -124,7 +130,9 @@ def cpu_seconds(pid: int) -> float | None:
 class Server:
     """One fresh server process (ours or the peer), stopped on exit."""
 
-    def __init__(self, kind: str, pinning: bool, workdir: Path) -> None:
+    def __init__(
+        self, kind: str, pinning: bool, workdir: Path, settings: dict[str, str] | None = None
+    ) -> None:
         self.kind = kind
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -139,6 +147,7 @@ class Server:
                 SHUTDOWN_TIMEOUT="1",
                 PYTHONPATH=str(ROOT),
             )
+            env.update(settings or {})
         else:
             cmd = ["node", str(PEER), *host_port]
             env["NODE_ENV"] = "production"
@@ -206,6 +215,68 @@ def run_loadgen(server: Server, pinning: bool, label: str, timeout: float, **par
     if server.proc.poll() is not None:
         result.setdefault("fatal", f"server exited with status {server.proc.returncode}")
     return result
+
+
+# ---- (j): late join, in Python (one client, bytes counted at the WebSocket) -------------
+
+
+def late_join(url: str, tokens: int, rounds: int) -> dict[str, Any]:
+    """Create and finish one unthrottled session, then join it late over the direct
+    Socket.IO WebSocket, ``rounds`` times each way: replay and snapshot."""
+    import asyncio
+
+    import aiohttp
+
+    async def request(http: aiohttp.ClientSession, method: str, path: str, body: Any = None) -> Any:
+        async with http.request(method, url + path, json=body) as resp:
+            resp.raise_for_status()
+            return await resp.json()
+
+    async def join(http: aiohttp.ClientSession, session_id: str, auth: dict[str, Any]) -> dict[str, Any]:
+        namespace = f"/stream/{session_id}"
+        ws_url = url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+        received = 0
+        text: list[str] = []
+        async with http.ws_connect(ws_url, compress=0, max_msg_size=0) as ws:
+            started = time.perf_counter()
+            await ws.send_str(f"40{namespace}," + json.dumps(auth))
+            async for msg in ws:
+                data = msg.data
+                received += len(data.encode())
+                if data.startswith(f"42{namespace},"):
+                    event, payload = json.loads(data[len(namespace) + 3 :])
+                    if event == "chunk":
+                        text.append(payload["content"])
+                    elif event == "snapshot":
+                        text.append(payload["text"])
+                    elif event in ("complete", "stream-error"):
+                        break
+                elif data == "2":
+                    await ws.send_str("3")
+            elapsed = time.perf_counter() - started
+        return {"ms": round(elapsed * 1000, 2), "bytes": received, "text": "".join(text)}
+
+    async def run() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http:
+            # One chunk per token, as a model at its own pace gives (no coalescing, see j()).
+            config = {"provider": "demo", "maxTokens": tokens, "tokensPerSecond": J_TOKENS_PER_SECOND}
+            created = await request(http, "POST", "/api/streaming/session", {"userId": "j", "config": config})
+            session_id = created["sessionId"]
+            await request(http, "POST", f"/api/streaming/{session_id}/start", {"prompt": "Explain streaming"})
+            async with http.get(f"{url}/api/streaming/{session_id}/events") as events:
+                await events.read()  # the SSE response ends after `complete`
+            status = await request(http, "GET", f"/api/streaming/{session_id}")
+            out: dict[str, Any] = {"chunks": status["chunks"], "chars": len(status["text"])}
+            for mode, auth in (("replay", {}), ("snapshot", {"snapshot": True})):
+                runs = [await join(http, session_id, auth) for _ in range(rounds)]
+                out[mode] = {
+                    "ms": sorted(r["ms"] for r in runs)[len(runs) // 2],
+                    "bytes": runs[0]["bytes"],
+                    "complete": all(r["text"] == status["text"] for r in runs),
+                }
+            return out
+
+    return asyncio.run(run())
 
 
 # ---- scenarios --------------------------------------------------------------------------
@@ -299,6 +370,24 @@ class Bench:
             tokens=s.f_tokens,
             tps=0,
         )
+
+    def j(self) -> None:
+        s = self.sizes
+        self.results["j"] = {
+            "title": f"a late joiner of a finished {s.j_tokens:,}-token session: snapshot join vs replay",
+            "params": {"tokens": s.j_tokens, "rounds": s.j_rounds},
+        }
+        if "ours" not in self.servers:
+            return
+        log("scenario j (late join: snapshot vs replay) on ours")
+        try:
+            no_coalescing = {"COALESCE_MS": "0", "COALESCE_MAX_MS": "0"}
+            with Server("ours", self.pinning, self.workdir, no_coalescing) as server:
+                result = late_join(server.url, s.j_tokens, s.j_rounds)
+        except (RuntimeError, OSError) as exc:
+            result = {"fatal": str(exc)}
+        self.results["j"]["ours"] = result
+        log(f"  -> {json.dumps(result)[:300]}")
 
     def d(self) -> None:
         s = self.sizes
@@ -681,6 +770,8 @@ def render(
         lines += [f"## ({key}) {entry['title']}", ""]
         if key == "d":
             lines += d_section(entry)
+        elif key == "j":
+            lines += j_section(entry)
         elif key == "e":
             lines += scenario_table(entry, IDLE_ROWS)
         else:
@@ -706,6 +797,29 @@ def render(
             lines += ["## Notes", ""]
         lines += [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
+
+
+def j_section(e: dict[str, Any]) -> list[str]:
+    o = e.get("ours") or {}
+    if o.get("fatal"):
+        return [f"**ours: run failed:** `{o['fatal'][:400]}`"]
+    out = [
+        f"One session of {o.get('chunks')} chunks ({o.get('chars')} characters), joined late over the "
+        f"direct WebSocket {get(e, 'params', 'rounds')} times each way; median time from CONNECT to "
+        "`complete`, bytes received on the WebSocket.",
+        "",
+        "| join | time to the full text, ms | bytes received | text complete |",
+        "|---|---:|---:|:---:|",
+    ]
+    for mode in ("replay", "snapshot"):
+        r = o.get(mode) or {}
+        out.append(
+            f"| {mode} | {fmt_num(r.get('ms'), 2)} | {fmt_bytes(r.get('bytes'))} | {r.get('complete')} |"
+        )
+    rm, sm = get(o, "replay", "ms"), get(o, "snapshot", "ms")
+    rb, sb = get(o, "replay", "bytes"), get(o, "snapshot", "bytes")
+    out += ["", f"Snapshot vs replay: {ratio(sm, rm)} of the time, {ratio(sb, rb)} of the bytes."]
+    return out
 
 
 def d_section(e: dict[str, Any]) -> list[str]:

@@ -24,6 +24,7 @@ from server.registry import InMemorySessionRegistry
 from server.settings import Settings
 from server.sio_direct import DirectHub
 from server.socket_api import SocketAPI
+from server.sse_api import add_routes as add_sse_routes
 from server.ws_api import stream_socket, websockets_key
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def create_app(
     app[upgrades_key] = set()
 
     add_routes(app)
+    add_sse_routes(app)
     app.router.add_get("/ws/stream/{session_id}", stream_socket)
     _add_frontend(app, settings)
     app.cleanup_ctx.append(_sessions_ctx)

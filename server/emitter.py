@@ -111,9 +111,9 @@ class ChunkEmitter:
 
     # -- viewers -------------------------------------------------------------
 
-    def check_room(self, key: str) -> None:
-        """Raise :class:`SessionFull` unless ``key`` is already a viewer or fits."""
-        if key not in self.viewers and len(self.viewers) >= self.limits.max_viewers:
+    def check_room(self, key: str | None) -> None:
+        """Raise :class:`SessionFull` unless ``key`` is already a viewer or one more fits."""
+        if (key is None or key not in self.viewers) and len(self.viewers) >= self.limits.max_viewers:
             raise SessionFull(f"Session has its maximum of {self.limits.max_viewers} viewers")
 
     def add(self, viewer: Viewer) -> None:

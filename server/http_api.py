@@ -13,8 +13,16 @@ from pydantic import BaseModel, ValidationError
 from providers.base import StreamConfig
 from server.commands import Action, session_command
 from server.manager import ProviderUnavailable, StreamingSessionManager, TooManySessions
-from server.models import CreateSessionIn, StartIn, StreamConfigIn, encode_json, parse_session_id
-from server.sessions import SessionConflict, StreamingSession, short_id
+from server.models import (
+    CreateSessionIn,
+    Resume,
+    StartIn,
+    StreamConfigIn,
+    encode_json,
+    parse_resume,
+    parse_session_id,
+)
+from server.sessions import SessionConflict, SessionFull, StreamingSession, short_id
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,13 +43,13 @@ class ApiError(Exception):
         self.message = message
 
 
-def _json(body: object, status: int = 200) -> web.Response:
+def json_response(body: object, status: int = 200) -> web.Response:
     """A JSON response encoded with orjson (``web.json_response`` uses the stdlib)."""
     return web.Response(text=encode_json(body), status=status, content_type="application/json")
 
 
 def error_response(status: int, message: str) -> web.Response:
-    return _json({"error": message}, status=status)
+    return json_response({"error": message}, status=status)
 
 
 @web.middleware
@@ -115,12 +123,31 @@ async def read_body(request: web.Request, model: type[Model]) -> Model:
         raise ApiError(400, _describe(exc)) from None
 
 
-def _session(request: web.Request) -> StreamingSession:
+def session_of(request: web.Request) -> StreamingSession:
+    """The session the route names; 404 when there is none."""
     session_id = parse_session_id(request.match_info["session_id"])
     session = request.app[manager_key].get_session(session_id) if session_id else None
     if session is None:
         raise ApiError(404, "Session not found")
     return session
+
+
+def viewer_resume(request: web.Request, last_seq: str | None = None) -> Resume:
+    """A viewer's resume point from the query string (``lastSeq``, ``epoch``, ``snapshot``);
+    ``last_seq`` overrides ``?lastSeq=`` (SSE's ``Last-Event-ID``). 400 when malformed."""
+    query = request.query
+    try:
+        return parse_resume(last_seq or query.get("lastSeq"), query.get("epoch"), query.get("snapshot"))
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def ensure_viewer_room(session: StreamingSession) -> None:
+    """429 before a response is prepared when the session has its maximum of viewers."""
+    try:
+        session.emitter.check_room(None)
+    except SessionFull as exc:
+        raise ApiError(429, str(exc)) from None
 
 
 def _stream_config(manager: StreamingSessionManager, raw: StreamConfigIn | None) -> StreamConfig:
@@ -155,12 +182,12 @@ async def create_session(request: web.Request) -> web.Response:
         raise ApiError(400, str(exc)) from None
     except TooManySessions as exc:
         raise ApiError(429, str(exc)) from None
-    return _json({"sessionId": session.id, "wsEndpoint": f"/ws/stream/{session.id}"})
+    return json_response({"sessionId": session.id, "wsEndpoint": f"/ws/stream/{session.id}"})
 
 
 async def start_session(request: web.Request) -> web.Response:
     """``POST /api/streaming/{sessionId}/start`` with ``{prompt}``."""
-    session = _session(request)
+    session = session_of(request)
     body = await read_body(request, StartIn)
     limit = request.app[settings_key].max_prompt_chars
     if not body.prompt.strip():
@@ -172,24 +199,24 @@ async def start_session(request: web.Request) -> web.Response:
     except SessionConflict as exc:
         raise ApiError(409, str(exc)) from None
     log.info("session %s: started", short_id(session.id))
-    return _json({"status": "started"})
+    return json_response({"status": "started"})
 
 
 async def get_session(request: web.Request) -> web.Response:
     """``GET /api/streaming/{sessionId}``: state, text so far and usage."""
-    return _json(_session(request).snapshot())
+    return json_response(session_of(request).status())
 
 
 async def cancel_session(request: web.Request) -> web.Response:
     """``POST /api/streaming/{sessionId}/cancel``: closes the upstream request."""
-    ack = await session_command(_session(request), Action.CANCEL)
+    ack = await session_command(session_of(request), Action.CANCEL)
     if not ack["ok"]:
         raise ApiError(409, ack["error"])
-    return _json({"status": "cancelled"})
+    return json_response({"status": "cancelled"})
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 def add_routes(app: web.Application) -> None:

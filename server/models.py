@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -53,11 +54,16 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
+Epoch = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+
+
 class JoinIn(WireModel):
-    """``join-stream``'s object form: ``{sessionId, lastSeq?}``."""
+    """``join-stream``'s object form: ``{sessionId, lastSeq?, epoch?, snapshot?}``."""
 
     session_id: StrictStr
     last_seq: Annotated[StrictInt, Field(ge=-1)] | None = None
+    epoch: Epoch | None = None
+    snapshot: StrictBool = False
 
     @field_validator("session_id")
     @classmethod
@@ -85,3 +91,30 @@ def parse_last_seq(value: object) -> int | None:
     if not isinstance(value, int) or value < -1:
         raise ValueError("lastSeq must be an integer >= -1")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Where a viewer picks a session up: after ``last_seq`` of history ``epoch``, or from
+    a ``snapshot`` of everything so far."""
+
+    last_seq: int | None = None
+    epoch: str | None = None
+    snapshot: bool = False
+
+
+def parse_resume(last_seq: object, epoch: object, snapshot: object = False) -> Resume:
+    """A handshake's or query string's resume point; raises ``ValueError`` with the reason."""
+    try:
+        seq = parse_last_seq(last_seq)
+    except (ValueError, TypeError):
+        raise ValueError("Invalid lastSeq: expected an integer >= -1") from None
+    if epoch is not None and not (isinstance(epoch, str) and 0 < len(epoch) <= 64):
+        raise ValueError("Invalid epoch: expected a string")
+    if snapshot in ("true", "1"):
+        snapshot = True
+    elif snapshot in (None, "false", "0"):
+        snapshot = False
+    if not isinstance(snapshot, bool):
+        raise ValueError("Invalid snapshot: expected a boolean")
+    return Resume(seq, epoch or None, snapshot)

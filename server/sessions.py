@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from enum import StrEnum
@@ -83,6 +84,8 @@ class StreamingSession:
         self.provider = provider
         self.limits = limits
         self.state = SessionState.CREATED
+        #: The identity of this chunk log's history (PROTOCOL.md, "Epoch").
+        self.epoch = secrets.token_hex(4)
         self.created_at = time.time()
         self.chunks: list[Payload] = []
         self.usage: Usage | None = None
@@ -126,12 +129,13 @@ class StreamingSession:
     def viewers(self) -> dict[str, Viewer]:
         return self.emitter.viewers
 
-    def snapshot(self) -> Payload:
+    def status(self) -> Payload:
         """The ``GET /api/streaming/{id}`` body."""
         return {
             "sessionId": self.id,
             "userId": self.user_id,
             "state": self.state.value,
+            "epoch": self.epoch,
             "chunks": len(self.chunks),
             "text": self.text,
             "provider": self.config.provider,
@@ -144,27 +148,55 @@ class StreamingSession:
 
     # -- viewers -------------------------------------------------------------
 
-    def add_viewer(self, viewer: Viewer, last_seq: int | None = None) -> Payload:
+    def add_viewer(
+        self, viewer: Viewer, last_seq: int | None = None, *, epoch: str | None = None, snapshot: bool = False
+    ) -> Payload:
         """Replay what the viewer missed (``seq > last_seq``), then keep it live.
 
+        A viewer that knew another history (``epoch``), or claims chunks the log does
+        not have, first gets ``stream-reset`` and then the whole log. With ``snapshot``
+        it gets one ``snapshot`` event with the text so far instead of the replay.
         Replay and registration happen with no await in between, so no chunk can
         fall between them or arrive twice.
         """
         self.emitter.check_room(viewer.key)
         self.touched = time.monotonic()
-        start = 0 if last_seq is None else last_seq + 1
+        if snapshot:
+            viewer.send("snapshot", self._snapshot_payload())
+            start = len(self.chunks)
+        elif (epoch is not None and epoch != self.epoch) or (
+            last_seq is not None and last_seq > self.last_seq
+        ):
+            viewer.send("stream-reset", {"sessionId": self.id, "epoch": self.epoch, "lastSeq": self.last_seq})
+            start = 0
+        else:
+            start = 0 if last_seq is None else last_seq + 1
         for chunk in self.chunks[start:]:
             viewer.send("chunk", chunk)
         if self._terminal_event is not None:
             viewer.send(*self._terminal_event)
         self.emitter.add(viewer)
-        return {"state": self.state.value, "lastSeq": self.last_seq}
+        return {"state": self.state.value, "lastSeq": self.last_seq, "epoch": self.epoch}
 
     def remove_viewer(self, key: str) -> None:
         self.emitter.remove(key)
 
     def _state_payload(self) -> Payload:
-        return {"sessionId": self.id, "state": self.state.value, "lastSeq": self.last_seq}
+        return {
+            "sessionId": self.id,
+            "state": self.state.value,
+            "lastSeq": self.last_seq,
+            "epoch": self.epoch,
+        }
+
+    def _snapshot_payload(self) -> Payload:
+        return {
+            "sessionId": self.id,
+            "epoch": self.epoch,
+            "text": self.text,
+            "lastSeq": self.last_seq,
+            "state": self.state.value,
+        }
 
     def _set_state(self, state: SessionState) -> None:
         self.state = state

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     socketio_direct_websocket: bool = True
     socketio_ping_interval: float = Field(25.0, gt=0)
     socketio_ping_timeout: float = Field(20.0, gt=0)
+    sse_keepalive_interval: float = Field(15.0, gt=0)
+    chunks_page_limit: int = Field(1000, ge=1, le=100_000)
     sweep_interval: float = Field(30.0, gt=0)
     shutdown_timeout: float = Field(5.0, gt=0)
 

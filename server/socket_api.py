@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from server.commands import EVENT_ACTIONS, session_command
 from server.manager import StreamingSessionManager
-from server.models import JoinIn, parse_last_seq, parse_session_id
+from server.models import JoinIn, Resume, parse_resume, parse_session_id
 from server.sessions import SessionFull, StreamingSession, Viewer
 from server.socketio_viewer import SocketIOViewer
 from server.wire.socketio import Ack, error_ack
@@ -27,8 +27,9 @@ STREAM_NAMESPACE_PREFIX = "/stream/"
 SESSION_NOT_FOUND = "Session not found"
 
 
-def _session_ref(data: object) -> tuple[str, int | None]:
-    """A ``sessionId`` or ``{sessionId, lastSeq?}``; raises ``ValueError`` with a clear message."""
+def _session_ref(data: object) -> tuple[str, Resume]:
+    """A ``sessionId`` or ``{sessionId, lastSeq?, epoch?, snapshot?}``; raises ``ValueError``
+    with a clear message."""
     if isinstance(data, dict):
         try:
             ref = JoinIn.model_validate(data)
@@ -36,11 +37,11 @@ def _session_ref(data: object) -> tuple[str, int | None]:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "payload"
             raise ValueError(f"Invalid {where}: {first['msg']}") from None
-        return ref.session_id, ref.last_seq
+        return ref.session_id, Resume(ref.last_seq, ref.epoch, ref.snapshot)
     session_id = parse_session_id(data)
     if session_id is None:
         raise ValueError("Expected a sessionId (a session UUID) or {sessionId, lastSeq}")
-    return session_id, None
+    return session_id, Resume()
 
 
 Handler = Callable[..., Awaitable[Ack]]
@@ -93,12 +94,12 @@ class SocketAPI:
         sio.on("disconnect", self._sio_disconnect, namespace="*")
         sio.on("*", _guarded(self._sio_stream_event), namespace="*")
 
-    def _lookup(self, data: object) -> tuple[StreamingSession, int | None]:
-        session_id, last_seq = _session_ref(data)
+    def _lookup(self, data: object) -> tuple[StreamingSession, Resume]:
+        session_id, resume = _session_ref(data)
         session = self.manager.get_session(session_id)
         if session is None:
             raise LookupError(SESSION_NOT_FOUND)
-        return session, last_seq
+        return session, resume
 
     # -- namespace "/" ------------------------------------------------------
 
@@ -124,10 +125,12 @@ class SocketAPI:
         return await session_command(session, action)
 
     def _join(self, conn: str, args: Sequence[object], make_viewer: Callable[[], ReleasableViewer]) -> Ack:
-        session, last_seq = self._lookup(args[0] if args else None)
+        session, resume = self._lookup(args[0] if args else None)
         viewer = make_viewer()
         try:
-            position = session.add_viewer(viewer, last_seq)
+            position = session.add_viewer(
+                viewer, resume.last_seq, epoch=resume.epoch, snapshot=resume.snapshot
+            )
         except SessionFull as exc:
             return error_ack(str(exc))
         self._joined.setdefault(conn, {})[session.id] = viewer
@@ -158,19 +161,21 @@ class SocketAPI:
         return self.manager.get_session(session_id) if session_id else None
 
     def attach(self, namespace: str, auth: object, viewer: Viewer) -> None:
-        """A client connects to ``/stream/{id}``: replay from ``auth.lastSeq`` and keep it live.
+        """A client connects to ``/stream/{id}``: resume from ``auth`` (``lastSeq``, ``epoch``,
+        ``snapshot``) and keep it live.
 
         Raises :class:`ConnectRefused` with the reason the client is told.
         """
         session = self._namespace_session(namespace)
         if session is None:
             raise ConnectRefused(SESSION_NOT_FOUND)
+        fields = auth if isinstance(auth, dict) else {}
         try:
-            last_seq = parse_last_seq(auth.get("lastSeq") if isinstance(auth, dict) else None)
-        except (ValueError, TypeError):
-            raise ConnectRefused("Invalid lastSeq: expected an integer >= -1") from None
+            resume = parse_resume(fields.get("lastSeq"), fields.get("epoch"), fields.get("snapshot", False))
+        except ValueError as exc:
+            raise ConnectRefused(str(exc)) from None
         try:
-            session.add_viewer(viewer, last_seq)
+            session.add_viewer(viewer, resume.last_seq, epoch=resume.epoch, snapshot=resume.snapshot)
         except SessionFull as exc:
             raise ConnectRefused(str(exc)) from None
         self._stream_viewers[(namespace, viewer.key)] = viewer

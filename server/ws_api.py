@@ -14,8 +14,8 @@ from collections import deque
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from server.commands import Action, session_command
-from server.http_api import error_response, manager_key
-from server.models import encode_json, parse_last_seq, parse_session_id
+from server.http_api import ensure_viewer_room, session_of, viewer_resume
+from server.models import encode_json
 from server.sessions import Payload, SessionFull, StreamingSession
 from server.wire.socketio import error_ack
 
@@ -80,25 +80,16 @@ async def _handle_command(session: StreamingSession, frame: object) -> Payload:
 
 
 async def stream_socket(request: web.Request) -> web.StreamResponse:
-    """``GET /ws/stream/{sessionId}[?lastSeq=N]``: upgrade and stream the session's events."""
-    manager = request.app[manager_key]
-    session_id = parse_session_id(request.match_info["session_id"])
-    session = manager.get_session(session_id) if session_id else None
-    if session is None:
-        return error_response(404, "Session not found")
-    try:
-        last_seq = parse_last_seq(request.query.get("lastSeq"))
-    except ValueError:
-        return error_response(400, "Invalid lastSeq: expected an integer >= -1")
-
-    if len(session.viewers) >= session.limits.max_viewers:
-        return error_response(429, f"Session has its maximum of {session.limits.max_viewers} viewers")
+    """``GET /ws/stream/{sessionId}[?lastSeq=N&epoch=E]``: upgrade and stream the session's events."""
+    session = session_of(request)
+    resume = viewer_resume(request)
+    ensure_viewer_room(session)
 
     ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_CLIENT_FRAME_BYTES, compress=False)
     await ws.prepare(request)
     viewer = WebSocketViewer(ws, request)
     try:
-        session.add_viewer(viewer, last_seq)
+        session.add_viewer(viewer, resume.last_seq, epoch=resume.epoch, snapshot=resume.snapshot)
     except SessionFull as exc:
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=str(exc).encode()[:120])
         return ws

@@ -95,6 +95,8 @@ class Recorder:
     states: list[dict[str, Any]] = field(default_factory=list)
     completes: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    resets: list[dict[str, Any]] = field(default_factory=list)
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def record(self, event: str, payload: dict[str, Any]) -> None:
@@ -103,6 +105,8 @@ class Recorder:
             "stream-state": self.states,
             "complete": self.completes,
             "stream-error": self.errors,
+            "stream-reset": self.resets,
+            "snapshot": self.snapshots,
         }[event].append(payload)
         self.changed.set()
 
@@ -135,7 +139,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> No
             await asyncio.sleep(0.005)
 
 
-EVENTS = ("chunk", "stream-state", "complete", "stream-error")
+EVENTS = ("chunk", "stream-state", "complete", "stream-error", "stream-reset", "snapshot")
 
 
 def record_events(client: socketio.AsyncClient, namespace: str = "/") -> Recorder:

@@ -111,3 +111,72 @@ async def test_bad_auth_last_seq_is_refused(server, http, sio_clients):
     await start_stream(http, server, session_id)
     await viewer.wait_finished()
     assert_exactly_once(viewer, len(viewer.chunks))
+
+
+async def finished(http, server, sio_clients, **config) -> tuple[str, dict]:
+    session_id = await create_session(http, server, **config)
+    _, viewer = await stream_viewer(sio_clients, server, session_id)
+    await start_stream(http, server, session_id)
+    await viewer.wait_finished()
+    return session_id, await get_session(http, server, session_id)
+
+
+async def test_same_epoch_resumes_after_last_seq(server, http, sio_clients):
+    session_id, status = await finished(http, server, sio_clients, maxTokens=80, tokensPerSecond=1000)
+    client = sio_clients()
+    namespace = f"/stream/{session_id}"
+    viewer = record_events(client, namespace)
+    auth = {"lastSeq": 3, "epoch": status["epoch"]}
+    await client.connect(
+        server.url, namespaces=[namespace], transports=["websocket"], auth=auth, wait_timeout=WAIT
+    )
+    await viewer.wait_finished()
+    assert viewer.resets == []
+    assert viewer.seqs == list(range(4, status["chunks"]))
+
+
+@pytest.mark.parametrize("auth", [{"lastSeq": 3, "epoch": "another"}, {"lastSeq": 10_000}])
+async def test_another_epoch_or_a_last_seq_past_the_log_resets(server, http, sio_clients, auth):
+    session_id, status = await finished(http, server, sio_clients, maxTokens=80, tokensPerSecond=1000)
+    client = sio_clients()
+    namespace = f"/stream/{session_id}"
+    viewer = record_events(client, namespace)
+    await client.connect(
+        server.url, namespaces=[namespace], transports=["websocket"], auth=auth, wait_timeout=WAIT
+    )
+    await viewer.wait_finished()
+    assert viewer.resets == [
+        {"sessionId": session_id, "epoch": status["epoch"], "lastSeq": status["chunks"] - 1}
+    ]
+    assert_exactly_once(viewer, status["chunks"])
+    assert viewer.text == status["text"], "the whole history, never a splice"
+
+
+async def test_join_stream_with_another_epoch_resets(server, http, sio_clients):
+    session_id, status = await finished(http, server, sio_clients, maxTokens=80, tokensPerSecond=1000)
+    client = sio_clients()
+    viewer = record_events(client)
+    await client.connect(server.url, transports=["websocket"], wait_timeout=WAIT)
+    ack = await client.call(
+        "join-stream", {"sessionId": session_id, "lastSeq": 2, "epoch": "x"}, timeout=WAIT
+    )
+    assert ack["epoch"] == status["epoch"]
+    await viewer.wait_finished()
+    assert len(viewer.resets) == 1
+    assert_exactly_once(viewer, status["chunks"])
+
+
+async def test_plain_websocket_with_another_epoch_resets(server, http, sio_clients):
+    from tests.test_ws_api import open_ws
+
+    session_id, status = await finished(http, server, sio_clients, maxTokens=80, tokensPerSecond=1000)
+    viewer = await open_ws(http, server, session_id, "?lastSeq=2&epoch=x")
+    await viewer.recorder.wait_finished()
+    assert viewer.frames[0] == {
+        "type": "stream-reset",
+        "sessionId": session_id,
+        "epoch": status["epoch"],
+        "lastSeq": status["chunks"] - 1,
+    }
+    assert viewer.recorder.seqs == list(range(status["chunks"]))
+    await viewer.ws.close()

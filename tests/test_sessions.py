@@ -92,7 +92,7 @@ async def test_provider_error_mid_stream_keeps_sent_chunks():
         {"sessionId": session.id, "error": "Upstream broke", "code": "upstream"}
     ]
     assert viewer.of("stream-state")[-1]["state"] == "failed"
-    assert session.snapshot()["error"] == {"code": "upstream", "error": "Upstream broke"}
+    assert session.status()["error"] == {"code": "upstream", "error": "Upstream broke"}
 
 
 async def test_unexpected_exception_is_an_internal_error():
@@ -125,7 +125,7 @@ async def test_late_viewer_of_a_failed_session_gets_the_error():
     await finished(session)
     viewer = FakeViewer()
     position = session.add_viewer(viewer)
-    assert position == {"state": "failed", "lastSeq": 0}
+    assert position == {"state": "failed", "lastSeq": 0, "epoch": session.epoch}
     assert [e for e, _ in viewer.events] == ["chunk", "stream-error"]
 
 

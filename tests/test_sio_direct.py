@@ -167,7 +167,10 @@ async def test_binary_events_get_an_error_ack_and_change_nothing(server: LiveSer
         {"ok": False, "error": "Binary payloads are not supported"}
     ]
     raw.send_text(f'428["join-stream","{session_id}"]')
-    assert json.loads((await raw.recv_text())[3:]) == [{"ok": True, "state": "created", "lastSeq": -1}]
+    epoch = (await get_session(http, server, session_id))["epoch"]
+    assert json.loads((await raw.recv_text())[3:]) == [
+        {"ok": True, "state": "created", "lastSeq": -1, "epoch": epoch}
+    ]
     raw.close()
 
 

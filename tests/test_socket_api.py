@@ -66,7 +66,8 @@ async def test_join_stream_on_root_namespace_with_bare_id(server, http, sio_clie
     viewer = record_events(client)
     await client.connect(server.url, transports=["websocket"], wait_timeout=WAIT)
     ack = await client.call("join-stream", session_id, timeout=WAIT)
-    assert ack == {"ok": True, "state": "created", "lastSeq": -1}
+    epoch = (await get_session(http, server, session_id))["epoch"]
+    assert ack == {"ok": True, "state": "created", "lastSeq": -1, "epoch": epoch}
     await start_stream(http, server, session_id)
     await viewer.wait_finished()
     snapshot = await get_session(http, server, session_id)

@@ -59,6 +59,7 @@ async def test_ws_endpoint_streams_json_frames(server, http):
         "sessionId": session_id,
         "state": "streaming",
         "lastSeq": -1,
+        "epoch": snapshot["epoch"],
     }
     assert viewer.recorder.completes[0]["totalChunks"] == snapshot["chunks"]
     assert types.count("chunk") == snapshot["chunks"]

@@ -1,7 +1,8 @@
 """End to end: the demo page in Debian's Chromium against the real server (demo provider).
 
 The server runs as ``python -m server`` and serves ``frontend/dist`` (build it first with
-``npm run build`` in ``frontend/``). Every wait is on a condition, with a timeout.
+``npm run build`` in ``frontend/``); the fixtures are in ``conftest.py``. Every wait is on a
+condition, with a timeout.
 """
 
 from __future__ import annotations
@@ -9,21 +10,14 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from tests.server_process import ServerProcess
-
-ROOT = Path(__file__).resolve().parents[2]
-DIST = ROOT / "frontend" / "dist" / "index.html"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-STARTUP_TIMEOUT = 30.0
 STREAM_TIMEOUT_MS = 60_000
 
 # The raw text of the page's streaming node: its blocks joined by newlines.
@@ -44,37 +38,6 @@ STREAM_TEXT_JS = """() => {
 def _get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
-
-
-@pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
-    if not DIST.exists():
-        pytest.fail(f"{DIST} is missing: run `npm run build` in frontend/ first")
-    with ServerProcess({"DEMO_TOKENS_PER_SECOND": "40"}, STARTUP_TIMEOUT) as server:
-        yield server.url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1100, "height": 1400})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    context.close()
-    assert errors == [], f"uncaught errors on the page: {errors}"
 
 
 def stream_text(page: Page) -> str | None:

@@ -1,0 +1,167 @@
+"""Server-Sent Events and chunk catch-up over plain HTTP, for clients without Socket.IO.
+
+``GET /api/streaming/{id}/events`` is one more kind of viewer: the session's events as
+``text/event-stream`` (``event:`` the name, ``id:`` the seq on chunks, ``data:`` the same
+JSON as Socket.IO), resumable with ``Last-Event-ID`` or ``?lastSeq=``, a comment line
+while idle, and the end of the response after ``complete`` or ``stream-error``. Browsers'
+``EventSource`` reconnects by itself and sends ``Last-Event-ID``.
+
+``GET /api/streaming/{id}/chunks?after=N&limit=M`` returns one page of the chunk log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from aiohttp import web
+
+from server.http_api import (
+    ApiError,
+    ensure_viewer_room,
+    json_response,
+    session_of,
+    settings_key,
+    viewer_resume,
+)
+from server.models import encode_json
+from server.sessions import Payload, SessionFull
+
+log = logging.getLogger(__name__)
+
+#: Events after which the stream ends.
+TERMINAL_EVENTS = frozenset({"complete", "stream-error"})
+#: How long a disconnected ``EventSource`` waits before it reconnects, in milliseconds.
+RETRY_MS = 1000
+
+
+def sse_event(event: str, payload: Payload) -> bytes:
+    """One event in the ``text/event-stream`` format; chunks carry their seq as ``id``."""
+    seq = payload.get("seq") if event == "chunk" else None
+    head = f"event: {event}\nid: {seq}\n" if seq is not None else f"event: {event}\n"
+    return (head + "data: " + encode_json(payload) + "\n\n").encode()
+
+
+class SSEViewer:
+    """One ``text/event-stream`` response watching one session; its queue is the backlog."""
+
+    __slots__ = ("_queue", "_request", "_response", "_task", "done", "key")
+
+    def __init__(self, response: web.StreamResponse, request: web.Request) -> None:
+        self.key = f"sse:{id(response)}"
+        self._response = response
+        self._request = request
+        self._queue: deque[bytes] = deque()
+        self._task: asyncio.Task[None] | None = None
+        #: Set once the response should end: after the terminal event, or on a drop.
+        self.done = asyncio.Event()
+
+    def send(self, event: str, payload: Payload) -> None:
+        self._queue.append(sse_event(event, payload))
+        if event in TERMINAL_EVENTS:
+            self._queue.append(b"")  # the end marker, written as nothing
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    def send_comment(self, text: str) -> None:
+        """A comment line (``: text``): keeps an idle connection and its proxies open."""
+        if not self._queue:
+            self._queue.append(f": {text}\n\n".encode())
+            if self._task is None:
+                self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue and not self.done.is_set():
+                data = self._queue.popleft()
+                if not data:
+                    self.done.set()
+                    break
+                await self._response.write(data)
+        except (ConnectionError, RuntimeError):
+            self._queue.clear()
+            self.done.set()
+        finally:
+            self._task = None
+
+    def backlog(self) -> int:
+        return len(self._queue)
+
+    def close(self, reason: str) -> None:
+        """Drop the connection at once (a stalled reader would never take more)."""
+        self._queue.clear()
+        self.done.set()
+        transport = self._request.transport
+        if transport is not None:
+            transport.abort()
+
+
+async def session_events(request: web.Request) -> web.StreamResponse:
+    """``GET /api/streaming/{sessionId}/events``: the session's events as SSE."""
+    session = session_of(request)
+    resume = viewer_resume(request, request.headers.get("Last-Event-ID"))
+    ensure_viewer_room(session)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            # nginx would otherwise buffer the stream.
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    await response.write(f"retry: {RETRY_MS}\n\n".encode())
+    viewer = SSEViewer(response, request)
+    try:
+        session.add_viewer(viewer, resume.last_seq, epoch=resume.epoch, snapshot=resume.snapshot)
+    except SessionFull:
+        return response
+    keepalive = request.app[settings_key].sse_keepalive_interval
+    try:
+        while not viewer.done.is_set():
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break
+            try:
+                await asyncio.wait_for(viewer.done.wait(), keepalive)
+            except TimeoutError:
+                viewer.send_comment("keep-alive")
+    finally:
+        session.remove_viewer(viewer.key)
+    return response
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"Invalid {name}: expected an integer") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"Invalid {name}: must be between {low} and {high}")
+    return value
+
+
+async def session_chunks(request: web.Request) -> web.Response:
+    """``GET /api/streaming/{sessionId}/chunks?after=N&limit=M``: one page of the log."""
+    session = session_of(request)
+    most = request.app[settings_key].chunks_page_limit
+    after = _int_param(request, "after", -1, -1, 2**53)
+    limit = _int_param(request, "limit", most, 1, most)
+    return json_response(
+        {
+            "sessionId": session.id,
+            "epoch": session.epoch,
+            "state": session.state.value,
+            "lastSeq": session.last_seq,
+            "chunks": session.chunks[after + 1 : after + 1 + limit],
+        }
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/streaming/{session_id}/events", session_events)
+    app.router.add_get("/api/streaming/{session_id}/chunks", session_chunks)
