@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 
 from aiohttp import web
 
@@ -26,12 +25,15 @@ from server.http_api import (
     viewer_resume,
 )
 from server.models import encode_json
+from server.queued_viewer import QueuedViewer
 from server.sessions import Payload, SessionFull
 
 log = logging.getLogger(__name__)
 
 #: Events after which the stream ends.
 TERMINAL_EVENTS = frozenset({"complete", "stream-error"})
+#: Queued after the terminal event: the response ends once it is reached.
+END = b""
 #: How long a disconnected ``EventSource`` waits before it reconnects, in milliseconds.
 RETRY_MS = 1000
 
@@ -43,58 +45,34 @@ def sse_event(event: str, payload: Payload) -> bytes:
     return (head + "data: " + encode_json(payload) + "\n\n").encode()
 
 
-class SSEViewer:
-    """One ``text/event-stream`` response watching one session; its queue is the backlog."""
+class SSEViewer(QueuedViewer):
+    """One ``text/event-stream`` response watching one session."""
 
-    __slots__ = ("_queue", "_request", "_response", "_task", "done", "key")
+    __slots__ = ("_response",)
 
     def __init__(self, response: web.StreamResponse, request: web.Request) -> None:
-        self.key = f"sse:{id(response)}"
+        super().__init__(f"sse:{id(response)}", request)
         self._response = response
-        self._request = request
-        self._queue: deque[bytes] = deque()
-        self._task: asyncio.Task[None] | None = None
-        #: Set once the response should end: after the terminal event, or on a drop.
-        self.done = asyncio.Event()
+
+    def encode(self, event: str, payload: Payload) -> bytes:
+        return sse_event(event, payload)
 
     def send(self, event: str, payload: Payload) -> None:
-        self._queue.append(sse_event(event, payload))
+        super().send(event, payload)
         if event in TERMINAL_EVENTS:
-            self._queue.append(b"")  # the end marker, written as nothing
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+            self._enqueue(END)
 
     def send_comment(self, text: str) -> None:
         """A comment line (``: text``): keeps an idle connection and its proxies open."""
-        if not self._queue:
-            self._queue.append(f": {text}\n\n".encode())
-            if self._task is None:
-                self._task = asyncio.get_running_loop().create_task(self._drain())
+        if not self.backlog():
+            self._enqueue(f": {text}\n\n".encode())
 
-    async def _drain(self) -> None:
-        try:
-            while self._queue and not self.done.is_set():
-                data = self._queue.popleft()
-                if not data:
-                    self.done.set()
-                    break
-                await self._response.write(data)
-        except (ConnectionError, RuntimeError):
-            self._queue.clear()
+    async def write(self, data: bytes | str) -> bool:
+        if data == END or self.done.is_set():
             self.done.set()
-        finally:
-            self._task = None
-
-    def backlog(self) -> int:
-        return len(self._queue)
-
-    def close(self, reason: str) -> None:
-        """Drop the connection at once (a stalled reader would never take more)."""
-        self._queue.clear()
-        self.done.set()
-        transport = self._request.transport
-        if transport is not None:
-            transport.abort()
+            return False
+        await self._response.write(bytes(data) if isinstance(data, bytes) else data.encode())
+        return True
 
 
 async def session_events(request: web.Request) -> web.StreamResponse:

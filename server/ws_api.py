@@ -6,16 +6,15 @@ Each event is one JSON text frame ``{"type": event, ...payload}``. The client ma
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections import deque
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from server.commands import Action, session_command
 from server.http_api import ensure_viewer_room, session_of, viewer_resume
 from server.models import encode_json
+from server.queued_viewer import QueuedViewer
 from server.sessions import Payload, SessionFull, StreamingSession
 from server.wire.socketio import error_ack
 
@@ -28,41 +27,23 @@ websockets_key = web.AppKey("websockets", set[web.WebSocketResponse])
 MAX_CLIENT_FRAME_BYTES = 4096
 
 
-class WebSocketViewer:
-    """One plain WebSocket watching one session; its queue is the backlog."""
+class WebSocketViewer(QueuedViewer):
+    """One plain WebSocket watching one session: each event is a JSON text frame."""
 
-    __slots__ = ("_queue", "_request", "_task", "_ws", "key")
+    __slots__ = ("_ws",)
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
-        self.key = f"ws:{id(ws)}"
+        super().__init__(f"ws:{id(ws)}", request)
         self._ws = ws
-        self._request = request
-        self._queue: deque[str] = deque()
-        self._task: asyncio.Task[None] | None = None
 
-    def send(self, event: str, payload: Payload) -> None:
-        self._queue.append(encode_json({"type": event, **payload}))
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+    def encode(self, event: str, payload: Payload) -> str:
+        return encode_json({"type": event, **payload})
 
-    async def _drain(self) -> None:
-        try:
-            while self._queue and not self._ws.closed:
-                await self._ws.send_str(self._queue.popleft())
-        except (ConnectionError, RuntimeError):
-            self._queue.clear()
-        finally:
-            self._task = None
-
-    def backlog(self) -> int:
-        return len(self._queue)
-
-    def close(self, reason: str) -> None:
-        """Drop the connection at once: a stalled peer would never read a close frame."""
-        self._queue.clear()
-        transport = self._request.transport
-        if transport is not None:
-            transport.abort()
+    async def write(self, data: bytes | str) -> bool:
+        if self._ws.closed:
+            return False
+        await self._ws.send_str(str(data))
+        return True
 
 
 #: The command frames a client may send: ``{"type": <action>}``.
