@@ -59,6 +59,7 @@ format: $(STAMP)
 
 bench: install
 	bash bench/run.sh
+	cd frontend && npm run bench:render
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache frontend/node_modules frontend/dist
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache frontend/node_modules frontend/dist frontend/dist-lib

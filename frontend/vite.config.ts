@@ -21,7 +21,8 @@ export default defineConfig({
     chunkSizeWarningLimit: 1000,
   },
   test: {
-    include: ['tests/unit/**/*.test.{ts,tsx}'],
+    // `npm run bench:render` runs the benchmarks instead of the unit tests.
+    include: process.env.STREAMING_BENCH ? ['tests/bench/**/*.test.ts'] : ['tests/unit/**/*.test.{ts,tsx}'],
     environment: 'jsdom',
     setupFiles: ['tests/unit/setup.ts'],
   },

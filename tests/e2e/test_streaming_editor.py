@@ -221,3 +221,35 @@ def test_two_tabs_watch_one_session_and_pause_together(
     assert first_view == second_view
     assert len(text) > len(first_view) / 2
     assert problems == []
+
+
+def tab_to(page: Page, test_id: str, limit: int = 40) -> None:
+    """Moves the focus with Tab alone until the element with ``test_id`` has it."""
+    for _ in range(limit):
+        if page.evaluate("() => document.activeElement?.dataset?.testid") == test_id:
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"{test_id} cannot be reached with Tab")
+
+
+def test_the_page_is_usable_by_keyboard_alone(page: Page, server_url: str) -> None:
+    page.goto(f"{server_url}/?tokensPerSecond=40&maxTokens=120&review=1")
+    tab_to(page, "prompt")
+    page.keyboard.press("Control+a")
+    page.keyboard.type("Explain keyboard navigation")
+    tab_to(page, "start")
+    page.keyboard.press("Enter")
+    wait_for_state(page, "streaming")
+    tab_to(page, "pause")
+    page.keyboard.press("Enter")
+    wait_for_state(page, "paused")
+    assert page.get_by_test_id("announcer").inner_text() == "Stream paused."
+    tab_to(page, "resume")
+    page.keyboard.press("Enter")
+    wait_for_state(page, "streaming")
+    wait_for_review(page)
+    tab_to(page, "accept")
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"() => !({HAS_STREAMING_NODE_JS})()")
+    assert "Explain keyboard navigation" not in page.locator(".tiptap").inner_text()
+    assert page.locator(".tiptap h1").nth(1).inner_text() == "Keyboard navigation"

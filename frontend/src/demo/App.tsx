@@ -1,12 +1,14 @@
 /**
- * The demo page: an editor with some text, a prompt, Start / Pause / Resume / Stop, the
- * provider and model in use and the live session state. Settings for the server's demo
- * provider can be given in the query string (?tokensPerSecond=20&maxTokens=200&format=text).
+ * The demo page: an editor with some text, a prompt, Start / Pause / Resume / Stop, review
+ * controls, the provider, model, tokens and time to first token, and the live session
+ * state, announced to screen readers. `?session=<id>` watches a session started elsewhere
+ * (another tab); settings for the server's demo provider can be given in the query string
+ * (?tokensPerSecond=20&maxTokens=200&format=text&review=1&insertAt=selection).
  */
 import type { Editor } from '@tiptap/core'
 import { EditorContent, useEditor } from '@tiptap/react'
 import StarterKit from '@tiptap/starter-kit'
-import { useEffect, useState } from 'react'
+import { useEffect, useRef, useState } from 'react'
 
 import {
   type AnimationType,
@@ -31,10 +33,16 @@ the answer streams in at the end of the document, while you keep editing anywher
 `
 
 const params = new URLSearchParams(window.location.search)
+const watchedSession = params.get('session')
 
 function numberParam(name: string): number | undefined {
   const value = params.get(name)
   return value === null || value === '' || Number.isNaN(Number(value)) ? undefined : Number(value)
+}
+
+function insertAtParam(): 'end' | 'cursor' | 'selection' {
+  const value = params.get('insertAt')
+  return value === 'cursor' || value === 'selection' ? value : 'end'
 }
 
 /** The server settings given in the query string. */
@@ -53,6 +61,21 @@ function serverConfig(animationType: AnimationType): StreamConfig {
   return config
 }
 
+const ANNOUNCEMENTS: Record<string, string> = {
+  created: 'Starting the stream.',
+  streaming: 'Streaming.',
+  paused: 'Stream paused.',
+  completed: 'Stream complete.',
+  cancelled: 'Stream stopped.',
+  failed: 'The stream failed.',
+}
+
+const DECISIONS: Record<string, string> = {
+  pending: 'Suggestion ready: accept with Control+Enter, reject with Escape.',
+  accepted: 'Suggestion accepted.',
+  rejected: 'Suggestion rejected.',
+}
+
 // The server serves this page, so its WebSocket is at the page's own origin.
 const service = new StreamingWebSocketService({ baseUrl: window.location.origin.replace(/^http/, 'ws') })
 
@@ -60,7 +83,10 @@ export function App() {
   const [prompt, setPrompt] = useState('Explain how AI text streams into a rich text editor')
   const [animationType, setAnimationType] = useState<AnimationType>('wave')
   const [markdown, setMarkdown] = useState(params.get('format') !== 'text')
+  const [review, setReview] = useState(params.get('review') === '1')
+  const [insertAt, setInsertAt] = useState<'end' | 'cursor' | 'selection'>(insertAtParam)
   const [chunkCount, setChunkCount] = useState(0)
+  const [announcement, setAnnouncement] = useState('')
 
   const editor = useEditor({
     extensions: [StarterKit, StreamingNode, StreamingExtension],
@@ -79,12 +105,31 @@ export function App() {
     window.__streaming = { editor, service }
   }, [editor])
 
-  const start = () => {
-    setChunkCount(0)
-    void streaming.startStreaming(prompt, serverConfig(animationType))
-  }
+  const watching = useRef(false)
+  useEffect(() => {
+    if (watchedSession && !watching.current) {
+      watching.current = true
+      void streaming.watchStreaming(watchedSession)
+    }
+  }, [streaming])
 
   const state = streaming.state ?? 'idle'
+  const { decision } = streaming
+  useEffect(() => {
+    const announced = decision ? DECISIONS[decision] : ANNOUNCEMENTS[state]
+    if (announced) {
+      setAnnouncement(announced)
+    }
+  }, [state, decision])
+
+  const start = () => {
+    setChunkCount(0)
+    void streaming.startStreaming(prompt, { ...serverConfig(animationType), insertAt, review })
+  }
+
+  const watchUrl = streaming.sessionId
+    ? `${window.location.origin}${window.location.pathname}?session=${streaming.sessionId}`
+    : null
 
   return (
     <main className="demo">
@@ -103,6 +148,14 @@ export function App() {
           <dd data-testid="model" id="model">
             {streaming.model ?? '—'}
           </dd>
+          <dt>Tokens</dt>
+          <dd data-testid="tokens" id="tokens">
+            {streaming.tokens ?? '—'}
+          </dd>
+          <dt>First token</dt>
+          <dd data-testid="ttft" id="ttft">
+            {streaming.timeToFirstToken === null ? '—' : `${streaming.timeToFirstToken} ms`}
+          </dd>
           <dt>Chunks</dt>
           <dd data-testid="chunk-count" id="chunk-count">
             {chunkCount}
@@ -112,6 +165,9 @@ export function App() {
             {streaming.sessionId ?? '—'}
           </dd>
         </dl>
+        <p className="demo__announcer" role="status" aria-live="polite" data-testid="announcer">
+          {announcement}
+        </p>
       </header>
 
       <section className="demo__controls" aria-label="Stream controls">
@@ -176,6 +232,19 @@ export function App() {
             </select>
           </label>
           <label>
+            Insert at
+            <select
+              id="insert-at"
+              data-testid="insert-at"
+              value={insertAt}
+              onChange={event => setInsertAt(event.target.value as 'end' | 'cursor' | 'selection')}
+            >
+              <option value="end">end of document</option>
+              <option value="cursor">cursor</option>
+              <option value="selection">selection (rewrite)</option>
+            </select>
+          </label>
+          <label>
             <input
               type="checkbox"
               id="markdown"
@@ -185,7 +254,54 @@ export function App() {
             />
             Render Markdown
           </label>
+          <label>
+            <input
+              type="checkbox"
+              id="review"
+              data-testid="review"
+              checked={review}
+              onChange={event => setReview(event.target.checked)}
+            />
+            Review before keeping
+          </label>
         </div>
+        {streaming.isReviewing ? (
+          <div className="demo__buttons" role="group" aria-label="Review the suggestion">
+            <button type="button" data-testid="accept" onClick={() => streaming.accept()}>
+              Accept
+            </button>
+            <button type="button" data-testid="reject" onClick={() => streaming.reject()}>
+              Reject
+            </button>
+            <button type="button" data-testid="regenerate" onClick={() => streaming.regenerate()}>
+              Regenerate
+            </button>
+            {streaming.responses.length > 1 ? (
+              <label>
+                Response
+                <select
+                  data-testid="response"
+                  value={streaming.responseIndex}
+                  onChange={event => streaming.showResponse(Number(event.target.value))}
+                >
+                  {streaming.responses.map((_response, index) => (
+                    <option key={index} value={index}>
+                      {index + 1} of {streaming.responses.length}
+                    </option>
+                  ))}
+                </select>
+              </label>
+            ) : null}
+          </div>
+        ) : null}
+        {watchUrl ? (
+          <p className="demo__watch">
+            Watch this stream from another tab:{' '}
+            <a href={watchUrl} target="_blank" rel="noreferrer" data-testid="watch-link">
+              {watchUrl}
+            </a>
+          </p>
+        ) : null}
         {streaming.error ? (
           <p className="demo__error" role="alert" data-testid="error" id="error">
             {streaming.error}

@@ -1,7 +1,7 @@
 /**
- * What a finished stream's text becomes: rich content parsed from Markdown with marked,
- * or plain paragraphs, one per line. Both are parsed into the editor's own schema, so an
- * editor without, say, lists keeps the text and drops only the structure it cannot hold.
+ * What a stream's text becomes: rich content parsed from Markdown with marked, or plain
+ * paragraphs, one per line. Both are parsed into the editor's own schema, so an editor
+ * without, say, lists keeps the text and drops only the structure it cannot hold.
  */
 import { DOMParser as ProseMirrorDOMParser, Fragment, type NodeType, type Schema } from '@tiptap/pm/model'
 import { Marked } from 'marked'
@@ -16,7 +16,7 @@ function escapeHtml(text: string): string {
  * GFM Markdown where raw HTML in the model's answer stays literal text, never markup, and
  * code blocks keep their code exactly (marked's own renderer adds a final newline).
  */
-const markdown = new Marked({
+export const markdown = new Marked({
   gfm: true,
   async: false,
   renderer: {
@@ -34,15 +34,28 @@ export function markdownToHtml(text: string): string {
   return markdown.parse(text, { async: false })
 }
 
+// One inert document per page, reused for every parse: nothing in it (images, scripts) is
+// loaded or run, and a stream parses its open block on every chunk.
+let inertDocument: Document | null = null
+
+function inertBody(html: string): HTMLElement {
+  inertDocument ??= new window.DOMParser().parseFromString('<body></body>', 'text/html')
+  const body = inertDocument.body
+  body.innerHTML = html
+  return body
+}
+
 /**
  * Parses Markdown into block content that fits `container` (the streaming node type),
- * using the schema's own parse rules. The HTML is parsed in an inert document, so nothing
- * in it (images, scripts) is loaded or run.
+ * using the schema's own parse rules.
  */
 export function markdownToFragment(text: string, schema: Schema, container: NodeType): Fragment {
-  const html = markdownToHtml(text)
-  const dom = new window.DOMParser().parseFromString(`<body>${html}</body>`, 'text/html')
-  const parsed = ProseMirrorDOMParser.fromSchema(schema).parse(dom.body, { topNode: container.create() })
+  if (text.trim() === '') {
+    return Fragment.empty
+  }
+  const body = inertBody(markdownToHtml(text))
+  const parsed = ProseMirrorDOMParser.fromSchema(schema).parse(body, { topNode: container.create() })
+  body.innerHTML = ''
   return parsed.content
 }
 
@@ -55,7 +68,7 @@ export function textToFragment(text: string, schema: Schema): Fragment {
   return Fragment.fromArray(text.split('\n').map(line => paragraph.create(null, line ? schema.text(line) : null)))
 }
 
-/** The content a finished stream's text becomes in the given format; empty for empty text. */
+/** The content a stream's whole text becomes in the given format; empty for empty text. */
 export function streamTextToFragment(text: string, format: StreamFormat, schema: Schema, container: NodeType): Fragment {
   if (text === '') {
     return Fragment.empty

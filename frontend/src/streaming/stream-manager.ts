@@ -1,11 +1,12 @@
 /**
- * The per-editor registry of streams: what each stream is (session, animation, format),
- * where it stands (status, error) and the timers of streams fed from local text.
- * Positions live in the ProseMirror plugin state instead, because they must be mapped
- * through every transaction.
+ * The per-editor registry of streams: what each stream is (session, animation, format,
+ * review), where it stands (status, error, decision), the text it received and the timers
+ * of streams fed from local text. Positions live in the ProseMirror plugin state instead,
+ * because they must be mapped through every transaction.
  */
 import type {
   AnimationType,
+  ReviewDecision,
   StreamConfig,
   StreamFormat,
   StreamingTransport,
@@ -22,10 +23,20 @@ export interface StreamRecord {
   readonly animationType: AnimationType
   readonly format: StreamFormat
   readonly speed: number
-  /** The transport that carries pause, resume and cancel to the server; null for local streams. */
+  /** The transport that carries pause, resume, cancel and regenerate to the server; null for local streams. */
   readonly transport: StreamingTransport | null
   /** The last error reported for this stream (a failed pause, a provider failure...). */
   readonly error: string | null
+  /** Whether the finished response waits for acceptStream or rejectStream. */
+  readonly review: boolean
+  /** The writer's decision on a reviewed response; null while it streams or without review. */
+  readonly decision: ReviewDecision | null
+  /** The finished responses of this prompt (one per regenerate), as their raw text. */
+  readonly responses: readonly string[]
+  /** Which of `responses` the node shows. */
+  readonly responseIndex: number
+  /** The text the stream replaces (the selection it was started on); '' when it replaces nothing. */
+  readonly original: string
 }
 
 /** The values a stream takes when its config leaves them out. */
@@ -33,6 +44,7 @@ export interface StreamDefaults {
   animationType: AnimationType
   format: StreamFormat
   speed: number
+  review: boolean
   transport: StreamingTransport | null
 }
 
@@ -41,6 +53,23 @@ export interface LocalStreamSink {
   /** Writes one piece; returning false (the stream is gone) stops the local stream. */
   write: (piece: string) => boolean
   finish: () => void
+}
+
+/**
+ * The text a stream received and how much of it is rendered for good: the first
+ * `committedLength` characters are complete Markdown blocks, shown as the first
+ * `committedChildren` children of the streaming node; only the rest is re-rendered.
+ */
+export class StreamText {
+  text = ''
+  committedLength = 0
+  committedChildren = 0
+
+  reset(text = ''): void {
+    this.text = text
+    this.committedLength = 0
+    this.committedChildren = 0
+  }
 }
 
 interface LocalStream {
@@ -65,6 +94,7 @@ export function splitIntoPieces(text: string): string[] {
 
 export class StreamManager {
   private records = new Map<string, StreamRecord>()
+  private texts = new Map<string, StreamText>()
   private listeners = new Set<() => void>()
   private localStreams = new Map<string, LocalStream>()
 
@@ -72,7 +102,7 @@ export class StreamManager {
   activeStreamId: string | null = null
 
   /** Registers a new stream and makes it the active one. */
-  create(config: StreamConfig, defaults: StreamDefaults): StreamRecord {
+  create(config: StreamConfig, defaults: StreamDefaults, original = ''): StreamRecord {
     const base = config.streamId ?? config.sessionId ?? randomStreamId()
     let id = base
     for (let n = 2; this.records.has(id); n += 1) {
@@ -88,8 +118,14 @@ export class StreamManager {
       speed: config.speed ?? defaults.speed,
       transport: config.sessionId ? defaults.transport : null,
       error: null,
+      review: config.review ?? defaults.review,
+      decision: null,
+      responses: [],
+      responseIndex: 0,
+      original,
     }
     this.records.set(id, record)
+    this.texts.set(id, new StreamText())
     this.activeStreamId = id
     this.notify()
     return record
@@ -97,6 +133,16 @@ export class StreamManager {
 
   get(id: string | null | undefined): StreamRecord | undefined {
     return id ? this.records.get(id) : undefined
+  }
+
+  /** The text a stream received so far (or the response it shows, once in review). */
+  text(id: string): StreamText {
+    let text = this.texts.get(id)
+    if (!text) {
+      text = new StreamText()
+      this.texts.set(id, text)
+    }
+    return text
   }
 
   /** The active stream, if it still takes chunks. */
@@ -121,6 +167,11 @@ export class StreamManager {
     return [...this.records.values()].filter(record => !record.finished)
   }
 
+  /** The most recent stream whose response waits for a decision. */
+  pendingReview(): StreamRecord | undefined {
+    return [...this.records.values()].filter(record => record.decision === 'pending').at(-1)
+  }
+
   update(id: string, patch: Partial<Omit<StreamRecord, 'id'>>): StreamRecord | undefined {
     const record = this.records.get(id)
     if (!record) {
@@ -136,17 +187,29 @@ export class StreamManager {
    * Marks a stream finished: it keeps an `error` or `cancelled` status it was given,
    * anything else becomes `complete`. The most recent live stream becomes active.
    */
-  finish(id: string): void {
+  finish(id: string, patch: Partial<Omit<StreamRecord, 'id'>> = {}): void {
     const record = this.records.get(id)
     if (!record) {
       return
     }
     this.stopLocal(id)
     const status = record.status === 'error' || record.status === 'cancelled' ? record.status : 'complete'
-    this.records.set(id, { ...record, status, finished: true })
+    this.records.set(id, { ...record, status, finished: true, ...patch })
     if (this.activeStreamId === id) {
       this.activeStreamId = this.live().at(-1)?.id ?? null
     }
+    this.notify()
+  }
+
+  /** Makes a finished stream take chunks again (a regenerated response), as the active stream. */
+  restart(id: string, patch: Partial<Omit<StreamRecord, 'id'>> = {}): void {
+    const record = this.records.get(id)
+    if (!record) {
+      return
+    }
+    this.records.set(id, { ...record, status: 'streaming', finished: false, error: null, decision: null, ...patch })
+    this.text(id).reset()
+    this.activeStreamId = id
     this.notify()
   }
 
@@ -190,6 +253,7 @@ export class StreamManager {
       this.stopLocal(id)
     }
     this.records.clear()
+    this.texts.clear()
     this.listeners.clear()
     this.activeStreamId = null
   }

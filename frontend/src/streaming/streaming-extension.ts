@@ -1,41 +1,34 @@
 /**
- * The streaming extension: streams text (from a server session or from local text) into
- * a streaming node at the stream's own end, whatever the user edits meanwhile, and turns
- * the finished text into rich content as one undo step.
+ * The streaming extension: streams text (from a server session or from local text) into a
+ * streaming node where the stream's config says, rendering Markdown as it arrives, whatever
+ * the user edits meanwhile; the finished response goes into the document as one undo step,
+ * at once or after the writer accepted it.
  */
 import { type Editor, Extension } from '@tiptap/core'
-import { closeHistory } from '@tiptap/pm/history'
-import type { EditorState, Transaction } from '@tiptap/pm/state'
 
-import { streamTextToFragment } from './markdown'
-import { splitIntoPieces, StreamManager, type StreamRecord } from './stream-manager'
 import {
-  createStreamingPlugin,
-  findActiveStreamPosition,
-  findStreamNodePosition,
-  insertStreamingNode,
-  markStreamFinishing,
-  STREAMING_NODE_NAME,
-  streamingPluginKey,
-  streamNodeText,
-  triggerChunkAnimation,
-  writeText,
-} from './streaming-plugin'
-import type {
-  AnimationType,
-  StreamAck,
-  StreamConfig,
-  StreamContentOptions,
-  StreamFormat,
-  StreamingTransport,
-} from './types'
+  appendToStream,
+  beginStream,
+  type CommandContext,
+  decideIn,
+  finishIn,
+  regenerateIn,
+  resetIn,
+  sendToServer,
+  showResponseIn,
+  writeAt,
+} from './commands'
+import { ANIMATION_TYPES, STREAMING_EXTENSION_NAME, STREAMING_NODE_NAME, streamingPluginKey } from './constants'
+import { splitIntoPieces, StreamManager } from './stream-manager'
+import { createStreamingPlugins } from './streaming-plugin'
+import type { AnimationType, StreamConfig, StreamContentOptions, StreamFormat, StreamingTransport } from './types'
 
 export interface StreamingOptions {
   /**
-   * The transport that carries pause, resume and cancel to the server; streams started
-   * with a `sessionId` use it. The hook sets it on `editor.storage.streaming.transport`.
+   * The transport that carries pause, resume, cancel and regenerate to the server; streams
+   * started with a `sessionId` use it. The hook sets it on `editor.storage.streaming.transport`.
    * @default null
-   * @example new StreamingWebSocketService({ baseUrl: 'wss://example.com' })
+   * @example { pause: () => service.pause(), resume: () => service.resume(), cancel: () => service.cancel() }
    */
   transport: StreamingTransport | null
   /**
@@ -45,7 +38,8 @@ export interface StreamingOptions {
    */
   animationType: AnimationType
   /**
-   * What a finished stream's text becomes when its config names no format.
+   * How a stream's text is shown when its config names no format: Markdown rendered as it
+   * arrives, or the plain text as it arrived.
    * @default 'markdown'
    * @example 'text'
    */
@@ -56,6 +50,12 @@ export interface StreamingOptions {
    * @example 20
    */
   speed: number
+  /**
+   * Whether a finished response waits for acceptStream / rejectStream when its config does not say.
+   * @default false
+   * @example true
+   */
+  review: boolean
 }
 
 export interface StreamingStorage {
@@ -68,20 +68,82 @@ export interface StreamingStorage {
 declare module '@tiptap/core' {
   interface Commands<ReturnType> {
     streaming: {
-      /** Streams local text into a new streaming node, a piece every `options.speed` ms. */
+      /**
+       * Streams local text into a new streaming node, a piece every `options.speed` ms.
+       * @example editor.commands.streamContent('# Notes\n\nSome **text**', { speed: 20 })
+       */
       streamContent: (content: string, options?: StreamContentOptions) => ReturnType
-
-      // Core streaming commands
+      /**
+       * Starts a stream: a live streaming node where `config.position` or `config.insertAt` says
+       * (the end of the document by default), outside the undo history.
+       * @example editor.commands.startStream({ sessionId, insertAt: 'selection', review: true })
+       */
       startStream: (config: StreamConfig) => ReturnType
+      /**
+       * Appends a chunk to the active stream, or writes it at `position`.
+       * @example editor.commands.writeChunk('Hello **wor')
+       */
       writeChunk: (chunk: string, position?: number) => ReturnType
+      /**
+       * Finishes a stream (the active one by default): it settles as one undo step, or, with
+       * review, waits for acceptStream / rejectStream.
+       * @example editor.commands.finishStream(sessionId)
+       */
       finishStream: (streamId?: string) => ReturnType
+      /**
+       * Pauses the active stream, on the server too when it has a transport.
+       * @example editor.commands.pauseStream()
+       */
       pauseStream: () => ReturnType
+      /**
+       * Resumes the active stream.
+       * @example editor.commands.resumeStream()
+       */
       resumeStream: () => ReturnType
-
-      // Advanced commands
+      /**
+       * Streams local text with the given animation (`wave`, `fade` or `slide`).
+       * @example editor.commands.streamWithAnimation('Hello there', 'fade')
+       */
       streamWithAnimation: (content: string, animationType: string) => ReturnType
+      /**
+       * Appends several chunks to the active stream in one transaction.
+       * @example editor.commands.batchWrite(['Hello ', 'world'])
+       */
       batchWrite: (chunks: string[]) => ReturnType
+      /**
+       * Appends a chunk to the stream with the given id.
+       * @example editor.commands.streamToNode(streamId, 'more text')
+       */
       streamToNode: (nodeId: string, content: string) => ReturnType
+      /**
+       * Keeps a reviewed response (the latest by default) as plain document content, in
+       * place of what it replaced: one undo step, no streaming node left.
+       * @example editor.commands.acceptStream()
+       */
+      acceptStream: (streamId?: string) => ReturnType
+      /**
+       * Drops a reviewed response (the latest by default): the document is as it was before
+       * the stream, the replaced selection included.
+       * @example editor.commands.rejectStream()
+       */
+      rejectStream: (streamId?: string) => ReturnType
+      /**
+       * Streams a new response to the same prompt into the reviewed stream's node (a new
+       * server session); the previous responses stay available to showStreamResponse.
+       * @example editor.commands.regenerateStream()
+       */
+      regenerateStream: (streamId?: string) => ReturnType
+      /**
+       * Shows the reviewed stream's response number `index` (0 is the first one).
+       * @example editor.commands.showStreamResponse(0)
+       */
+      showStreamResponse: (index: number, streamId?: string) => ReturnType
+      /**
+       * Rebuilds a live stream (the active one by default) from `text`: after the server's
+       * `stream-reset` (with no text) or from a late joiner's `snapshot`.
+       * @example editor.commands.resetStream(sessionId, snapshot.text)
+       */
+      resetStream: (streamId?: string, text?: string) => ReturnType
     }
   }
 
@@ -90,238 +152,28 @@ declare module '@tiptap/core' {
   }
 }
 
-const ANIMATION_TYPES: readonly string[] = ['wave', 'fade', 'slide'] satisfies AnimationType[]
-
 function isAnimationType(value: string): value is AnimationType {
-  return ANIMATION_TYPES.includes(value)
+  return (ANIMATION_TYPES as readonly string[]).includes(value)
 }
 
-/**
- * Checks the editor can stream (the storage itself comes from addStorage, per editor):
- * without the StreamingNode in the schema every streaming command returns false, so say why.
- */
-export function setupStreamingState(editor: Editor): void {
-  if (!editor.schema.nodes[STREAMING_NODE_NAME]) {
-    console.warn('[streaming] The streaming extension needs the StreamingNode extension in the editor.')
-  }
-}
-
-/** Marks streams whose live node was deleted from the document as failed. */
-export function handleDocumentUpdate(editor: Editor, storage: StreamingStorage): void {
+/** Marks streams whose node was deleted from the document as failed (or, in review, rejected). */
+function forgetRemovedStreams(editor: Editor, storage: StreamingStorage): void {
   const positions = streamingPluginKey.getState(editor.state)?.positions
-  for (const record of storage.streamManager.live()) {
+  const manager = storage.streamManager
+  for (const record of manager.live()) {
     if (!positions?.has(record.id)) {
-      storage.streamManager.update(record.id, {
-        status: 'error',
-        error: 'The streaming node was removed from the document.',
-      })
-      storage.streamManager.finish(record.id)
+      manager.update(record.id, { status: 'error', error: 'The streaming node was removed from the document.' })
+      manager.finish(record.id)
     }
   }
-}
-
-/** Stops local streams and forgets this editor's streams. */
-export function cleanupStreams(storage: StreamingStorage): void {
-  storage.streamManager.destroy()
-  storage.transport = null
-}
-
-/** Registers a stream and inserts its live node into `tr`. */
-function beginStream(
-  tr: Transaction,
-  storage: StreamingStorage,
-  options: StreamingOptions,
-  config: StreamConfig,
-): StreamRecord | null {
-  const record = storage.streamManager.create(config, { ...options, transport: storage.transport })
-  const position = config.position ?? tr.doc.content.size
-  if (insertStreamingNode(tr, position, { streamId: record.id, animationType: record.animationType }) === null) {
-    storage.streamManager.finish(record.id)
-    return null
+  const pending = manager.pendingReview()
+  if (pending && !positions?.has(pending.id)) {
+    manager.update(pending.id, { decision: 'rejected' })
   }
-  tr.setMeta('addToHistory', false)
-  return record
-}
-
-/** Appends chunks at the end of a stream's live node, animating each one. */
-function appendToStream(
-  state: EditorState,
-  tr: Transaction,
-  dispatch: unknown,
-  record: StreamRecord | undefined,
-  chunks: string[],
-): boolean {
-  const paragraph = state.schema.nodes.paragraph
-  if (!record || record.finished || !paragraph) {
-    return false
-  }
-  let cursor = findActiveStreamPosition(state, tr, record.id, paragraph)
-  if (cursor === null) {
-    return false
-  }
-  if (!dispatch) {
-    return true
-  }
-  const nodePos = findStreamNodePosition(state, tr, record.id)
-  const node = nodePos === null ? null : tr.doc.nodeAt(nodePos)
-  if (nodePos === null || !node) {
-    return false
-  }
-  let chunkCount = Number(node.attrs.chunkCount) || 0
-  for (const chunk of chunks) {
-    chunkCount += 1
-    const from = cursor
-    cursor = writeText(tr, cursor, chunk)
-    triggerChunkAnimation(tr, {
-      streamId: record.id,
-      from,
-      to: cursor,
-      animationType: record.animationType,
-      index: chunkCount,
-    })
-  }
-  tr.setNodeAttribute(nodePos, 'chunkCount', chunkCount)
-  tr.setMeta('addToHistory', false)
-  return true
-}
-
-/**
- * Writes text at an explicit position. Inside a live streaming node it counts as one of
- * that stream's chunks (outside the undo history); elsewhere it is an ordinary edit.
- */
-function writeAt(
-  tr: Transaction,
-  dispatch: unknown,
-  storage: StreamingStorage,
-  chunk: string,
-  position: number,
-): boolean {
-  if (position < 0 || position > tr.doc.content.size) {
-    return false
-  }
-  const $pos = tr.doc.resolve(position)
-  if (!$pos.parent.inlineContent) {
-    return false
-  }
-  if (!dispatch) {
-    return true
-  }
-  let stream: { record: StreamRecord; nodePos: number } | null = null
-  for (let depth = $pos.depth; depth > 0; depth -= 1) {
-    const node = $pos.node(depth)
-    const record = storage.streamManager.get(node.attrs.streamId as string | null)
-    if (node.type.name === STREAMING_NODE_NAME && node.attrs.isActive === true && record && !record.finished) {
-      stream = { record, nodePos: $pos.before(depth) }
-      break
-    }
-  }
-  const end = writeText(tr, position, chunk)
-  if (stream) {
-    const chunkCount = (Number(tr.doc.nodeAt(stream.nodePos)?.attrs.chunkCount) || 0) + 1
-    triggerChunkAnimation(tr, {
-      streamId: stream.record.id,
-      from: position,
-      to: end,
-      animationType: stream.record.animationType,
-      index: chunkCount,
-    })
-    tr.setNodeAttribute(stream.nodePos, 'chunkCount', chunkCount)
-    tr.setMeta('addToHistory', false)
-  }
-  return true
-}
-
-/**
- * Finishes a stream: its text becomes rich content (or plain paragraphs) in an inactive
- * streaming node, inserted by one history-tracked step, while the plugin removes the live
- * node outside the history. Undo therefore removes the whole response at once.
- */
-function finishIn(
-  state: EditorState,
-  tr: Transaction,
-  dispatch: unknown,
-  storage: StreamingStorage,
-  record: StreamRecord | undefined,
-): boolean {
-  if (!record || record.finished) {
-    return false
-  }
-  const nodePos = findStreamNodePosition(state, tr, record.id)
-  const live = nodePos === null ? null : tr.doc.nodeAt(nodePos)
-  if (nodePos === null || !live) {
-    return false
-  }
-  if (!dispatch) {
-    return true
-  }
-  const content = streamTextToFragment(streamNodeText(live), record.format, state.schema, live.type)
-  if (content.childCount > 0) {
-    tr.insert(nodePos + live.nodeSize, live.type.create({ ...live.attrs, isActive: false }, content))
-    closeHistory(tr)
-  }
-  markStreamFinishing(tr, record.id)
-  storage.streamManager.finish(record.id)
-  return true
-}
-
-/** Sends a command to the server and keeps the stream's status in line with the answer. */
-function sendToServer(
-  storage: StreamingStorage,
-  record: StreamRecord,
-  send: () => Promise<StreamAck>,
-  revertTo: StreamRecord['status'],
-): void {
-  const revert = (error: string): void => {
-    if (storage.streamManager.get(record.id)?.finished === false) {
-      storage.streamManager.update(record.id, { status: revertTo, error })
-    }
-  }
-  send().then(
-    ack => {
-      if (!ack.ok) {
-        revert(ack.error ?? 'The server refused the command.')
-      }
-    },
-    (error: unknown) => revert(error instanceof Error ? error.message : String(error)),
-  )
-}
-
-/** Starts a local stream of `content`: a streaming node fed a piece at a time, then finished. */
-export function initiateStreaming(
-  editor: Editor,
-  tr: Transaction,
-  dispatch: unknown,
-  storage: StreamingStorage,
-  options: StreamingOptions,
-  content: string,
-  contentOptions: StreamContentOptions,
-): boolean {
-  if (!editor.schema.nodes[STREAMING_NODE_NAME]) {
-    return false
-  }
-  if (!dispatch) {
-    return true
-  }
-  const record = beginStream(tr, storage, options, {
-    animationType: contentOptions.animationType,
-    speed: contentOptions.speed,
-    position: contentOptions.position,
-    format: contentOptions.format,
-  })
-  if (!record) {
-    return false
-  }
-  storage.streamManager.playLocal(record.id, splitIntoPieces(content), record.speed, {
-    write: piece => editor.commands.streamToNode(record.id, piece),
-    finish: () => {
-      editor.commands.finishStream(record.id)
-    },
-  })
-  return true
 }
 
 export const StreamingExtension = Extension.create<StreamingOptions, StreamingStorage>({
-  name: 'streaming',
+  name: STREAMING_EXTENSION_NAME,
 
   addOptions() {
     return {
@@ -329,6 +181,7 @@ export const StreamingExtension = Extension.create<StreamingOptions, StreamingSt
       animationType: 'wave',
       format: 'markdown',
       speed: 50,
+      review: false,
     }
   },
 
@@ -339,31 +192,63 @@ export const StreamingExtension = Extension.create<StreamingOptions, StreamingSt
     }
   },
 
-  // Extension lifecycle
   onCreate() {
-    setupStreamingState(this.editor)
+    if (!this.editor.schema.nodes[STREAMING_NODE_NAME]) {
+      console.warn('[streaming] The streaming extension needs the StreamingNode extension in the editor.')
+    }
   },
 
   onUpdate() {
-    // Called on every document change
-    handleDocumentUpdate(this.editor, this.storage)
+    forgetRemovedStreams(this.editor, this.storage)
   },
 
   onDestroy() {
-    // Cleanup streaming sessions
-    cleanupStreams(this.storage)
+    this.storage.streamManager.destroy()
+    this.storage.transport = null
   },
 
   addProseMirrorPlugins() {
-    return [createStreamingPlugin()]
+    return createStreamingPlugins()
+  },
+
+  addKeyboardShortcuts() {
+    return {
+      'Mod-Enter': () => this.editor.commands.acceptStream(),
+      Escape: () => this.editor.commands.rejectStream(),
+    }
   },
 
   addCommands() {
+    const context = ({ state, tr, dispatch }: Omit<CommandContext, 'storage'>): CommandContext => ({
+      state,
+      tr,
+      dispatch,
+      storage: this.storage,
+    })
+    const manager = () => this.storage.streamManager
+
     return {
       streamContent:
         (content, options = {}) =>
-        ({ editor, tr, dispatch }) =>
-          initiateStreaming(editor, tr, dispatch, this.storage, this.options, content, options),
+        ({ editor, tr, dispatch }) => {
+          if (!editor.schema.nodes[STREAMING_NODE_NAME]) {
+            return false
+          }
+          if (!dispatch) {
+            return true
+          }
+          const record = beginStream(tr, this.storage, this.options, options)
+          if (!record) {
+            return false
+          }
+          manager().playLocal(record.id, splitIntoPieces(content), record.speed, {
+            write: piece => editor.commands.streamToNode(record.id, piece),
+            finish: () => {
+              editor.commands.finishStream(record.id)
+            },
+          })
+          return true
+        },
 
       startStream:
         config =>
@@ -376,32 +261,29 @@ export const StreamingExtension = Extension.create<StreamingOptions, StreamingSt
 
       writeChunk:
         (chunk, position) =>
-        ({ state, tr, dispatch }) =>
+        props =>
           position === undefined
-            ? appendToStream(state, tr, dispatch, this.storage.streamManager.active(), [chunk])
-            : writeAt(tr, dispatch, this.storage, chunk, position),
+            ? appendToStream(context(props), manager().active(), [chunk])
+            : writeAt(context(props), chunk, position),
 
       finishStream:
         streamId =>
-        ({ state, tr, dispatch }) => {
-          const manager = this.storage.streamManager
-          return finishIn(state, tr, dispatch, this.storage, streamId ? manager.get(streamId) : manager.active())
-        },
+        props =>
+          finishIn(context(props), streamId ? manager().get(streamId) : manager().active()),
 
       pauseStream:
         () =>
         ({ dispatch }) => {
-          const manager = this.storage.streamManager
-          const record = manager.active()
+          const record = manager().active()
           if (!record || record.status !== 'streaming') {
             return false
           }
           if (dispatch) {
-            manager.update(record.id, { status: 'paused', error: null })
-            manager.pauseLocal(record.id)
+            manager().update(record.id, { status: 'paused', error: null })
+            manager().pauseLocal(record.id)
             const transport = record.transport
             if (transport) {
-              sendToServer(this.storage, record, () => transport.pause(), 'streaming')
+              sendToServer(manager(), record, () => transport.pause(), 'streaming')
             }
           }
           return true
@@ -410,17 +292,16 @@ export const StreamingExtension = Extension.create<StreamingOptions, StreamingSt
       resumeStream:
         () =>
         ({ dispatch }) => {
-          const manager = this.storage.streamManager
-          const record = manager.active()
+          const record = manager().active()
           if (!record || record.status !== 'paused') {
             return false
           }
           if (dispatch) {
-            manager.update(record.id, { status: 'streaming', error: null })
-            manager.resumeLocal(record.id)
+            manager().update(record.id, { status: 'streaming', error: null })
+            manager().resumeLocal(record.id)
             const transport = record.transport
             if (transport) {
-              sendToServer(this.storage, record, () => transport.resume(), 'paused')
+              sendToServer(manager(), record, () => transport.resume(), 'paused')
             }
           }
           return true
@@ -431,15 +312,22 @@ export const StreamingExtension = Extension.create<StreamingOptions, StreamingSt
         ({ commands }) =>
           isAnimationType(animationType) && commands.streamContent(content, { animationType }),
 
-      batchWrite:
-        chunks =>
-        ({ state, tr, dispatch }) =>
-          appendToStream(state, tr, dispatch, this.storage.streamManager.active(), chunks),
+      batchWrite: chunks => props => appendToStream(context(props), manager().active(), chunks),
 
-      streamToNode:
-        (nodeId, content) =>
-        ({ state, tr, dispatch }) =>
-          appendToStream(state, tr, dispatch, this.storage.streamManager.get(nodeId), [content]),
+      streamToNode: (nodeId, content) => props => appendToStream(context(props), manager().get(nodeId), [content]),
+
+      acceptStream: streamId => props => decideIn(context(props), streamId, true),
+
+      rejectStream: streamId => props => decideIn(context(props), streamId, false),
+
+      regenerateStream: streamId => props => regenerateIn(context(props), streamId),
+
+      showStreamResponse: (index, streamId) => props => showResponseIn(context(props), index, streamId),
+
+      resetStream:
+        (streamId, text = '') =>
+        props =>
+          resetIn(context(props), streamId ? manager().get(streamId) : manager().active(), text),
     }
   },
 

@@ -1,12 +1,13 @@
 /**
- * The streaming node: the block a stream writes into. While active it holds the text as
- * it arrives (one paragraph per line); once finished, the rich content it became.
+ * The streaming node: the block a stream writes into. While live it shows the response as
+ * it arrives (rendered Markdown, or plain lines); in review it holds the response waiting
+ * for a decision; once settled without review, the rich content the response became.
  */
 import { mergeAttributes, Node } from '@tiptap/core'
 import { ReactNodeViewRenderer } from '@tiptap/react'
 
+import { STREAMING_NODE_NAME, STREAMING_SECTION_NAME } from './constants'
 import { StreamingNodeView } from './StreamingNodeView'
-import { STREAMING_NODE_NAME } from './streaming-plugin'
 import type { AnimationType } from './types'
 
 export interface StreamingNodeAttributes {
@@ -28,17 +29,48 @@ export interface StreamingNodeOptions {
 declare module '@tiptap/core' {
   interface Commands<ReturnType> {
     streamingNode: {
-      /** Inserts a streaming node at the selection. */
+      /**
+       * Inserts a streaming node at the selection.
+       * @example editor.commands.insertStreamingNode({ streamId: 'notes', isActive: false })
+       */
       insertStreamingNode: (attrs?: Partial<StreamingNodeAttributes>) => ReturnType
     }
   }
 }
 
+/**
+ * A group of a live stream's committed blocks. It exists only inside a live streaming node
+ * (nothing parses into it, and a settled stream holds plain blocks), renders as a wrapper
+ * that takes no part in the layout, and keeps ProseMirror's per-chunk work on the node's
+ * children small however long the answer grows.
+ */
+export const StreamingSection = Node.create({
+  name: STREAMING_SECTION_NAME,
+  group: 'block',
+  content: 'block+',
+  draggable: false,
+  selectable: false,
+
+  addAttributes() {
+    return {
+      level: { default: 1, rendered: false },
+    }
+  },
+
+  parseHTML() {
+    return []
+  },
+
+  renderHTML() {
+    return ['div', { class: 'streaming-node__section' }, 0]
+  },
+})
+
 export const StreamingNode = Node.create<StreamingNodeOptions>({
   name: STREAMING_NODE_NAME,
   group: 'block',
-  // Block content, not the sketch's inline*: a finished stream holds the headings, lists
-  // and paragraphs its Markdown became, and ProseMirror cannot mix those with inline nodes.
+  // Block content, not the sketch's inline*: a stream holds the headings, lists and
+  // paragraphs its Markdown became, and ProseMirror cannot mix those with inline nodes.
   content: 'block+',
   draggable: false,
   isolating: true,
@@ -87,6 +119,10 @@ export const StreamingNode = Node.create<StreamingNodeOptions>({
       }),
       0,
     ]
+  },
+
+  addExtensions() {
+    return [StreamingSection]
   },
 
   addNodeView() {

@@ -1,20 +1,27 @@
 /**
  * The network side of streaming: one Socket.IO connection to `/stream/<sessionId>`, which
- * turns the server's events into window events and carries pause, resume and cancel back.
- * A dropped connection is reconnected with exponential backoff and resumed from the last
- * seq received (handshake `auth: {lastSeq}`), and chunks are deduplicated by seq, so a
- * drop neither loses nor doubles anything.
+ * turns the server's events into `streaming:*` events on its target (`on()` subscribes to
+ * them) and carries pause, resume and cancel back; the session HTTP routes are its
+ * `sessions` client. A dropped connection is reconnected with exponential backoff and
+ * resumed from the last seq received (handshake `auth: {lastSeq, epoch}`), and chunks are
+ * deduplicated by seq, so a drop neither loses nor doubles anything. A late joiner asks for
+ * a `snapshot`; a `stream-reset` (the server's log changed) starts the text over.
  */
 import { io, type Socket } from 'socket.io-client'
 
+import { DEFAULT_SERVER_URL } from './constants'
+import { StreamingSessionClient } from './session-client'
 import type {
   StreamAck,
   StreamChunk,
   StreamComplete,
   StreamError,
-  StreamingEventMap,
+  StreamingEvents,
   StreamingTransport,
+  StreamReset,
+  StreamSnapshot,
   StreamState,
+  TokenProvider,
 } from './types'
 
 export interface StreamingWebSocketServiceOptions {
@@ -25,30 +32,60 @@ export interface StreamingWebSocketServiceOptions {
    */
   baseUrl?: string
   /**
+   * Prefix of the HTTP API routes used by `sessions`; '' means relative to the page.
+   * @default ''
+   * @example 'https://api.example.com'
+   */
+  apiBaseUrl?: string
+  /**
    * Reconnect attempts after a drop before the stream is reported lost.
    * @default 5
+   * @example 10
    */
   maxReconnectAttempts?: number
   /**
    * Base of the exponential backoff: attempt n waits 2^n times this, in milliseconds.
    * @default 1000
+   * @example 250
    */
   reconnectDelay?: number
   /**
    * Connection and acknowledgement timeout, in milliseconds.
    * @default 5000
+   * @example 10000
    */
   timeout?: number
   /**
    * Where the `streaming:*` events are dispatched.
    * @default window
+   * @example new EventTarget()
    */
   target?: EventTarget
+  /**
+   * Called for every HTTP request and every (re)connect; its token goes in the
+   * Authorization header and in the handshake's `auth.token`.
+   * @default undefined (no token)
+   * @example () => auth.currentToken()
+   */
+  getToken?: TokenProvider
+}
+
+/** How to join a session. */
+export interface ConnectOptions {
+  /**
+   * Ask for one `snapshot` of everything logged so far instead of a chunk-by-chunk replay
+   * (a late joiner). A server that does not know snapshots replays the chunks instead.
+   */
+  snapshot?: boolean
+  /** The session's epoch if already known (from `GET /api/streaming/{id}`). */
+  epoch?: string | null
 }
 
 const SESSION_NOT_FOUND = 'Session not found'
 
 export class StreamingWebSocketService implements StreamingTransport {
+  /** The session HTTP routes (create, start, get, cancel), with the same token provider. */
+  readonly sessions: StreamingSessionClient
   private socket: Socket | null = null
   private reconnectAttempts = 0
   private maxReconnectAttempts = 5
@@ -57,7 +94,10 @@ export class StreamingWebSocketService implements StreamingTransport {
   private readonly reconnectDelay: number
   private readonly timeout: number
   private readonly target: EventTarget
+  private readonly getToken: TokenProvider | undefined
   private session: string | null = null
+  private currentEpoch: string | null = null
+  private wantsSnapshot = false
   private seq = -1
   private seqs: number[] = []
   private finished = false
@@ -65,11 +105,13 @@ export class StreamingWebSocketService implements StreamingTransport {
   private closeWhenSettled = false
 
   constructor(options: StreamingWebSocketServiceOptions = {}) {
-    this.baseUrl = (options.baseUrl ?? 'ws://localhost:3001').replace(/\/+$/, '')
+    this.baseUrl = (options.baseUrl ?? DEFAULT_SERVER_URL).replace(/\/+$/, '')
     this.maxReconnectAttempts = options.maxReconnectAttempts ?? this.maxReconnectAttempts
     this.reconnectDelay = options.reconnectDelay ?? 1000
     this.timeout = options.timeout ?? 5000
-    this.target = options.target ?? window
+    this.target = options.target ?? (typeof window === 'undefined' ? new EventTarget() : window)
+    this.getToken = options.getToken
+    this.sessions = new StreamingSessionClient({ baseUrl: options.apiBaseUrl, getToken: options.getToken })
   }
 
   /** The session this service is connected (or reconnecting) to. */
@@ -77,9 +119,14 @@ export class StreamingWebSocketService implements StreamingTransport {
     return this.session
   }
 
-  /** The highest seq received and dispatched; -1 before the first chunk. */
+  /** The highest seq received and dispatched (or covered by a snapshot); -1 before the first chunk. */
   get lastSeq(): number {
     return this.seq
+  }
+
+  /** The session's epoch as the server last reported it; null until it reports one. */
+  get epoch(): string | null {
+    return this.currentEpoch
   }
 
   /** Every seq dispatched for the current session, in order: each one exactly once. */
@@ -91,10 +138,27 @@ export class StreamingWebSocketService implements StreamingTransport {
     return this.socket?.connected ?? false
   }
 
+  /**
+   * Calls `handler` with the detail of every `event` this service dispatches, until the
+   * returned function is called.
+   * @example const off = service.on('streaming:chunk', chunk => console.log(chunk.content))
+   */
+  on<K extends keyof StreamingEvents>(event: K, handler: (detail: StreamingEvents[K]) => void): () => void {
+    const listener = (dispatched: Event): void => {
+      if (dispatched instanceof CustomEvent) {
+        handler(dispatched.detail)
+      }
+    }
+    this.target.addEventListener(event, listener)
+    return () => this.target.removeEventListener(event, listener)
+  }
+
   /** Connects to a session's namespace; resolves once joined, rejects if the first attempt fails. */
-  async connect(sessionId: string): Promise<void> {
+  async connect(sessionId: string, options: ConnectOptions = {}): Promise<void> {
     this.disconnect()
     this.session = sessionId
+    this.currentEpoch = options.epoch ?? null
+    this.wantsSnapshot = options.snapshot === true
     this.seq = -1
     this.seqs = []
     this.finished = false
@@ -108,7 +172,9 @@ export class StreamingWebSocketService implements StreamingTransport {
       timeout: this.timeout,
       reconnection: false,
       forceNew: true,
-      auth: callback => callback(this.seq >= 0 ? { lastSeq: this.seq } : {}),
+      auth: callback => {
+        void this.handshakeAuth().then(callback)
+      },
     })
     this.socket = socket
 
@@ -160,6 +226,28 @@ export class StreamingWebSocketService implements StreamingTransport {
     return ack
   }
 
+  /** What the handshake carries: where to resume (or a snapshot request) and the token. */
+  private async handshakeAuth(): Promise<Record<string, unknown>> {
+    const auth: Record<string, unknown> = {}
+    if (this.seq >= 0) {
+      auth.lastSeq = this.seq
+      if (this.currentEpoch !== null) {
+        auth.epoch = this.currentEpoch
+      }
+    } else if (this.wantsSnapshot) {
+      auth.snapshot = true
+    }
+    try {
+      const token = await this.getToken?.()
+      if (token) {
+        auth.token = token
+      }
+    } catch {
+      // No token: the server answers Unauthorized, which connect() reports.
+    }
+    return auth
+  }
+
   private async request(event: 'pause-stream' | 'resume-stream' | 'cancel-stream'): Promise<StreamAck> {
     const socket = this.socket
     if (!socket) {
@@ -176,10 +264,7 @@ export class StreamingWebSocketService implements StreamingTransport {
     }
   }
 
-  private dispatch<K extends keyof StreamingEventMap>(
-    name: K,
-    detail: StreamingEventMap[K] extends CustomEvent<infer D> ? D : never,
-  ): void {
+  private dispatch<K extends keyof StreamingEvents>(name: K, detail: StreamingEvents[K]): void {
     this.target.dispatchEvent(new CustomEvent(name, { detail }))
   }
 
@@ -219,8 +304,23 @@ export class StreamingWebSocketService implements StreamingTransport {
         this.seq = data.seq
         this.seqs.push(data.seq)
       }
-      // Emit to streaming extension
       this.dispatch('streaming:chunk', { ...data, sessionId: data.sessionId ?? sessionId })
+    })
+
+    socket.on('snapshot', (data: StreamSnapshot) => {
+      this.seq = Math.max(this.seq, data.lastSeq)
+      if (data.epoch) {
+        this.currentEpoch = data.epoch
+      }
+      this.dispatch('streaming:snapshot', { ...data, sessionId: data.sessionId ?? sessionId })
+    })
+
+    socket.on('stream-reset', (data: StreamReset) => {
+      // The server replays the whole log from seq 0 next.
+      this.seq = -1
+      this.seqs = []
+      this.currentEpoch = data.epoch
+      this.dispatch('streaming:reset', { ...data, sessionId: data.sessionId ?? sessionId })
     })
 
     socket.on('complete', (data: StreamComplete | undefined) => {
@@ -234,6 +334,9 @@ export class StreamingWebSocketService implements StreamingTransport {
     })
 
     socket.on('stream-state', (data: StreamState) => {
+      if (data.epoch) {
+        this.currentEpoch = data.epoch
+      }
       this.dispatch('streaming:state', { ...data, sessionId: data.sessionId ?? sessionId })
       if (data.state === 'cancelled') {
         // Over: no reconnect. The socket stays open for the `complete` that follows.

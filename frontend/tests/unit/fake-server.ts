@@ -1,7 +1,9 @@
 /**
  * A small real server for the unit tests, speaking PROTOCOL.md: the HTTP routes the hook
  * uses and the Socket.IO namespace /stream/<id> with replay from the handshake's lastSeq.
- * It streams a fixed script of chunks and can drop connections or fail on cue.
+ * It streams a fixed script of chunks and can drop connections or fail on cue; with
+ * `version2` it also speaks the protocol's version 2 additions the client is ready for:
+ * `epoch` (and `stream-reset` when a client comes back with another one) and snapshot joins.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -25,6 +27,10 @@ export interface FakeServerOptions {
   withholdSeq?: number
   /** Status of POST /api/streaming/session, to simulate a refusal. */
   sessionStatus?: number
+  /** Speak PROTOCOL.md's version 2: epochs, stream-reset and snapshot joins. */
+  version2?: boolean
+  /** Answer 401 to HTTP requests and refuse connections without this bearer token. */
+  token?: string
 }
 
 export interface FakeSession {
@@ -37,6 +43,8 @@ export interface FakeSession {
   commands: { event: string; args: unknown[] }[]
   timer: ReturnType<typeof setInterval> | null
   dropped: boolean
+  /** The log's history identity (version 2). */
+  epoch: string
 }
 
 export interface FakeServer {
@@ -45,6 +53,12 @@ export interface FakeServer {
   sessions: Map<string, FakeSession>
   createSession: () => FakeSession
   start: (id: string) => void
+  /** Pauses a session as if another viewer asked for it. */
+  pause: (id: string) => void
+  /** Loses and rebuilds a session's log (new epoch, new text) and drops its viewers. */
+  rebuildLog: (id: string, script: string[]) => void
+  /** The Authorization header of every HTTP request, in order. */
+  authorizations: (string | undefined)[]
   close: () => Promise<void>
 }
 
@@ -54,6 +68,8 @@ export async function startFakeServer(options: FakeServerOptions = {}): Promise<
   const script = options.script ?? ['# Title', '\n\nHello ', 'from ', 'the ', '**fake** ', 'server.']
   const intervalMs = options.intervalMs ?? 5
   const sessions = new Map<string, FakeSession>()
+  const authorizations: (string | undefined)[] = []
+  const scripts = new Map<string, string[]>()
   let counter = 0
 
   const http = createServer((request, response) => {
@@ -74,6 +90,7 @@ export async function startFakeServer(options: FakeServerOptions = {}): Promise<
       commands: [],
       timer: null,
       dropped: false,
+      epoch: 'epoch-1',
     }
     sessions.set(session.id, session)
     return session
@@ -81,7 +98,12 @@ export async function startFakeServer(options: FakeServerOptions = {}): Promise<
 
   function setState(session: FakeSession, state: SessionState): void {
     session.state = state
-    namespaceOf(session.id).emit('stream-state', { sessionId: session.id, state, lastSeq: session.log.length - 1 })
+    namespaceOf(session.id).emit('stream-state', {
+      sessionId: session.id,
+      state,
+      lastSeq: session.log.length - 1,
+      ...(options.version2 ? { epoch: session.epoch } : {}),
+    })
   }
 
   function stop(session: FakeSession): void {
@@ -97,7 +119,7 @@ export async function startFakeServer(options: FakeServerOptions = {}): Promise<
     }
     const nsp = namespaceOf(session.id)
     const seq = session.log.length
-    const content = script[seq]
+    const content = (scripts.get(session.id) ?? script)[seq]
     if (content === undefined) {
       stop(session)
       setState(session, 'completed')
@@ -135,8 +157,33 @@ export async function startFakeServer(options: FakeServerOptions = {}): Promise<
     session.timer = setInterval(() => tick(session), intervalMs)
   }
 
+  function pause(id: string): void {
+    const session = sessions.get(id)
+    if (session) {
+      setState(session, 'paused')
+    }
+  }
+
+  function rebuildLog(id: string, rebuilt: string[]): void {
+    const session = sessions.get(id)
+    if (!session) {
+      return
+    }
+    scripts.set(id, rebuilt)
+    session.epoch = `epoch-${Number(session.epoch.split('-')[1]) + 1}`
+    session.log = session.log.map((chunk, seq) => ({ ...chunk, content: rebuilt[seq] ?? '' }))
+    for (const socket of namespaceOf(id).sockets.values()) {
+      socket.disconnect(true)
+    }
+  }
+
   namespaces.use((socket, next) => {
     const id = socket.nsp.name.slice('/stream/'.length)
+    const auth = socket.handshake.auth as Record<string, unknown>
+    if (options.token && auth.token !== options.token) {
+      next(new Error('Unauthorized'))
+      return
+    }
     next(sessions.has(id) ? undefined : new Error('Session not found'))
   })
 
@@ -147,7 +194,22 @@ export async function startFakeServer(options: FakeServerOptions = {}): Promise<
     }
     const auth = socket.handshake.auth as Record<string, unknown>
     session.auths.push(auth)
-    const lastSeq = typeof auth.lastSeq === 'number' ? auth.lastSeq : -1
+    let lastSeq = typeof auth.lastSeq === 'number' ? auth.lastSeq : -1
+    const current = session.log.length - 1
+    if (options.version2 && lastSeq >= 0 && (auth.epoch !== session.epoch || lastSeq > current)) {
+      socket.emit('stream-reset', { sessionId: session.id, epoch: session.epoch, lastSeq: current })
+      lastSeq = -1
+    }
+    if (options.version2 && auth.snapshot === true && lastSeq < 0) {
+      socket.emit('snapshot', {
+        sessionId: session.id,
+        epoch: session.epoch,
+        text: session.log.map(chunk => chunk.content).join(''),
+        lastSeq: current,
+        state: session.state,
+      })
+      lastSeq = current
+    }
     const from = options.replayOverlap ? Math.max(0, lastSeq - 1) : lastSeq + 1
     for (const chunk of session.log.slice(from)) {
       socket.emit('chunk', chunk)
@@ -190,6 +252,28 @@ export async function startFakeServer(options: FakeServerOptions = {}): Promise<
       response.end(JSON.stringify(payload))
     }
     const url = request.url ?? ''
+    authorizations.push(request.headers.authorization)
+    if (options.token && request.headers.authorization !== `Bearer ${options.token}`) {
+      send(401, { error: 'Unauthorized' })
+      return
+    }
+    const status = /^\/api\/streaming\/([^/]+)$/.exec(url)
+    if (request.method === 'GET' && status?.[1]) {
+      const session = sessions.get(status[1])
+      if (!session) {
+        send(404, { error: 'Session not found' })
+        return
+      }
+      send(200, {
+        sessionId: session.id,
+        state: session.state,
+        chunks: session.log.length,
+        text: session.log.map(chunk => chunk.content).join(''),
+        ...PROVIDER,
+        ...(options.version2 ? { epoch: session.epoch } : {}),
+      })
+      return
+    }
     if (request.method === 'POST' && url === '/api/streaming/session') {
       await readJson(request)
       if (options.sessionStatus && options.sessionStatus !== 200) {
@@ -228,6 +312,9 @@ export async function startFakeServer(options: FakeServerOptions = {}): Promise<
     sessions,
     createSession,
     start,
+    pause,
+    rebuildLog,
+    authorizations,
     close: async () => {
       sessions.forEach(stop)
       await io.close()

@@ -14,11 +14,16 @@ const PlainStreamingNode = StreamingNode.extend({ addNodeView: () => null })
 
 /**
  * An editor with StarterKit (without the trailing empty paragraph, so that documents
- * compare exactly) and the streaming node and extension.
+ * compare exactly) and the streaming node and extension; `mounted: false` leaves out the view
+ * (and its DOM updates), for tests that only look at the document.
  */
-export function createEditor(content = '<p>Hello world</p>', options: Partial<StreamingOptions> = {}): Editor {
+export function createEditor(
+  content = '<p>Hello world</p>',
+  options: Partial<StreamingOptions> = {},
+  { mounted = true }: { mounted?: boolean } = {},
+): Editor {
   return new Editor({
-    element: document.createElement('div'),
+    element: mounted ? document.createElement('div') : null,
     extensions: [
       StarterKit.configure({ trailingNode: false }),
       PlainStreamingNode,

@@ -179,3 +179,118 @@ describe('useStreaming', () => {
     expect(streamingNodes(one.editor)).toHaveLength(1)
   })
 })
+
+describe('useStreaming with review', () => {
+  it('keeps the response as a suggestion; accept leaves plain content as one undo step', async () => {
+    const fake = await startServer()
+    const { editor, result, callbacks } = await mountHook(fake, { review: true })
+    const before = editor.getJSON()
+    await result().startStreaming('Tell me something')
+    await vi.waitFor(() => expect(callbacks.onComplete).toHaveBeenCalled())
+    await vi.waitFor(() => expect(result()).toMatchObject({ isReviewing: true, decision: 'pending' }))
+    expect(result().responses).toEqual(['# Title\n\nHello from the **fake** server.'])
+
+    expect(result().accept()).toBe(true)
+    await vi.waitFor(() => expect(result().decision).toBe('accepted'))
+    expect(JSON.stringify(editor.getJSON())).not.toContain('streamingNode')
+    expect(editor.getHTML()).toBe('<p>Intro</p><h1>Title</h1><p>Hello from the <strong>fake</strong> server.</p>')
+    editor.commands.undo()
+    expect(editor.getJSON()).toEqual(before)
+  })
+
+  it('reject leaves the document as it was', async () => {
+    const fake = await startServer()
+    const { editor, result } = await mountHook(fake, { review: true })
+    const before = editor.getJSON()
+    await result().startStreaming('Tell me something')
+    await vi.waitFor(() => expect(result().isReviewing).toBe(true))
+    expect(result().reject()).toBe(true)
+    expect(editor.getJSON()).toEqual(before)
+    await vi.waitFor(() => expect(result().decision).toBe('rejected'))
+  })
+
+  it('regenerate streams the same prompt and config from a new session; showResponse flips', async () => {
+    const fake = await startServer()
+    const { editor, result } = await mountHook(fake, { review: true })
+    await result().startStreaming('Tell me something', { maxTokens: 50 })
+    await vi.waitFor(() => expect(result().isReviewing).toBe(true))
+    const first = result().sessionId
+
+    expect(result().regenerate()).toBe(true)
+    await vi.waitFor(() => expect(result().sessionId).not.toBe(first))
+    await vi.waitFor(() => expect(result().responses).toHaveLength(2))
+    expect(result()).toMatchObject({ isReviewing: true, responseIndex: 1, state: 'completed' })
+    expect(fake.sessions.size).toBe(2)
+    expect(streamingNodes(editor)).toHaveLength(1)
+
+    expect(result().showResponse(0)).toBe(true)
+    await vi.waitFor(() => expect(result().responseIndex).toBe(0))
+    expect(result().showResponse(5)).toBe(false)
+    result().accept()
+    await vi.waitFor(() => expect(result().decision).toBe('accepted'))
+    expect(editor.getText()).toContain('Hello from the fake server.')
+  })
+})
+
+describe('useStreaming watching a session started elsewhere', () => {
+  it('joins late with a snapshot and shows the whole text', async () => {
+    const fake = await startServer({ version2: true, intervalMs: 10 })
+    const session = fake.createSession()
+    fake.start(session.id)
+    await vi.waitFor(() => expect(session.log.length).toBeGreaterThan(2))
+    const { editor, result, callbacks } = await mountHook(fake)
+
+    await result().watchStreaming(session.id)
+    await vi.waitFor(() => expect(result().state).toBe('completed'))
+    expect(session.auths[0]).toEqual({ snapshot: true })
+    expect(editor.getHTML()).toContain('<h1>Title</h1><p>Hello from the <strong>fake</strong> server.</p>')
+    expect(callbacks.onChunk.mock.calls.length).toBeLessThan(6)
+  })
+
+  it('replays chunk by chunk from a server without snapshots', async () => {
+    const fake = await startServer({ intervalMs: 10 })
+    const session = fake.createSession()
+    fake.start(session.id)
+    await vi.waitFor(() => expect(session.log.length).toBeGreaterThan(2))
+    const { editor, result, callbacks } = await mountHook(fake)
+
+    await result().watchStreaming(session.id)
+    await vi.waitFor(() => expect(result().state).toBe('completed'))
+    expect(editor.getHTML()).toContain('<h1>Title</h1><p>Hello from the <strong>fake</strong> server.</p>')
+    expect(callbacks.onChunk).toHaveBeenCalledTimes(6)
+  })
+
+  it('follows a pause asked for by another viewer', async () => {
+    const fake = await startServer({ intervalMs: 30, script: Array.from({ length: 50 }, (_, i) => `w${i} `) })
+    const session = fake.createSession()
+    fake.start(session.id)
+    const { editor, result } = await mountHook(fake)
+    await result().watchStreaming(session.id)
+    await vi.waitFor(() => expect(result().state).toBe('streaming'))
+    fake.pause(session.id)
+    await vi.waitFor(() => expect(result().state).toBe('paused'))
+    expect(editor.storage.streaming.streamManager.get(session.id)?.status).toBe('paused')
+  })
+})
+
+describe('useStreaming and the version 2 protocol', () => {
+  it('rebuilds the text from scratch after a stream-reset', async () => {
+    const fake = await startServer({ version2: true, intervalMs: 20, script: Array.from({ length: 20 }, (_, i) => `w${i} `) })
+    const { editor, result, callbacks } = await mountHook(fake, { format: 'text' })
+    await result().startStreaming('reset me')
+    await vi.waitFor(() => expect(callbacks.onChunk.mock.calls.length).toBeGreaterThan(5))
+    const rebuilt = Array.from({ length: 20 }, (_, i) => `W${i} `)
+    fake.rebuildLog(result().sessionId ?? '', rebuilt)
+    await vi.waitFor(() => expect(result().state).toBe('completed'))
+    expect(streamText(editor, result().streamId ?? '')).toBe(rebuilt.join(''))
+  })
+
+  it('sends the token from getToken with every HTTP request', async () => {
+    const fake = await startServer()
+    const { result, callbacks } = await mountHook(fake, { getToken: () => Promise.resolve('hook-token') })
+    await result().startStreaming('with a token')
+    await vi.waitFor(() => expect(callbacks.onComplete).toHaveBeenCalled())
+    expect(fake.authorizations.length).toBeGreaterThanOrEqual(2)
+    expect(new Set(fake.authorizations)).toEqual(new Set(['Bearer hook-token']))
+  })
+})

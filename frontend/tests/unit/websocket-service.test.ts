@@ -1,7 +1,14 @@
 // @vitest-environment node
-import { afterEach, describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it, vi } from 'vitest'
 
-import type { StreamChunk, StreamComplete, StreamError, StreamState } from '../../src/streaming'
+import type {
+  StreamChunk,
+  StreamComplete,
+  StreamError,
+  StreamReset,
+  StreamSnapshot,
+  StreamState,
+} from '../../src/streaming'
 import { StreamingWebSocketService } from '../../src/streaming'
 import { type FakeServer, type FakeServerOptions, startFakeServer } from './fake-server'
 
@@ -165,5 +172,151 @@ describe('StreamingWebSocketService', () => {
     const error = await recorder.failed
     expect(error).toEqual({ sessionId: session.id, error: 'The provider failed.', code: 'provider_error' })
     expect(recorder.chunks).toHaveLength(4)
+  })
+})
+
+describe('StreamingWebSocketService.on', () => {
+  it('hands each handler the typed detail of its own target’s events until unsubscribed', async () => {
+    server = await startFakeServer({ script: SCRIPT })
+    const one = new StreamingWebSocketService({ baseUrl: server.wsUrl, target: new EventTarget() })
+    const two = new StreamingWebSocketService({ baseUrl: server.wsUrl, target: new EventTarget() })
+    services.push(one, two)
+    const heardByOne: string[] = []
+    const heardByTwo: string[] = []
+    const offOne = one.on('streaming:chunk', chunk => heardByOne.push(chunk.content))
+    two.on('streaming:chunk', chunk => heardByTwo.push(chunk.content))
+    const done = new Promise<StreamComplete>(resolve => one.on('streaming:complete', resolve))
+
+    const session = server.createSession()
+    await one.connect(session.id)
+    server.start(session.id)
+    await done
+    expect(heardByOne.join('')).toBe(SCRIPT.join(''))
+    expect(heardByTwo).toEqual([])
+
+    offOne()
+    const again = server.createSession()
+    const doneAgain = new Promise<StreamComplete>(resolve => one.on('streaming:complete', resolve))
+    await one.connect(again.id)
+    server.start(again.id)
+    await doneAgain
+    expect(heardByOne.join('')).toBe(SCRIPT.join(''))
+  })
+})
+
+describe('StreamingWebSocketService with the version 2 protocol', () => {
+  async function connected(options: FakeServerOptions) {
+    server = await startFakeServer({ script: SCRIPT, version2: true, ...options })
+    const recorder = record()
+    const service = new StreamingWebSocketService({ baseUrl: server.wsUrl, target: recorder.target, reconnectDelay: 10 })
+    services.push(service)
+    const resets: StreamReset[] = []
+    const snapshots: StreamSnapshot[] = []
+    service.on('streaming:reset', reset => resets.push(reset))
+    service.on('streaming:snapshot', snapshot => snapshots.push(snapshot))
+    return { server, service, recorder, resets, snapshots }
+  }
+
+  it('remembers the epoch and sends it with lastSeq when it reconnects', async () => {
+    const { server, service, recorder } = await connected({ dropAfterSeq: { seq: 9, how: 'server-disconnect' } })
+    const session = server.createSession()
+    await service.connect(session.id)
+    server.start(session.id)
+    await recorder.completed
+    expect(service.epoch).toBe('epoch-1')
+    expect(session.auths[1]).toMatchObject({ epoch: 'epoch-1' })
+    expect(session.auths[1]?.lastSeq).toBeGreaterThanOrEqual(8)
+    expectEachSeqOnce(recorder, service)
+  })
+
+  it('starts over on stream-reset: the text is the rebuilt log, never two histories spliced', async () => {
+    const { server, service, recorder, resets } = await connected({ intervalMs: 10 })
+    const session = server.createSession()
+    await service.connect(session.id)
+    server.start(session.id)
+    await new Promise<void>(resolve => {
+      const off = service.on('streaming:chunk', chunk => {
+        if (chunk.seq === 10) {
+          off()
+          resolve()
+        }
+      })
+    })
+    const rebuilt = SCRIPT.map(content => content.toUpperCase())
+    server.rebuildLog(session.id, rebuilt)
+    await recorder.completed
+
+    expect(resets).toHaveLength(1)
+    expect(resets[0]).toMatchObject({ sessionId: session.id, epoch: 'epoch-2' })
+    expect(service.epoch).toBe('epoch-2')
+    const afterReset = recorder.chunks.slice(recorder.chunks.findLastIndex(chunk => chunk.seq === 0))
+    expect(afterReset.map(chunk => chunk.content).join('')).toBe(rebuilt.join(''))
+    expect(afterReset.map(chunk => chunk.seq)).toEqual(SCRIPT.map((_, index) => index))
+  })
+
+  it('joins late with a snapshot, then takes the live chunks after it', async () => {
+    const { server, service, recorder, snapshots } = await connected({ intervalMs: 10 })
+    const session = server.createSession()
+    server.start(session.id)
+    await vi.waitFor(() => expect(session.log.length).toBeGreaterThan(5))
+    await service.connect(session.id, { snapshot: true })
+    await recorder.completed
+
+    expect(session.auths[0]).toEqual({ snapshot: true })
+    expect(snapshots).toHaveLength(1)
+    const snapshot = snapshots[0]!
+    expect(recorder.chunks[0]?.seq).toBe(snapshot.lastSeq + 1)
+    expect(snapshot.text + recorder.chunks.map(chunk => chunk.content).join('')).toBe(SCRIPT.join(''))
+  })
+
+  it('falls back to the replay when the server sends no snapshot', async () => {
+    server = await startFakeServer({ script: SCRIPT, intervalMs: 10 })
+    const recorder = record()
+    const service = new StreamingWebSocketService({ baseUrl: server.wsUrl, target: recorder.target })
+    services.push(service)
+    const session = server.createSession()
+    server.start(session.id)
+    await vi.waitFor(() => expect(session.log.length).toBeGreaterThan(5))
+    await service.connect(session.id, { snapshot: true })
+    await recorder.completed
+    expectEachSeqOnce(recorder, service)
+  })
+})
+
+describe('getToken', () => {
+  it('is asked for every connect and every HTTP request, and sent as auth.token and a bearer header', async () => {
+    server = await startFakeServer({ script: SCRIPT, token: 'secret', dropAfterSeq: { seq: 5, how: 'server-disconnect' } })
+    let calls = 0
+    const recorder = record()
+    const service = new StreamingWebSocketService({
+      baseUrl: server.wsUrl,
+      apiBaseUrl: server.url,
+      target: recorder.target,
+      reconnectDelay: 10,
+      getToken: async () => {
+        calls += 1
+        return 'secret'
+      },
+    })
+    services.push(service)
+    const { sessionId } = await service.sessions.create('me', {})
+    await service.connect(sessionId)
+    await service.sessions.start(sessionId, 'prompt')
+    await recorder.completed
+
+    const session = server.sessions.get(sessionId)
+    expect(session?.auths.map(auth => auth.token)).toEqual(['secret', 'secret'])
+    expect(server.authorizations).toEqual(['Bearer secret', 'Bearer secret'])
+    expect(calls).toBe(4)
+  })
+
+  it('sends nothing when there is no token, and the server refuses', async () => {
+    server = await startFakeServer({ script: SCRIPT, token: 'secret' })
+    const service = new StreamingWebSocketService({ baseUrl: server.wsUrl, apiBaseUrl: server.url, getToken: () => null })
+    services.push(service)
+    await expect(service.sessions.create('me', {})).rejects.toThrow('Unauthorized')
+    expect(server.authorizations).toEqual([undefined])
+    const session = server.createSession()
+    await expect(service.connect(session.id)).rejects.toThrow('Unauthorized')
   })
 })

@@ -1,0 +1,337 @@
+/**
+ * What the streaming commands do, as plain functions over a transaction: start a stream,
+ * write its chunks (rendering Markdown as it arrives), finish it, and settle a reviewed
+ * response. The extension maps each command to one of these.
+ */
+import { Fragment, type NodeType, type Schema } from '@tiptap/pm/model'
+import type { EditorState, Transaction } from '@tiptap/pm/state'
+
+import { STREAMING_NODE_NAME } from './constants'
+import { renderStreamTail } from './incremental-markdown'
+import { streamTextToFragment } from './markdown'
+import type { StreamManager, StreamRecord, StreamText } from './stream-manager'
+import {
+  findActiveStreamPosition,
+  foldCommittedBlocks,
+  findStreamNodePosition,
+  insertStreamingNode,
+  replaceStreamContent,
+  settleStream,
+  triggerChunkAnimation,
+  writeText,
+} from './streaming-plugin'
+import type { StreamingOptions, StreamingStorage } from './streaming-extension'
+import type { StreamAck, StreamConfig, StreamFormat } from './types'
+
+/** What every command function gets: the transaction, whether it runs for real, this editor's streams. */
+export interface CommandContext {
+  state: EditorState
+  tr: Transaction
+  dispatch: unknown
+  storage: StreamingStorage
+}
+
+/** Where a stream with this config goes in `tr.doc`: a range it replaces (empty to insert). */
+function insertRange(tr: Transaction, config: StreamConfig): { from: number; to: number } {
+  const at = config.position ?? config.insertAt ?? 'end'
+  if (typeof at === 'number') {
+    return { from: at, to: at }
+  }
+  if (at === 'cursor') {
+    return { from: tr.selection.head, to: tr.selection.head }
+  }
+  if (at === 'selection') {
+    return { from: tr.selection.from, to: tr.selection.to }
+  }
+  return { from: tr.doc.content.size, to: tr.doc.content.size }
+}
+
+/** The content of a live node that shows nothing yet. */
+function placeholder(schema: Schema, format: StreamFormat): Fragment {
+  const paragraph = schema.nodes.paragraph
+  return paragraph ? Fragment.from(paragraph.create(format === 'text' ? { streaming: true } : null)) : Fragment.empty
+}
+
+/** Plain-text stream content: one streaming paragraph per line, as it arrived. */
+function liveTextFragment(text: string, schema: Schema): Fragment {
+  const paragraph = schema.nodes.paragraph
+  if (!paragraph || text === '') {
+    return placeholder(schema, 'text')
+  }
+  return Fragment.fromArray(
+    text.split('\n').map(line => paragraph.create({ streaming: true }, line ? schema.text(line) : null)),
+  )
+}
+
+/** Content that fills a streaming node: what `text` shows in `format`, never empty. */
+function filledContent(text: string, format: StreamFormat, schema: Schema, nodeType: NodeType): Fragment {
+  const content = streamTextToFragment(text, format, schema, nodeType)
+  return content.childCount > 0 ? content : placeholder(schema, format)
+}
+
+/** Renders what a Markdown stream received since its last commit into its node. */
+function renderMarkdownTail(
+  tr: Transaction,
+  nodePos: number,
+  nodeType: NodeType,
+  buffer: StreamText,
+): { from: number; to: number } | null {
+  const fromChild = buffer.committedChildren
+  const range = replaceStreamContent(tr, nodePos, fromChild, renderStreamTail(buffer, tr.doc.type.schema, nodeType))
+  const steps = tr.steps.length
+  buffer.committedChildren = foldCommittedBlocks(tr, nodePos, buffer.committedChildren)
+  if (!range) {
+    return null
+  }
+  const folding = tr.mapping.slice(steps)
+  return { from: folding.map(range.from, 1), to: folding.map(range.to, -1) }
+}
+
+/** Shows `text` as the whole content of a stream's node, without animation. */
+function renderWhole(tr: Transaction, nodePos: number, record: StreamRecord, buffer: StreamText, text: string): void {
+  const node = tr.doc.nodeAt(nodePos)
+  if (!node) {
+    return
+  }
+  buffer.reset(text)
+  if (record.format === 'text') {
+    replaceStreamContent(tr, nodePos, 0, liveTextFragment(text, tr.doc.type.schema))
+  } else if (!record.finished) {
+    renderMarkdownTail(tr, nodePos, node.type, buffer)
+  } else {
+    replaceStreamContent(tr, nodePos, 0, filledContent(text, 'markdown', tr.doc.type.schema, node.type))
+  }
+}
+
+/** Registers a stream and puts its live node into `tr` where its config says. */
+export function beginStream(
+  tr: Transaction,
+  storage: StreamingStorage,
+  options: StreamingOptions,
+  config: StreamConfig,
+): StreamRecord | null {
+  const { from, to } = insertRange(tr, config)
+  const original = from < to ? tr.doc.textBetween(from, to, '\n', '\n') : ''
+  const record = storage.streamManager.create(config, { ...options, transport: storage.transport }, original)
+  const inserted = insertStreamingNode(tr, from, to, {
+    streamId: record.id,
+    animationType: record.animationType,
+    streaming: record.format === 'text',
+  })
+  if (inserted === null) {
+    storage.streamManager.finish(record.id)
+    return null
+  }
+  tr.setMeta('addToHistory', false)
+  return record
+}
+
+/** Appends chunks to a live stream: rendered Markdown, or plain lines; each chunk animated. */
+export function appendToStream(context: CommandContext, record: StreamRecord | undefined, chunks: string[]): boolean {
+  const { state, tr, dispatch, storage } = context
+  if (!record || record.finished) {
+    return false
+  }
+  const nodePos = findStreamNodePosition(state, tr, record.id)
+  const node = nodePos === null ? null : tr.doc.nodeAt(nodePos)
+  if (nodePos === null || !node) {
+    return false
+  }
+  if (!dispatch) {
+    return true
+  }
+  const buffer = storage.streamManager.text(record.id)
+  let chunkCount = Number(node.attrs.chunkCount) || 0
+  const animate = (from: number, to: number): void => {
+    triggerChunkAnimation(tr, { streamId: record.id, from, to, animationType: record.animationType, index: chunkCount })
+  }
+  if (record.format === 'markdown') {
+    buffer.text += chunks.join('')
+    chunkCount += chunks.length
+    const range = renderMarkdownTail(tr, nodePos, node.type, buffer)
+    if (range) {
+      animate(range.from, range.to)
+    }
+  } else {
+    const paragraph = state.schema.nodes.paragraph
+    let cursor = paragraph ? findActiveStreamPosition(state, tr, record.id, paragraph) : null
+    for (const chunk of chunks) {
+      if (cursor === null) {
+        break
+      }
+      buffer.text += chunk
+      chunkCount += 1
+      const from = cursor
+      cursor = writeText(tr, cursor, chunk)
+      animate(from, cursor)
+    }
+  }
+  tr.setNodeAttribute(nodePos, 'chunkCount', chunkCount)
+  tr.setMeta('addToHistory', false)
+  return true
+}
+
+/**
+ * Writes text at an explicit position. Inside a live streaming node the text is one more
+ * chunk of that stream (its node shows the rendering of the stream's text, whose positions
+ * are not the text's own); elsewhere it is an ordinary edit.
+ */
+export function writeAt(context: CommandContext, chunk: string, position: number): boolean {
+  const { tr, dispatch, storage } = context
+  if (position < 0 || position > tr.doc.content.size) {
+    return false
+  }
+  const $pos = tr.doc.resolve(position)
+  for (let depth = $pos.depth; depth > 0; depth -= 1) {
+    const node = $pos.node(depth)
+    const record = storage.streamManager.get(node.attrs.streamId as string | null)
+    if (node.type.name === STREAMING_NODE_NAME && node.attrs.isActive === true && record && !record.finished) {
+      return appendToStream(context, record, [chunk])
+    }
+  }
+  if (!$pos.parent.inlineContent) {
+    return false
+  }
+  if (dispatch) {
+    writeText(tr, position, chunk)
+  }
+  return true
+}
+
+/**
+ * Finishes a stream. Its node shows exactly what a one-shot conversion of the whole text
+ * gives; then, with review, the response waits for a decision in its live node; without,
+ * it settles as an inactive streaming node in one undo step.
+ */
+export function finishIn(context: CommandContext, record: StreamRecord | undefined): boolean {
+  const { state, tr, dispatch, storage } = context
+  if (!record || record.finished) {
+    return false
+  }
+  const nodePos = findStreamNodePosition(state, tr, record.id)
+  const live = nodePos === null ? null : tr.doc.nodeAt(nodePos)
+  if (nodePos === null || !live) {
+    return false
+  }
+  if (!dispatch) {
+    return true
+  }
+  const manager = storage.streamManager
+  const buffer = manager.text(record.id)
+  const text = buffer.text
+  if (!record.review) {
+    const content = streamTextToFragment(text, record.format, state.schema, live.type)
+    settleStream(tr, record.id, 'node', content, { ...live.attrs, isActive: false })
+    manager.finish(record.id)
+    return true
+  }
+  const responses = text ? [...record.responses, text] : record.responses
+  const shown = responses.at(-1)
+  if (shown === undefined) {
+    settleStream(tr, record.id, 'none', Fragment.empty)
+    manager.finish(record.id, { decision: 'rejected' })
+    return true
+  }
+  buffer.reset(shown)
+  replaceStreamContent(tr, nodePos, 0, filledContent(shown, record.format, state.schema, live.type))
+  tr.setMeta('addToHistory', false)
+  manager.finish(record.id, { decision: 'pending', responses, responseIndex: responses.length - 1 })
+  return true
+}
+
+/** The stream a review command acts on: the given one, or the latest waiting for a decision. */
+function reviewed(manager: StreamManager, streamId: string | undefined): StreamRecord | undefined {
+  const record = streamId ? manager.get(streamId) : manager.pendingReview()
+  return record?.decision === 'pending' ? record : undefined
+}
+
+/** Accepts or rejects a reviewed response (see acceptStream and rejectStream). */
+export function decideIn(context: CommandContext, streamId: string | undefined, accept: boolean): boolean {
+  const { state, tr, dispatch, storage } = context
+  const record = reviewed(storage.streamManager, streamId)
+  const nodePos = record ? findStreamNodePosition(state, tr, record.id) : null
+  const live = nodePos === null ? null : tr.doc.nodeAt(nodePos)
+  if (!record || !live) {
+    return false
+  }
+  if (dispatch) {
+    const text = storage.streamManager.text(record.id).text
+    const content = accept ? streamTextToFragment(text, record.format, state.schema, live.type) : Fragment.empty
+    settleStream(tr, record.id, accept ? 'content' : 'none', content)
+    storage.streamManager.update(record.id, { decision: accept ? 'accepted' : 'rejected' })
+  }
+  return true
+}
+
+/** Empties a reviewed response's node and streams a new response into it (see regenerateStream). */
+export function regenerateIn(context: CommandContext, streamId: string | undefined): boolean {
+  const { state, tr, dispatch, storage } = context
+  const record = reviewed(storage.streamManager, streamId)
+  const transport = record?.transport
+  const nodePos = record ? findStreamNodePosition(state, tr, record.id) : null
+  if (!record || !transport?.regenerate || nodePos === null) {
+    return false
+  }
+  if (dispatch) {
+    replaceStreamContent(tr, nodePos, 0, placeholder(state.schema, record.format))
+    tr.setNodeAttribute(nodePos, 'chunkCount', 0)
+    tr.setMeta('addToHistory', false)
+    storage.streamManager.restart(record.id, { responseIndex: record.responses.length })
+    void transport.regenerate()
+  }
+  return true
+}
+
+/** Shows another finished response of a reviewed stream (see showStreamResponse). */
+export function showResponseIn(context: CommandContext, index: number, streamId: string | undefined): boolean {
+  const { state, tr, dispatch, storage } = context
+  const record = reviewed(storage.streamManager, streamId)
+  const text = record?.responses[index]
+  const nodePos = record ? findStreamNodePosition(state, tr, record.id) : null
+  if (!record || text === undefined || nodePos === null) {
+    return false
+  }
+  if (dispatch) {
+    renderWhole(tr, nodePos, record, storage.streamManager.text(record.id), text)
+    tr.setMeta('addToHistory', false)
+    storage.streamManager.update(record.id, { responseIndex: index })
+  }
+  return true
+}
+
+/** Rebuilds a live stream from `text` (see resetStream). */
+export function resetIn(context: CommandContext, record: StreamRecord | undefined, text: string): boolean {
+  const { state, tr, dispatch, storage } = context
+  const nodePos = record && !record.finished ? findStreamNodePosition(state, tr, record.id) : null
+  if (!record || nodePos === null) {
+    return false
+  }
+  if (dispatch) {
+    renderWhole(tr, nodePos, record, storage.streamManager.text(record.id), text)
+    tr.setNodeAttribute(nodePos, 'chunkCount', 0)
+    tr.setMeta('addToHistory', false)
+  }
+  return true
+}
+
+/** Sends a command to the server and keeps the stream's status in line with the answer. */
+export function sendToServer(
+  manager: StreamManager,
+  record: StreamRecord,
+  send: () => Promise<StreamAck>,
+  revertTo: StreamRecord['status'],
+): void {
+  const revert = (error: string): void => {
+    if (manager.get(record.id)?.finished === false) {
+      manager.update(record.id, { status: revertTo, error })
+    }
+  }
+  send().then(
+    ack => {
+      if (!ack.ok) {
+        revert(ack.error ?? 'The server refused the command.')
+      }
+    },
+    (error: unknown) => revert(error instanceof Error ? error.message : String(error)),
+  )
+}
