@@ -29,12 +29,18 @@ $(FRONTEND_STAMP): frontend/package.json frontend/package-lock.json
 $(FRONTEND_BUILD): $(FRONTEND_STAMP) $(FRONTEND_SOURCES)
 	cd frontend && npm run build
 
-# Browser tests use Debian's Chromium (never a downloaded browser).
+# Browser tests use Debian's Chromium (never a downloaded browser); the multi-process
+# tests use Debian's redis-server and nginx.
+SYSTEM_PACKAGES := chromium:/usr/bin/chromium redis-server:/usr/bin/redis-server nginx:/usr/sbin/nginx
+
 system-deps:
-	@if [ ! -x /usr/bin/chromium ]; then \
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
+	  [ -x "$${entry#*:}" ] || missing="$$missing $${entry%%:*}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium is missing: run 'sudo apt-get install chromium'" >&2; exit 1; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing:$$missing: run 'sudo apt-get install$$missing'" >&2; exit 1; fi; \
 	fi
 
 dev: install $(FRONTEND_BUILD)

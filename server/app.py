@@ -84,11 +84,18 @@ def create_app(
     app[websockets_key] = set()
     app[upgrades_key] = set()
 
+    if settings.redis_url:
+        # Imported here: without REDIS_URL nothing of Redis is loaded.
+        from server.cluster import Cluster
+
+        manager.cluster = Cluster(settings, manager)
+        app.cleanup_ctx.append(_cluster_ctx)
+    app.cleanup_ctx.append(_sessions_ctx)
+
     add_routes(app)
     add_sse_routes(app)
     app.router.add_get("/ws/stream/{session_id}", stream_socket)
     _add_frontend(app, settings)
-    app.cleanup_ctx.append(_sessions_ctx)
     app.on_shutdown.append(_on_shutdown)
     return app
 
@@ -128,6 +135,15 @@ def _add_frontend(app: web.Application, settings: Settings) -> None:
         app.router.add_static("/assets", assets)
 
 
+async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Redis mode: the journal writer, relay, lease and inbox loops (stopped after the
+    sessions' own context, so that their last entries are written)."""
+    cluster = app[manager_key].cluster
+    assert cluster is not None
+    async for _ in cluster.run():
+        yield
+
+
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     """Run the expiry sweeper, the pacer and the direct sockets' heartbeat for the app's
     lifetime; end live sessions on the way out."""
@@ -150,9 +166,12 @@ async def _on_shutdown(app: web.Application) -> None:
 
     Open connections would otherwise keep aiohttp waiting for the whole shutdown timeout.
     """
-    await app[manager_key].shutdown()
+    manager = app[manager_key]
+    await manager.shutdown()
     sio = app[sio_key]
     settings = app[settings_key]
+    if manager.cluster is not None:
+        await manager.cluster.flushed(settings.shutdown_timeout / 2)
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(settings.shutdown_timeout / 2):
             await _flushed(app)

@@ -7,8 +7,10 @@ Socket.IO (both paths), the plain WebSocket and ``POST .../cancel`` all call
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any, Protocol
 
-from server.sessions import SessionConflict, StreamingSession
+from server.errors import StoreUnavailable
+from server.sessions import SessionConflict, SessionView, StreamingSession
 from server.wire.socketio import Ack, error_ack
 
 
@@ -26,21 +28,54 @@ EVENT_ACTIONS = {
 }
 
 
-async def session_command(session: StreamingSession, action: Action) -> Ack:
+#: How long an ack waits for the command's effect to be in the shared store (Redis mode).
+PERSIST_WAIT = 3.0
+
+
+class RemoteSession(Protocol):
+    """A session whose provider runs in another process (``server.relay.RelayedSession``)."""
+
+    async def forward(self, action: str, **extra: Any) -> Ack: ...
+
+
+async def start_command(session: SessionView, prompt: str) -> Ack:
+    """Start the stream where the session lives; ``{ok: false, error, conflict: true}``
+    when it was started already (HTTP 409)."""
+    if isinstance(session, StreamingSession):
+        try:
+            session.start(prompt)
+        except SessionConflict as exc:
+            return {**error_ack(str(exc)), "conflict": True}
+        return {"ok": True}
+    remote: RemoteSession = session  # type: ignore[assignment]
+    return await remote.forward("start", prompt=prompt)
+
+
+async def session_command(session: SessionView, action: Action) -> Ack:
     """Apply ``action`` and answer as PROTOCOL.md says.
 
     ``{ok: true, state, lastSeq}`` for pause (no chunk past ``lastSeq`` is emitted before
     a resume), ``{ok: true, state}`` for resume and cancel (cancel returns once the
     provider's request is closed), ``{ok: false, error}`` when the state does not allow it.
+    A session owned by another process gets the command there; the ack is the owner's.
     """
+    if not isinstance(session, StreamingSession):
+        remote: RemoteSession = session  # type: ignore[assignment]
+        try:
+            return await remote.forward(action.value)
+        except StoreUnavailable as exc:
+            return error_ack(str(exc))
     try:
         if action is Action.PAUSE:
             last_seq = session.pause()
-            return {"ok": True, "state": session.state.value, "lastSeq": last_seq}
-        if action is Action.RESUME:
-            session.resume()
+            ack: Ack = {"ok": True, "state": session.state.value, "lastSeq": last_seq}
         else:
-            await session.cancel()
+            if action is Action.RESUME:
+                session.resume()
+            else:
+                await session.cancel()
+            ack = {"ok": True, "state": session.state.value}
     except SessionConflict as exc:
         return error_ack(str(exc))
-    return {"ok": True, "state": session.state.value}
+    await session.persisted(PERSIST_WAIT)
+    return ack

@@ -80,7 +80,80 @@ class _Pending:
     metadata: Payload = field(default_factory=dict)
 
 
-class ChunkEmitter:
+class ViewerSet:
+    """The viewers of one stream and their flow control.
+
+    While a viewer's backlog is above ``max_lag`` the stream holds its output (the caller
+    asks :meth:`lagging` and calls :meth:`hold`); a viewer that stays behind for
+    ``stall_timeout`` is dropped; ``on_caught_up`` is called once none lags any more.
+    A session's :class:`ChunkEmitter` is one; a relay that feeds viewers from a shared
+    log uses one directly.
+    """
+
+    def __init__(self, label: str, limits: FlowLimits, on_caught_up: Callable[[], None]) -> None:
+        self.label = label
+        self.limits = limits
+        self.viewers: dict[str, Viewer] = {}
+        self._on_caught_up = on_caught_up
+        self._watch_task: asyncio.Task[None] | None = None
+
+    def check_room(self, key: str | None) -> None:
+        """Raise :class:`SessionFull` unless ``key`` is already a viewer or one more fits."""
+        if (key is None or key not in self.viewers) and len(self.viewers) >= self.limits.max_viewers:
+            raise SessionFull(f"Session has its maximum of {self.limits.max_viewers} viewers")
+
+    def add(self, viewer: Viewer) -> None:
+        self.viewers[viewer.key] = viewer
+
+    def remove(self, key: str) -> None:
+        self.viewers.pop(key, None)
+        if not self.lagging():
+            self._on_caught_up()
+
+    def broadcast(self, event: str, payload: Payload) -> None:
+        for viewer in tuple(self.viewers.values()):
+            viewer.send(event, payload)
+
+    def lagging(self) -> bool:
+        max_lag = self.limits.max_lag
+        return any(viewer.backlog() > max_lag for viewer in self.viewers.values())
+
+    def hold(self) -> None:
+        """Output is held for a lagging viewer: watch until it catches up or is dropped."""
+        if self._watch_task is None:
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch_lag())
+
+    def stop_watch(self) -> None:
+        """Stop waiting for lagging viewers (the stream was stopped)."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+
+    async def _watch_lag(self) -> None:
+        """Hold output while a viewer lags; drop one that stays behind too long."""
+        loop = asyncio.get_running_loop()
+        limits = self.limits
+        behind_since: dict[str, float] = {}
+        try:
+            while True:
+                await asyncio.sleep(BACKPRESSURE_POLL_SECONDS)
+                now = loop.time()
+                lagging = [v for v in self.viewers.values() if v.backlog() > limits.max_lag]
+                if not lagging:
+                    break
+                keys = {v.key for v in lagging}
+                behind_since = {k: t for k, t in behind_since.items() if k in keys}
+                for viewer in lagging:
+                    since = behind_since.setdefault(viewer.key, now)
+                    if now - since >= limits.stall_timeout:
+                        log.info("session %s: dropping stalled viewer", self.label)
+                        self.viewers.pop(viewer.key, None)
+                        viewer.close("stalled")
+        finally:
+            self._watch_task = None
+        self._on_caught_up()
+
+
+class ChunkEmitter(ViewerSet):
     """Viewers, pending text and the flush schedule of one stream.
 
     ``make_chunk(content, metadata)`` logs a chunk and returns its payload; ``may_emit()``
@@ -97,40 +170,14 @@ class ChunkEmitter:
         may_emit: Callable[[], bool],
         on_emitted: Callable[[], None],
     ) -> None:
-        self.label = label
-        self.limits = limits
+        super().__init__(label, limits, self.schedule)
         self.pacer = pacer
-        self.viewers: dict[str, Viewer] = {}
         self.last_flush = 0.0
         self._make_chunk = make_chunk
         self._may_emit = may_emit
         self._on_emitted = on_emitted
         self._pending = _Pending()
         self._flush_handle: asyncio.Handle | None = None
-        self._watch_task: asyncio.Task[None] | None = None
-
-    # -- viewers -------------------------------------------------------------
-
-    def check_room(self, key: str | None) -> None:
-        """Raise :class:`SessionFull` unless ``key`` is already a viewer or one more fits."""
-        if (key is None or key not in self.viewers) and len(self.viewers) >= self.limits.max_viewers:
-            raise SessionFull(f"Session has its maximum of {self.limits.max_viewers} viewers")
-
-    def add(self, viewer: Viewer) -> None:
-        self.viewers[viewer.key] = viewer
-
-    def remove(self, key: str) -> None:
-        self.viewers.pop(key, None)
-        if not self.lagging():
-            self.schedule()
-
-    def broadcast(self, event: str, payload: Payload) -> None:
-        for viewer in tuple(self.viewers.values()):
-            viewer.send(event, payload)
-
-    def lagging(self) -> bool:
-        max_lag = self.limits.max_lag
-        return any(viewer.backlog() > max_lag for viewer in self.viewers.values())
 
     # -- pending text --------------------------------------------------------
 
@@ -177,8 +224,7 @@ class ChunkEmitter:
         if not pending.parts or not self._may_emit():
             return
         if self.lagging():
-            if self._watch_task is None:
-                self._watch_task = asyncio.get_running_loop().create_task(self._watch_lag())
+            self.hold()
             return
         content = pending.parts[0] if len(pending.parts) == 1 else "".join(pending.parts)
         chunk = self._make_chunk(content, pending.metadata)
@@ -192,32 +238,3 @@ class ChunkEmitter:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-
-    def stop_watch(self) -> None:
-        """Stop waiting for lagging viewers (the stream was stopped)."""
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-
-    async def _watch_lag(self) -> None:
-        """Hold emission while a viewer lags; drop one that stays behind too long."""
-        loop = asyncio.get_running_loop()
-        limits = self.limits
-        behind_since: dict[str, float] = {}
-        try:
-            while True:
-                await asyncio.sleep(BACKPRESSURE_POLL_SECONDS)
-                now = loop.time()
-                lagging = [v for v in self.viewers.values() if v.backlog() > limits.max_lag]
-                if not lagging:
-                    break
-                keys = {v.key for v in lagging}
-                behind_since = {k: t for k, t in behind_since.items() if k in keys}
-                for viewer in lagging:
-                    since = behind_since.setdefault(viewer.key, now)
-                    if now - since >= limits.stall_timeout:
-                        log.info("session %s: dropping stalled viewer", self.label)
-                        self.viewers.pop(viewer.key, None)
-                        viewer.close("stalled")
-        finally:
-            self._watch_task = None
-        self.schedule()

@@ -11,7 +11,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from providers.base import StreamConfig
-from server.commands import Action, session_command
+from server.commands import Action, session_command, start_command
+from server.errors import StoreUnavailable
 from server.manager import ProviderUnavailable, StreamingSessionManager, TooManySessions
 from server.models import (
     CreateSessionIn,
@@ -22,7 +23,7 @@ from server.models import (
     parse_resume,
     parse_session_id,
 )
-from server.sessions import SessionConflict, SessionFull, StreamingSession, short_id
+from server.sessions import SessionFull, SessionView, short_id
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         return error_response(exc.status, exc.reason)
+    except StoreUnavailable as exc:
+        return error_response(503, str(exc))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "Internal server error")
@@ -123,10 +126,10 @@ async def read_body(request: web.Request, model: type[Model]) -> Model:
         raise ApiError(400, _describe(exc)) from None
 
 
-def session_of(request: web.Request) -> StreamingSession:
-    """The session the route names; 404 when there is none."""
+async def session_of(request: web.Request) -> SessionView:
+    """The session the route names, wherever it runs; 404 when there is none."""
     session_id = parse_session_id(request.match_info["session_id"])
-    session = request.app[manager_key].get_session(session_id) if session_id else None
+    session = await request.app[manager_key].find(session_id) if session_id else None
     if session is None:
         raise ApiError(404, "Session not found")
     return session
@@ -142,10 +145,10 @@ def viewer_resume(request: web.Request, last_seq: str | None = None) -> Resume:
         raise ApiError(400, str(exc)) from None
 
 
-def ensure_viewer_room(session: StreamingSession) -> None:
+def ensure_viewer_room(session: SessionView) -> None:
     """429 before a response is prepared when the session has its maximum of viewers."""
     try:
-        session.emitter.check_room(None)
+        session.viewer_set.check_room(None)
     except SessionFull as exc:
         raise ApiError(429, str(exc)) from None
 
@@ -177,7 +180,7 @@ async def create_session(request: web.Request) -> web.Response:
     manager = request.app[manager_key]
     try:
         config = _stream_config(manager, body.config)
-        session = manager.create_session(body.user_id, config)
+        session = await manager.create_session(body.user_id, config)
     except ProviderUnavailable as exc:
         raise ApiError(400, str(exc)) from None
     except TooManySessions as exc:
@@ -187,29 +190,28 @@ async def create_session(request: web.Request) -> web.Response:
 
 async def start_session(request: web.Request) -> web.Response:
     """``POST /api/streaming/{sessionId}/start`` with ``{prompt}``."""
-    session = session_of(request)
+    session = await session_of(request)
     body = await read_body(request, StartIn)
     limit = request.app[settings_key].max_prompt_chars
     if not body.prompt.strip():
         raise ApiError(400, "Invalid request: prompt must not be empty")
     if len(body.prompt) > limit:
         raise ApiError(413, f"Prompt too long: {len(body.prompt)} characters (limit {limit})")
-    try:
-        session.start(body.prompt)
-    except SessionConflict as exc:
-        raise ApiError(409, str(exc)) from None
+    ack = await start_command(session, body.prompt)
+    if not ack["ok"]:
+        raise ApiError(409 if ack.get("conflict") else 503, ack["error"])
     log.info("session %s: started", short_id(session.id))
     return json_response({"status": "started"})
 
 
 async def get_session(request: web.Request) -> web.Response:
     """``GET /api/streaming/{sessionId}``: state, text so far and usage."""
-    return json_response(session_of(request).status())
+    return json_response((await session_of(request)).status())
 
 
 async def cancel_session(request: web.Request) -> web.Response:
     """``POST /api/streaming/{sessionId}/cancel``: closes the upstream request."""
-    ack = await session_command(session_of(request), Action.CANCEL)
+    ack = await session_command(await session_of(request), Action.CANCEL)
     if not ack["ok"]:
         raise ApiError(409, ack["error"])
     return json_response({"status": "cancelled"})

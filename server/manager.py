@@ -7,12 +7,16 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from providers.base import AIProvider, StreamConfig
 from providers.registry import PROVIDERS
 from server.registry import SessionRegistry
-from server.sessions import FlowLimits, Pacer, SessionState, StreamingSession, short_id
+from server.sessions import FlowLimits, Pacer, SessionState, SessionView, StreamingSession, short_id
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.cluster import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ class StreamingSessionManager:
         self.pacer = Pacer(base=base, ceiling=max(base, settings.coalesce_max_ms / 1000), interval=base)
         self._provider_settings = settings.provider_settings()
         self._providers: dict[str, AIProvider] = dict(providers or {})
+        #: The Redis side, when ``REDIS_URL`` is set (see :mod:`server.cluster`).
+        self.cluster: Cluster | None = None
 
     def provider(self, name: str) -> AIProvider:
         """The provider called ``name``, built once; raises :class:`ProviderUnavailable`."""
@@ -73,19 +79,53 @@ class StreamingSessionManager:
             return self.provider(provider_name).default_model
         return spec.default_model(self._provider_settings)
 
-    def create_session(self, user_id: str, config: StreamConfig) -> StreamingSession:
-        if self.registry.live_count(user_id) >= self.settings.max_sessions_per_user:
-            raise TooManySessions(
-                f"Too many live sessions for this user (limit {self.settings.max_sessions_per_user})"
-            )
-        provider = self.provider(config.provider)
-        session = StreamingSession(str(uuid.uuid4()), user_id, config, provider, self.limits, self.pacer)
+    def new_session(
+        self,
+        session_id: str,
+        user_id: str,
+        config: StreamConfig,
+        *,
+        epoch: str | None = None,
+        created_at: float | None = None,
+    ) -> StreamingSession:
+        """A session object with this server's provider, limits and pacer (not registered)."""
+        return StreamingSession(
+            session_id,
+            user_id,
+            config,
+            self.provider(config.provider),
+            self.limits,
+            self.pacer,
+            epoch=epoch,
+            created_at=created_at,
+        )
+
+    async def create_session(self, user_id: str, config: StreamConfig) -> StreamingSession:
+        """A new session owned by this process; :class:`TooManySessions` over the user's quota
+        (counted across every process in Redis mode)."""
+        too_many = TooManySessions(
+            f"Too many live sessions for this user (limit {self.settings.max_sessions_per_user})"
+        )
+        if self.cluster is None and self.registry.live_count(user_id) >= self.settings.max_sessions_per_user:
+            raise too_many
+        session = self.new_session(str(uuid.uuid4()), user_id, config)
+        if self.cluster is not None and not await self.cluster.register(session):
+            raise too_many
         self.registry.add(session)
         log.info("session %s: created (provider %s)", short_id(session.id), config.provider)
         return session
 
     def get_session(self, session_id: str) -> StreamingSession | None:
+        """A session this process runs (every session, in one process)."""
         return self.registry.get(session_id)
+
+    async def find(self, session_id: str) -> SessionView | None:
+        """A session wherever it runs: this process's own, or (Redis mode) a view of one
+        owned by another process. Raises ``StoreUnavailable`` when Redis is unreachable."""
+        local = self.registry.get(session_id)
+        if local is not None or self.cluster is None:
+            return local
+        return await self.cluster.find(session_id)
 
     async def sweep(self, now: float | None = None) -> None:
         """Drop finished sessions past their TTL; end sessions idle too long."""

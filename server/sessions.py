@@ -22,18 +22,21 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from enum import StrEnum
+from typing import Protocol
 
 from providers.base import AIChunk, AIProvider, ProviderError, StreamConfig, Usage
-from server.emitter import ChunkEmitter, FlowLimits, Pacer, Payload, SessionFull, Viewer
+from server.emitter import ChunkEmitter, FlowLimits, Pacer, Payload, SessionFull, Viewer, ViewerSet
 
 __all__ = [
     "TERMINAL_STATES",
     "FlowLimits",
+    "Journal",
     "Pacer",
     "Payload",
     "SessionConflict",
     "SessionFull",
     "SessionState",
+    "SessionView",
     "StreamingSession",
     "Viewer",
     "short_id",
@@ -63,53 +66,54 @@ def short_id(session_id: str) -> str:
     return session_id[:8]
 
 
-class StreamingSession:
-    """One prompt's stream: its state machine and the task that pulls the provider.
+class Journal(Protocol):
+    """Where an owner's session writes what must outlive its process (Redis mode)."""
 
-    The chunk log is ``chunks``; the viewers and the flush schedule are the emitter's.
-    """
+    def chunk(self, session: StreamingSession, chunk: Payload) -> None:
+        """A chunk was logged (called before it is sent to any viewer)."""
+
+    def event(self, session: StreamingSession, event: str, payload: Payload) -> None:
+        """A ``stream-state``, ``complete`` or ``stream-error`` was sent."""
+
+    def backlog(self, session: StreamingSession) -> int:
+        """Entries of this session not yet written; the provider is not read while high."""
+
+    async def settled(self, session: StreamingSession) -> None:
+        """Return once everything this session logged so far is written."""
+
+
+#: The provider is not read while this many journal entries of a session wait.
+MAX_JOURNAL_BACKLOG = 256
+
+
+class SessionView:
+    """What every view of a session has, wherever its provider runs: identity, state,
+    the chunk log and the viewers (replay on join, then live)."""
 
     def __init__(
         self,
         session_id: str,
         user_id: str,
         config: StreamConfig,
-        provider: AIProvider,
-        limits: FlowLimits,
-        pacer: Pacer | None = None,
+        viewer_set: ViewerSet,
+        *,
+        epoch: str | None = None,
+        created_at: float | None = None,
     ) -> None:
         self.id = session_id
         self.user_id = user_id
         self.config = config
-        self.provider = provider
-        self.limits = limits
+        self.viewer_set = viewer_set
         self.state = SessionState.CREATED
         #: The identity of this chunk log's history (PROTOCOL.md, "Epoch").
-        self.epoch = secrets.token_hex(4)
-        self.created_at = time.time()
+        self.epoch = epoch or secrets.token_hex(4)
+        self.created_at = time.time() if created_at is None else created_at
         self.chunks: list[Payload] = []
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.error: Payload | None = None
         self.touched = time.monotonic()
-        self.finished_at: float | None = None
-        self.emitter = ChunkEmitter(
-            short_id(session_id),
-            limits,
-            pacer or Pacer(),
-            make_chunk=self._log_chunk,
-            may_emit=self._streaming,
-            on_emitted=self._wake_pump,
-        )
-        self._pull_gate = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._deadline = 0.0
-        self._pulling = False
-        self._timed_out = False
         self._terminal_event: tuple[str, Payload] | None = None
-        #: Called once when the session reaches a terminal state (the registry's quota count).
-        self.on_finish: Callable[[StreamingSession], None] | None = None
 
     # -- queries -------------------------------------------------------------
 
@@ -127,7 +131,7 @@ class StreamingSession:
 
     @property
     def viewers(self) -> dict[str, Viewer]:
-        return self.emitter.viewers
+        return self.viewer_set.viewers
 
     def status(self) -> Payload:
         """The ``GET /api/streaming/{id}`` body."""
@@ -159,7 +163,7 @@ class StreamingSession:
         Replay and registration happen with no await in between, so no chunk can
         fall between them or arrive twice.
         """
-        self.emitter.check_room(viewer.key)
+        self.viewer_set.check_room(viewer.key)
         self.touched = time.monotonic()
         if snapshot:
             viewer.send("snapshot", self._snapshot_payload())
@@ -175,11 +179,11 @@ class StreamingSession:
             viewer.send("chunk", chunk)
         if self._terminal_event is not None:
             viewer.send(*self._terminal_event)
-        self.emitter.add(viewer)
+        self.viewer_set.add(viewer)
         return {"state": self.state.value, "lastSeq": self.last_seq, "epoch": self.epoch}
 
     def remove_viewer(self, key: str) -> None:
-        self.emitter.remove(key)
+        self.viewer_set.remove(key)
 
     def _state_payload(self) -> Payload:
         return {
@@ -198,10 +202,54 @@ class StreamingSession:
             "state": self.state.value,
         }
 
+
+class StreamingSession(SessionView):
+    """One prompt's stream where its provider runs: the state machine and the task that
+    pulls the provider. The viewers and the flush schedule are the emitter's.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        user_id: str,
+        config: StreamConfig,
+        provider: AIProvider,
+        limits: FlowLimits,
+        pacer: Pacer | None = None,
+        *,
+        epoch: str | None = None,
+        created_at: float | None = None,
+        journal: Journal | None = None,
+    ) -> None:
+        self.emitter = ChunkEmitter(
+            short_id(session_id),
+            limits,
+            pacer or Pacer(),
+            make_chunk=self._log_chunk,
+            may_emit=self._streaming,
+            on_emitted=self.wake,
+        )
+        super().__init__(session_id, user_id, config, self.emitter, epoch=epoch, created_at=created_at)
+        self.provider = provider
+        self.limits = limits
+        self.journal = journal
+        self.finished_at: float | None = None
+        self._pull_gate = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._pulling = False
+        self._timed_out = False
+        #: Called once when the session reaches a terminal state (the registry's quota count).
+        self.on_finish: Callable[[StreamingSession], None] | None = None
+
     def _set_state(self, state: SessionState) -> None:
         self.state = state
         self.touched = time.monotonic()
-        self.emitter.broadcast("stream-state", self._state_payload())
+        payload = self._state_payload()
+        if self.journal is not None:
+            self.journal.event(self, "stream-state", payload)
+        self.emitter.broadcast("stream-state", payload)
 
     # -- commands ------------------------------------------------------------
 
@@ -241,6 +289,23 @@ class StreamingSession:
         """End a live session with ``stream-error`` (server shutdown, idle expiry)."""
         if self.is_live:
             self._finish(SessionState.FAILED, None, {"code": code, "error": message})
+        await self._stop_task()
+
+    async def persisted(self, within: float) -> None:
+        """Wait (at most ``within`` seconds) until what happened so far is in the journal,
+        so that every process sees it once a command is acknowledged."""
+        if self.journal is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(within):
+                    await self.journal.settled(self)
+
+    async def abandon(self) -> None:
+        """Another process owns this session now: stop here and write nothing more; the
+        viewers here are disconnected and come back (with ``lastSeq``) to the new owner's log."""
+        self.journal = None
+        for viewer in tuple(self.viewers.values()):
+            viewer.close("moved")
+        self.viewers.clear()
         await self._stop_task()
 
     def _require_started(self) -> None:
@@ -365,7 +430,8 @@ class StreamingSession:
     def _streaming(self) -> bool:
         return self.state is SessionState.STREAMING
 
-    def _wake_pump(self) -> None:
+    def wake(self) -> None:
+        """Let the pump look again whether it may read the provider."""
         self._pull_gate.set()
 
     def _log_chunk(self, content: str, metadata: Payload) -> Payload:
@@ -377,6 +443,8 @@ class StreamingSession:
             "sessionId": self.id,
         }
         self.chunks.append(chunk)
+        if self.journal is not None:
+            self.journal.chunk(self, chunk)
         return chunk
 
     # -- endings -------------------------------------------------------------
@@ -414,4 +482,6 @@ class StreamingSession:
                 },
             )
         self._terminal_event = event
+        if self.journal is not None:
+            self.journal.event(self, *event)
         self.emitter.broadcast(*event)

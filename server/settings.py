@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     sse_keepalive_interval: float = Field(15.0, gt=0)
     chunks_page_limit: int = Field(1000, ge=1, le=100_000)
     sweep_interval: float = Field(30.0, gt=0)
+
+    # Several processes.
+    redis_url: str | None = None
+    owner_lease_seconds: float = Field(5.0, gt=0)
+    redis_timeout: float = Field(3.0, gt=0)
     shutdown_timeout: float = Field(5.0, gt=0)
 
     @field_validator("cors_origins", mode="before")

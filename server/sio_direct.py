@@ -28,8 +28,8 @@ import asyncio
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import cast
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, cast
 
 from server.models import encode_json
 from server.sessions import Payload
@@ -423,19 +423,39 @@ class SioConnection(asyncio.Protocol):
     def _on_connect(self, namespace: str, auth: object) -> None:
         if namespace in self._namespaces:
             return
+        if namespace == "/":
+            self._connected(namespace, secrets.token_urlsafe(12), None)
+            return
+        self._spawn(self._connect_stream(namespace, auth))
+
+    async def _connect_stream(self, namespace: str, auth: object) -> None:
+        """CONNECT to ``/stream/{id}``: the session may have to be looked up in Redis."""
         sid = secrets.token_urlsafe(12)
-        if namespace != "/":
-            viewer = DirectViewer(self, namespace, sid)
-            try:
-                self._hub.api.attach(namespace, auth, viewer)
-            except ConnectRefused as exc:
-                self._send_packet(sio_wire.SIO_CONNECT_ERROR, namespace, encode_json({"message": str(exc)}))
-                return
-            self._viewers[namespace] = viewer
+        viewer = DirectViewer(self, namespace, sid)
+        api = self._hub.api
+        try:
+            await api.attach(namespace, auth, viewer)
+        except ConnectRefused as exc:
+            self._send_packet(sio_wire.SIO_CONNECT_ERROR, namespace, encode_json({"message": str(exc)}))
+            return
+        if self._closing or namespace in self._namespaces:
+            api.detach(namespace, viewer.key)
+            return
+        self._connected(namespace, sid, viewer)
+
+    def _connected(self, namespace: str, sid: str, viewer: DirectViewer | None) -> None:
         self._namespaces[namespace] = sid
+        if viewer is not None:
+            self._viewers[namespace] = viewer
         self._send_packet(sio_wire.SIO_CONNECT, namespace, encode_json({"sid": sid}))
-        if namespace != "/":
-            self._viewers[namespace].release()
+        if viewer is not None:
+            viewer.release()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        tasks = self._hub.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def _leave(self, namespace: str) -> None:
         sid = self._namespaces.pop(namespace, None)
@@ -465,12 +485,7 @@ class SioConnection(asyncio.Protocol):
             if ack_id is not None:
                 self._send_ack(namespace, ack_id, error_ack("Malformed event"))
             return
-        task = asyncio.get_running_loop().create_task(
-            self._dispatch(namespace, sid, ack_id, data[0], data[1:])
-        )
-        tasks = self._hub.tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        self._spawn(self._dispatch(namespace, sid, ack_id, data[0], data[1:]))
 
     async def _dispatch(
         self, namespace: str, sid: str, ack_id: int | None, event: str, args: Sequence[object]

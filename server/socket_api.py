@@ -15,9 +15,10 @@ import socketio
 from pydantic import ValidationError
 
 from server.commands import EVENT_ACTIONS, session_command
+from server.errors import StoreUnavailable
 from server.manager import StreamingSessionManager
 from server.models import JoinIn, Resume, parse_resume, parse_session_id
-from server.sessions import SessionFull, StreamingSession, Viewer
+from server.sessions import SessionFull, SessionView, Viewer
 from server.socketio_viewer import SocketIOViewer
 from server.wire.socketio import Ack, error_ack
 
@@ -83,10 +84,10 @@ class SocketAPI:
     def __init__(self, sio: socketio.AsyncServer, manager: StreamingSessionManager) -> None:
         self.sio = sio
         self.manager = manager
-        #: Namespace ``/``: which sessions each connection joined (by connection key).
-        self._joined: dict[str, dict[str, Viewer]] = {}
-        #: ``/stream/{id}`` namespaces: (namespace, viewer key) -> viewer.
-        self._stream_viewers: dict[tuple[str, str], Viewer] = {}
+        #: Namespace ``/``: what each connection joined (connection key -> session id -> ...).
+        self._joined: dict[str, dict[str, tuple[SessionView, Viewer]]] = {}
+        #: ``/stream/{id}`` namespaces: (namespace, viewer key) -> its session and viewer.
+        self._stream_viewers: dict[tuple[str, str], tuple[SessionView, Viewer]] = {}
 
         sio.on("*", _guarded(self._sio_root_event), namespace="/")
         sio.on("disconnect", self._sio_root_disconnect, namespace="/")
@@ -94,9 +95,9 @@ class SocketAPI:
         sio.on("disconnect", self._sio_disconnect, namespace="*")
         sio.on("*", _guarded(self._sio_stream_event), namespace="*")
 
-    def _lookup(self, data: object) -> tuple[StreamingSession, Resume]:
+    async def _lookup(self, data: object) -> tuple[SessionView, Resume]:
         session_id, resume = _session_ref(data)
-        session = self.manager.get_session(session_id)
+        session = await self.manager.find(session_id)
         if session is None:
             raise LookupError(SESSION_NOT_FOUND)
         return session, resume
@@ -111,21 +112,22 @@ class SocketAPI:
         make_viewer: Callable[[], ReleasableViewer],
     ) -> Ack:
         """One event on namespace ``/`` from connection ``conn``; returns its ack."""
+        payload = args[0] if args else None
         try:
             if event == "join-stream":
-                return self._join(conn, args, make_viewer)
+                return await self._join(conn, payload, make_viewer)
             if event == "leave-stream":
-                return self._leave(conn, args)
+                return await self._leave(conn, payload)
             action = EVENT_ACTIONS.get(event)
             if action is None:
                 return error_ack(f"Unknown event {event[:64]!r}")
-            session, _ = self._lookup(args[0] if args else None)
-        except (ValueError, LookupError) as exc:
+            session, _ = await self._lookup(payload)
+        except (ValueError, LookupError, StoreUnavailable) as exc:
             return error_ack(str(exc))
         return await session_command(session, action)
 
-    def _join(self, conn: str, args: Sequence[object], make_viewer: Callable[[], ReleasableViewer]) -> Ack:
-        session, resume = self._lookup(args[0] if args else None)
+    async def _join(self, conn: str, payload: object, make_viewer: Callable[[], ReleasableViewer]) -> Ack:
+        session, resume = await self._lookup(payload)
         viewer = make_viewer()
         try:
             position = session.add_viewer(
@@ -133,66 +135,69 @@ class SocketAPI:
             )
         except SessionFull as exc:
             return error_ack(str(exc))
-        self._joined.setdefault(conn, {})[session.id] = viewer
+        self._joined.setdefault(conn, {})[session.id] = (session, viewer)
         # The ack goes out as the event's handler returns; the replay follows it.
         asyncio.get_running_loop().call_soon(viewer.release)
         return {"ok": True, **position}
 
-    def _leave(self, conn: str, args: Sequence[object]) -> Ack:
-        session, _ = self._lookup(args[0] if args else None)
-        viewer = self._joined.get(conn, {}).pop(session.id, None)
-        if viewer is not None:
-            session.remove_viewer(viewer.key)
+    async def _leave(self, conn: str, payload: object) -> Ack:
+        session_id, _ = _session_ref(payload)
+        joined = self._joined.get(conn, {}).pop(session_id, None)
+        if joined is None:
+            await self._lookup(payload)  # an unknown session is an error, as on join
+            return {"ok": True}
+        session, viewer = joined
+        session.remove_viewer(viewer.key)
         return {"ok": True}
 
     def root_closed(self, conn: str) -> None:
         """Connection ``conn`` left namespace ``/``: it stops watching what it joined."""
-        for session_id, viewer in self._joined.pop(conn, {}).items():
-            session = self.manager.get_session(session_id)
-            if session is not None:
-                session.remove_viewer(viewer.key)
+        for session, viewer in self._joined.pop(conn, {}).values():
+            session.remove_viewer(viewer.key)
 
     # -- namespaces "/stream/{id}" ------------------------------------------
 
-    def _namespace_session(self, namespace: str) -> StreamingSession | None:
+    async def _namespace_session(self, namespace: str) -> SessionView | None:
         if not namespace.startswith(STREAM_NAMESPACE_PREFIX):
             return None
         session_id = parse_session_id(namespace[len(STREAM_NAMESPACE_PREFIX) :])
-        return self.manager.get_session(session_id) if session_id else None
+        return await self.manager.find(session_id) if session_id else None
 
-    def attach(self, namespace: str, auth: object, viewer: Viewer) -> None:
+    async def attach(self, namespace: str, auth: object, viewer: Viewer) -> None:
         """A client connects to ``/stream/{id}``: resume from ``auth`` (``lastSeq``, ``epoch``,
         ``snapshot``) and keep it live.
 
         Raises :class:`ConnectRefused` with the reason the client is told.
         """
-        session = self._namespace_session(namespace)
-        if session is None:
-            raise ConnectRefused(SESSION_NOT_FOUND)
         fields = auth if isinstance(auth, dict) else {}
         try:
             resume = parse_resume(fields.get("lastSeq"), fields.get("epoch"), fields.get("snapshot", False))
-        except ValueError as exc:
+            session = await self._namespace_session(namespace)
+        except (ValueError, StoreUnavailable) as exc:
             raise ConnectRefused(str(exc)) from None
+        if session is None:
+            raise ConnectRefused(SESSION_NOT_FOUND)
         try:
             session.add_viewer(viewer, resume.last_seq, epoch=resume.epoch, snapshot=resume.snapshot)
         except SessionFull as exc:
             raise ConnectRefused(str(exc)) from None
-        self._stream_viewers[(namespace, viewer.key)] = viewer
+        self._stream_viewers[(namespace, viewer.key)] = (session, viewer)
 
     def detach(self, namespace: str, key: str) -> None:
         """The viewer ``key`` left ``namespace`` (or its connection closed)."""
-        viewer = self._stream_viewers.pop((namespace, key), None)
-        session = self._namespace_session(namespace)
-        if viewer is not None and session is not None:
-            session.remove_viewer(key)
+        attached = self._stream_viewers.pop((namespace, key), None)
+        if attached is not None:
+            attached[0].remove_viewer(key)
 
     async def stream_event(self, namespace: str, event: str) -> Ack:
         """One event on a ``/stream/{id}`` namespace; the namespace names the session."""
         action = EVENT_ACTIONS.get(event)
         if action is None:
             return error_ack(f"Unknown event {event[:64]!r}")
-        session = self._namespace_session(namespace)
+        try:
+            session = await self._namespace_session(namespace)
+        except StoreUnavailable as exc:
+            return error_ack(str(exc))
         if session is None:
             return error_ack(SESSION_NOT_FOUND)
         return await session_command(session, action)
@@ -215,7 +220,7 @@ class SocketAPI:
             return True
         viewer = SocketIOViewer(self.sio, sid, namespace)
         try:
-            self.attach(namespace, auth, viewer)
+            await self.attach(namespace, auth, viewer)
         except ConnectRefused as exc:
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         # The CONNECT packet goes out as this handler returns; the replay follows it.

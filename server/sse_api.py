@@ -77,7 +77,7 @@ class SSEViewer(QueuedViewer):
 
 async def session_events(request: web.Request) -> web.StreamResponse:
     """``GET /api/streaming/{sessionId}/events``: the session's events as SSE."""
-    session = session_of(request)
+    session = await session_of(request)
     resume = viewer_resume(request, request.headers.get("Last-Event-ID"))
     ensure_viewer_room(session)
     response = web.StreamResponse(
@@ -125,7 +125,7 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 
 async def session_chunks(request: web.Request) -> web.Response:
     """``GET /api/streaming/{sessionId}/chunks?after=N&limit=M``: one page of the log."""
-    session = session_of(request)
+    session = await session_of(request)
     most = request.app[settings_key].chunks_page_limit
     after = _int_param(request, "after", -1, -1, 2**53)
     limit = _int_param(request, "limit", most, 1, most)

@@ -15,7 +15,7 @@ from server.commands import Action, session_command
 from server.http_api import ensure_viewer_room, session_of, viewer_resume
 from server.models import encode_json
 from server.queued_viewer import QueuedViewer
-from server.sessions import Payload, SessionFull, StreamingSession
+from server.sessions import Payload, SessionFull, SessionView
 from server.wire.socketio import error_ack
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class WebSocketViewer(QueuedViewer):
 _FRAME_ACTIONS = {action.value: action for action in Action}
 
 
-async def _handle_command(session: StreamingSession, frame: object) -> Payload:
+async def _handle_command(session: SessionView, frame: object) -> Payload:
     """One command frame from the client; the ack frame carries its ``action``."""
     name = frame.get("type") if isinstance(frame, dict) else None
     action = _FRAME_ACTIONS.get(name) if isinstance(name, str) else None
@@ -62,7 +62,7 @@ async def _handle_command(session: StreamingSession, frame: object) -> Payload:
 
 async def stream_socket(request: web.Request) -> web.StreamResponse:
     """``GET /ws/stream/{sessionId}[?lastSeq=N&epoch=E]``: upgrade and stream the session's events."""
-    session = session_of(request)
+    session = await session_of(request)
     resume = viewer_resume(request)
     ensure_viewer_room(session)
 

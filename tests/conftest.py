@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 from providers.base import AIProvider
 from server.app import create_app
 from tests.helpers import LiveServer, ServerFactory, StreamingTestServer, make_settings
+from tests.redis_server import RedisServer
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
@@ -31,13 +32,31 @@ def sio_path(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the whole run, flushed before each test that uses it."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> str:
+    """Where sessions live: every server test runs in memory and in Redis mode (one process),
+    so that the two modes cannot drift apart."""
+    if request.param == "redis":
+        request.getfixturevalue("redis_server").flush()
+    return str(request.param)
+
+
 @pytest.fixture
-async def start_server(request: pytest.FixtureRequest) -> AsyncIterator[ServerFactory]:
+async def start_server(request: pytest.FixtureRequest, store: str) -> AsyncIterator[ServerFactory]:
     servers: list[TestServer] = []
     path = request.getfixturevalue("sio_path") if "sio_path" in request.fixturenames else "direct"
+    redis_url = request.getfixturevalue("redis_server").url if store == "redis" else None
 
     async def start(providers: Mapping[str, AIProvider] | None = None, **overrides: Any) -> LiveServer:
         overrides.setdefault("socketio_direct_websocket", path == "direct")
+        overrides.setdefault("redis_url", redis_url)
         app = create_app(make_settings(**overrides), providers=providers)
         server = StreamingTestServer(app, host="127.0.0.1", port=0)
         await server.start_server()

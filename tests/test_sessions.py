@@ -166,8 +166,8 @@ async def test_pause_is_idempotent_and_resume_finishes():
 async def test_sweep_expires_finished_and_idle_sessions():
     settings = make_settings(session_ttl=60, session_idle_timeout=60)
     manager = StreamingSessionManager(settings, InMemorySessionRegistry())
-    done = manager.create_session("u", CONFIG)
-    idle = manager.create_session("u", CONFIG)
+    done = await manager.create_session("u", CONFIG)
+    idle = await manager.create_session("u", CONFIG)
     done.start("p")
     await finished(done)
     await manager.sweep()
@@ -184,7 +184,7 @@ async def test_sweep_expires_finished_and_idle_sessions():
 
 async def test_shutdown_ends_live_sessions_with_shutdown_error():
     manager = StreamingSessionManager(make_settings(demo_tokens_per_second=50), InMemorySessionRegistry())
-    session = manager.create_session("u", CONFIG)
+    session = await manager.create_session("u", CONFIG)
     viewer = FakeViewer()
     session.add_viewer(viewer)
     session.start("p")

@@ -1,0 +1,325 @@
+"""Several processes as one server, through Redis (``REDIS_URL``).
+
+Each process owns the sessions it creates: it runs their providers, keeps them in memory
+like a single process does, and writes their logs to Redis (:mod:`server.redis_journal`).
+Any other process can serve any request for them:
+
+- viewers anywhere read the log through this process's relay (:mod:`server.relay`);
+- ``start``, ``pause``, ``resume`` and ``cancel`` are sent to the owner over its pub/sub
+  inbox, and the ack comes back only once the owner has acted;
+- ``GET`` and chunk pages read the session from Redis.
+
+A process holds a lease (``proc:{pid}``, ``OWNER_LEASE_SECONDS``) that it renews. When a
+lease lapses, the other processes' watchdogs claim the dead process's sessions, one
+process per session (the claim is a script on the fencing token): a session not started
+yet is adopted and stays usable; a live one ends with ``stream-error`` ``owner_lost``, its
+logged chunks intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from server.commands import Action, session_command, start_command
+from server.errors import StoreUnavailable
+from server.models import encode_json
+from server.redis_journal import RedisJournal
+from server.redis_store import RedisStore, raise_if_cancelling
+from server.relay import Entry, Relay, RelayedSession, config_from_meta
+from server.sessions import SessionState, StreamingSession, short_id
+from server.settings import Settings
+from server.wire.socketio import Ack, error_ack
+
+if TYPE_CHECKING:
+    from server.manager import StreamingSessionManager
+
+log = logging.getLogger(__name__)
+
+OWNER_LOST = "The process running this stream stopped"
+
+
+class Cluster:
+    """This process's part in a Redis-backed group of server processes."""
+
+    def __init__(self, settings: Settings, manager: StreamingSessionManager) -> None:
+        assert settings.redis_url is not None
+        self.settings = settings
+        self.manager = manager
+        self.pid = secrets.token_hex(6)
+        self.store = RedisStore(settings.redis_url, timeout=settings.redis_timeout)
+        self.lease_ms = int(settings.owner_lease_seconds * 1000)
+        self.ttl_ms = int((settings.session_ttl + settings.session_idle_timeout) * 1000)
+        self.journal = RedisJournal(self.store, self.ttl_ms, self._lost, self._finished)
+        self.relay = Relay(self.store, f"proc:{{{self.pid}}}:wake")
+        self._mirrors: dict[str, RelayedSession] = {}
+        self._loading: dict[str, asyncio.Future[RelayedSession | None]] = {}
+        self._replies: dict[str, asyncio.Future[Ack]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Set once the inbox is subscribed (commands sent to this process arrive).
+        self.listening = asyncio.Event()
+
+    # -- lifetime ------------------------------------------------------------
+
+    async def run(self) -> AsyncIterator[None]:
+        """The background loops for the app's lifetime (an ``app.cleanup_ctx`` body)."""
+        loop = asyncio.get_running_loop()
+        background = [
+            loop.create_task(self.journal.run()),
+            loop.create_task(self.relay.run()),
+            loop.create_task(self._heartbeat()),
+            loop.create_task(self._watchdog()),
+            loop.create_task(self._inbox()),
+        ]
+        log.info("redis mode: process %s, lease %.1f s", self.pid, self.settings.owner_lease_seconds)
+        yield
+        await _stop(background)
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.leave(self.pid)
+        await self.store.close()
+
+    async def flushed(self, within: float) -> None:
+        """Wait (at most ``within`` seconds) until every log entry of this process is written."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self.journal.flushed()
+
+    # -- sessions ------------------------------------------------------------
+
+    async def register(self, session: StreamingSession) -> bool:
+        """Store a new session owned by this process; ``False`` when its user's quota is full."""
+        settings = self.settings
+        if not await self.store.reserve(
+            session.user_id, session.id, settings.max_sessions_per_user, self.ttl_ms
+        ):
+            return False
+        meta = {
+            "userId": session.user_id,
+            "config": encode_json(dataclasses.asdict(session.config)),
+            "createdAt": repr(session.created_at),
+            "state": session.state.value,
+            "epoch": session.epoch,
+            "lastSeq": "-1",
+        }
+        await self.store.put_session(session.id, meta, self.pid, self.ttl_ms)
+        self.journal.own(session, "1")
+        return True
+
+    async def find(self, session_id: str) -> RelayedSession | None:
+        """This process's view of a session owned elsewhere, up to date with its log."""
+        mirror = self._mirrors.get(session_id)
+        if mirror is not None:
+            if not mirror.ended:
+                mirror.apply(await self.store.entries_after(session_id, mirror.cursor))
+            return mirror
+        pending = self._loading.get(session_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[RelayedSession | None] = asyncio.get_running_loop().create_future()
+        self._loading[session_id] = future
+        try:
+            mirror = await self._load(session_id)
+            future.set_result(mirror)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: the waiters re-raise it
+            raise
+        finally:
+            del self._loading[session_id]
+        return mirror
+
+    async def _load(self, session_id: str) -> RelayedSession | None:
+        loaded = await self.store.load(session_id)
+        if loaded is None:
+            return None
+        mirror = self._mirror(session_id, *loaded)
+        self._mirrors[session_id] = mirror
+        return mirror
+
+    def _mirror(self, session_id: str, meta: dict[str, str], entries: list[Entry]) -> RelayedSession:
+        mirror = RelayedSession(
+            meta, session_id, self.manager.limits, self.relay, self._forward, self._unused
+        )
+        mirror.apply(entries)
+        return mirror
+
+    def _unused(self, mirror: RelayedSession) -> None:
+        if self._mirrors.get(mirror.id) is mirror:
+            del self._mirrors[mirror.id]
+
+    def _restore(self, session_id: str, meta: dict[str, str], entries: list[Entry]) -> StreamingSession:
+        """A session of a dead process, rebuilt here from its Redis log."""
+        config = config_from_meta(meta["config"])
+        session = self.manager.new_session(
+            session_id, meta["userId"], config, epoch=meta["epoch"], created_at=float(meta["createdAt"])
+        )
+        mirror = self._mirror(session_id, meta, entries)
+        session.chunks = mirror.chunks
+        session.state = SessionState(meta.get("state", "created"))
+        session.usage = mirror.usage
+        return session
+
+    # -- commands between processes ------------------------------------------
+
+    async def _forward(self, mirror: RelayedSession, action: str, extra: dict[str, Any]) -> Ack:
+        """Send a command to the session's owner and wait for its ack."""
+        loaded = await self.store.load(mirror.id)
+        if loaded is None:
+            return error_ack("Session not found")
+        owner = loaded[0].get("owner", "")
+        if owner == self.pid:
+            local = self.manager.registry.get(mirror.id)
+            if local is not None:
+                return await self._apply(local, action, extra)
+        request = secrets.token_hex(8)
+        reply: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self._replies[request] = reply
+        message = {"op": "command", "id": request, "from": self.pid, "session": mirror.id, "action": action}
+        try:
+            if not await self.store.publish(owner, encode_json({**message, **extra})):
+                return error_ack("The process running this stream is unreachable")
+            async with asyncio.timeout(self.settings.redis_timeout + 10):
+                return await reply
+        except TimeoutError:
+            return error_ack("The process running this stream did not answer")
+        finally:
+            self._replies.pop(request, None)
+
+    async def _apply(self, session: StreamingSession, action: str, extra: dict[str, Any]) -> Ack:
+        if action == "start":
+            return await start_command(session, str(extra.get("prompt", "")))
+        return await session_command(session, Action(action))
+
+    async def _inbox(self) -> None:
+        """Commands for the sessions this process owns, and replies to the ones it sent."""
+        delay = 0.1
+        while True:
+            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.store.inbox(self.pid))
+                self.listening.set()
+                delay = 0.1
+                async for message in pubsub.listen():
+                    self._on_message(message.get("data"))
+            except Exception as exc:  # redis-py's connection errors, and OSError
+                raise_if_cancelling(exc)
+                log.debug("redis inbox: %s", exc)
+            finally:
+                self.listening.clear()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+    def _on_message(self, data: object) -> None:
+        if not isinstance(data, str):
+            return
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if message.get("op") == "reply":
+            reply = self._replies.get(message.get("id", ""))
+            if reply is not None and not reply.done():
+                reply.set_result(message.get("ack") or error_ack("Empty reply"))
+        elif message.get("op") == "command":
+            task = asyncio.get_running_loop().create_task(self._serve(message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, message: dict[str, Any]) -> None:
+        session = self.manager.registry.get(str(message.get("session", "")))
+        action = str(message.get("action", ""))
+        if session is None:
+            ack = error_ack("Session not found on the process that owns it")
+        elif action not in ("start", *Action):
+            ack = error_ack(f"Unknown command {action[:32]!r}")
+        else:
+            ack = await self._apply(session, action, message)
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.publish(
+                str(message.get("from", "")),
+                encode_json({"op": "reply", "id": message.get("id"), "ack": ack}),
+            )
+
+    # -- liveness ------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        interval = self.settings.owner_lease_seconds / 3
+        while True:
+            try:
+                await self.store.heartbeat(self.pid, self.lease_ms)
+            except StoreUnavailable:
+                await asyncio.sleep(min(0.25, interval))
+                continue
+            await asyncio.sleep(interval)
+
+    async def _watchdog(self) -> None:
+        """Find processes whose lease lapsed and deal with their sessions; drop idle mirrors."""
+        interval = self.settings.owner_lease_seconds / 2
+        while True:
+            await asyncio.sleep(interval)
+            for session_id, mirror in tuple(self._mirrors.items()):
+                if not mirror.viewers and time.monotonic() - mirror.touched > interval:
+                    self._mirrors.pop(session_id, None)
+            try:
+                for pid in await self.store.dead_processes(grace_ms=self.lease_ms):
+                    if pid != self.pid:
+                        await self._orphans_of(pid)
+            except StoreUnavailable:
+                continue
+
+    async def _orphans_of(self, pid: str) -> None:
+        for session_id in await self.store.sessions_of(pid):
+            loaded = await self.store.load(session_id)
+            if loaded is None or loaded[0].get("owner") != pid:
+                await self.store.forget(pid, session_id)
+                continue
+            meta, entries = loaded
+            fence = await self.store.claim(session_id, pid, meta.get("fence", ""), self.pid)
+            if fence is None:
+                continue  # another process claimed it first
+            await self.store.forget(pid, session_id)
+            session = self._restore(session_id, meta, entries)
+            self.journal.own(session, fence)
+            self.manager.registry.add(session)
+            if session.state is SessionState.CREATED:
+                log.info("session %s: adopted from stopped process %s", short_id(session_id), pid)
+            elif session.is_live:
+                log.warning("session %s: its process %s stopped; ending it", short_id(session_id), pid)
+                await session.abort("owner_lost", OWNER_LOST)
+            else:
+                self.journal.fences.pop(session_id, None)
+        await self.store.bury(pid)
+
+    # -- the journal's callbacks ---------------------------------------------
+
+    def _lost(self, session: StreamingSession) -> None:
+        """Another process owns ``session`` now: stop it here; its viewers reconnect."""
+        session.journal = None
+        self.manager.registry.remove(session.id)
+        task = asyncio.get_running_loop().create_task(session.abandon())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finished(self, session: StreamingSession) -> None:
+        await self.store.release(session.user_id, session.id, self.pid)
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them. redis-py sometimes completes a command that was
+    cancelled instead of raising (the cancellation is then lost), so cancel again until
+    every task has ended."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.2)

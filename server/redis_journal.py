@@ -1,0 +1,169 @@
+"""The owner's write path in Redis mode: every chunk and event of the sessions this
+process runs goes to their Redis logs, in order, one pipeline per loop turn.
+
+A session is never held up by Redis for the chunk at hand: the chunk goes to local
+viewers at once and its write follows within the same loop turn or the next. While
+writes wait (Redis slow or unreachable) the provider is not read past
+``MAX_JOURNAL_BACKLOG`` entries, so memory stays bounded, and nothing is dropped: the
+writer retries the same entries, in order, until Redis answers. A write refused by the
+fencing token means another process owns the session now: this one stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from server.errors import StoreUnavailable
+from server.models import encode_json
+from server.redis_store import Append, Fenced, RedisStore, chunk_id, event_id
+from server.sessions import MAX_JOURNAL_BACKLOG, Payload, StreamingSession, short_id
+
+log = logging.getLogger(__name__)
+
+#: Most entries written in one round trip.
+BATCH = 512
+TERMINAL_EVENTS = frozenset({"complete", "stream-error"})
+
+
+class RedisJournal:
+    """:class:`server.sessions.Journal` on Redis, with one writer task per process."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        ttl_ms: int,
+        on_lost: Callable[[StreamingSession], None],
+        on_finished: Callable[[StreamingSession], Awaitable[None]],
+    ) -> None:
+        self.store = store
+        self.ttl_ms = ttl_ms
+        self.fences: dict[str, str] = {}
+        self._on_lost = on_lost
+        self._on_finished = on_finished
+        self._queue: deque[tuple[StreamingSession, Append, bool]] = deque()
+        self._backlog: dict[str, int] = {}
+        self._settled: dict[str, asyncio.Event] = {}
+        self._work = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        #: Since when writes have been failing (loop time), or ``None``.
+        self.failing_since: float | None = None
+
+    def own(self, session: StreamingSession, fence: str) -> None:
+        """This process writes ``session``'s log with ``fence`` from now on."""
+        self.fences[session.id] = fence
+        session.journal = self
+
+    # -- sessions.Journal ----------------------------------------------------
+
+    def chunk(self, session: StreamingSession, chunk: Payload) -> None:
+        seq = chunk["seq"]
+        fields = ("c", chunk["content"], "t", str(chunk["timestamp"]), "m", encode_json(chunk["metadata"]))
+        self._put(session, chunk_id(seq), fields, ("lastSeq", str(seq)))
+
+    def event(self, session: StreamingSession, event: str, payload: Payload) -> None:
+        meta: tuple[str, ...] = ()
+        if event == "stream-state":
+            meta = ("state", payload["state"])
+        elif event == "complete":
+            meta = ("finishReason", payload["finishReason"] or "", "usage", encode_json(payload["usage"]))
+        elif event == "stream-error":
+            meta = ("error", encode_json(session.error))
+        fields = ("e", event, "p", encode_json(payload))
+        self._put(session, event_id(session.last_seq), fields, meta, terminal=event in TERMINAL_EVENTS)
+
+    def backlog(self, session: StreamingSession) -> int:
+        return self._backlog.get(session.id, 0)
+
+    async def settled(self, session: StreamingSession) -> None:
+        if session.id not in self._backlog:
+            return
+        await self._settled.setdefault(session.id, asyncio.Event()).wait()
+
+    def _put(
+        self,
+        session: StreamingSession,
+        entry_id: str,
+        fields: tuple[str, ...],
+        meta: tuple[str, ...],
+        *,
+        terminal: bool = False,
+    ) -> None:
+        fence = self.fences.get(session.id)
+        if fence is None:
+            return
+        self._queue.append((session, Append(session.id, fence, entry_id, fields, meta), terminal))
+        self._backlog[session.id] = self._backlog.get(session.id, 0) + 1
+        self._idle.clear()
+        self._work.set()
+
+    # -- the writer ----------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = 0.05
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._work.clear()
+                await self._work.wait()
+            batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
+            try:
+                results = await self.store.append([item for _, item, _ in batch], self.ttl_ms)
+            except StoreUnavailable:
+                if self.failing_since is None:
+                    self.failing_since = loop.time()
+                    log.warning("redis: cannot write the logs of %d sessions; retrying", len(self._backlog))
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+                continue
+            if self.failing_since is not None:
+                log.info("redis: writing again after %.1f s", loop.time() - self.failing_since)
+                self.failing_since = None
+            delay = 0.05
+            for _ in batch:
+                self._queue.popleft()
+            for (session, _, terminal), result in zip(batch, results, strict=True):
+                await self._written(session, result, terminal)
+
+    async def _written(self, session: StreamingSession, result: str | Exception, terminal: bool) -> None:
+        if isinstance(result, Fenced):
+            if self.fences.pop(session.id, None) is not None:
+                log.warning("session %s: another process owns it now; stopping here", short_id(session.id))
+                self._drop(session)
+                self._on_lost(session)
+            return
+        if isinstance(result, Exception):
+            log.error("session %s: log write refused: %s", short_id(session.id), result)
+        if terminal:
+            self.fences.pop(session.id, None)
+            try:
+                await self._on_finished(session)
+            except StoreUnavailable:
+                log.warning("session %s: could not release its quota", short_id(session.id))
+        left = self._backlog.get(session.id, 1) - 1
+        if left > 0:
+            self._backlog[session.id] = left
+        else:
+            self._forget(session)
+        if left == MAX_JOURNAL_BACKLOG - 1 or left == 0:
+            session.wake()
+
+    def _forget(self, session: StreamingSession) -> None:
+        """Nothing of ``session`` waits any more: wake who waits for that."""
+        self._backlog.pop(session.id, None)
+        settled = self._settled.pop(session.id, None)
+        if settled is not None:
+            settled.set()
+
+    def _drop(self, session: StreamingSession) -> None:
+        """Forget what is still queued for a session this process lost."""
+        self._queue = deque(item for item in self._queue if item[0] is not session)
+        self._forget(session)
+
+    async def flushed(self) -> None:
+        """Wait until every queued entry is written (shutdown)."""
+        await self._idle.wait()

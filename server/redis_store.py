@@ -1,0 +1,327 @@
+"""Everything the server keeps in Redis, and every call it makes there (``REDIS_URL``).
+
+Imported only when ``REDIS_URL`` is set. Keys of one session share the hash tag
+``{<sessionId>}`` so a script touching them runs on one Redis Cluster node:
+
+- ``stream:{id}:meta``, a hash: user, config, createdAt, state, epoch, lastSeq, usage,
+  finishReason, error, the owner process and its fencing token (``fence``);
+- ``stream:{id}:log``, a Redis Stream, the chunk log and the source of truth for replay.
+  Chunk ``seq`` N has the explicit id ``N+1-0``, so Redis itself refuses a second append
+  of a seq; the events that follow chunk N (``stream-state``, ``complete``,
+  ``stream-error``) get ``N+1-1``, ``N+1-2``, ... Appends run in a script that first
+  checks the fencing token, so a process that lost a session can never append to it.
+
+Per process: ``proc:{pid}``, its lease (a key with a TTL it renews), ``proc:{pid}:sessions``
+(the sessions it owns), ``procs`` (a sorted set of lease deadlines, to find the dead) and
+the pub/sub channel ``proc:{pid}:inbox`` for commands. Per user: ``user:{id}:live``, the
+live sessions counted by the quota.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from server.errors import StoreUnavailable
+
+# Appends one entry if the caller holds the session's fencing token, then updates the
+# meta hash and the keys' TTL. KEYS: meta, log. ARGV: fence, entry id, ttl ms, n, then n
+# entry field/values, then meta field/values.
+_APPEND = """
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then
+  return redis.error_reply('FENCED')
+end
+local n = tonumber(ARGV[4])
+local entry = {}
+for i = 5, 4 + n do entry[#entry + 1] = ARGV[i] end
+local id = redis.pcall('XADD', KEYS[2], ARGV[2], unpack(entry))
+if type(id) == 'table' and id.err then
+  return redis.error_reply('DUPLICATE ' .. id.err)
+end
+if #ARGV > 4 + n then
+  local meta = {}
+  for i = 5 + n, #ARGV do meta[#meta + 1] = ARGV[i] end
+  redis.call('HSET', KEYS[1], unpack(meta))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return id
+"""
+
+# Moves a session to a new owner if it still belongs to the one the caller saw (and that
+# one's fence): exactly one of several racing processes wins. KEYS: meta.
+# ARGV: expected owner, expected fence, new owner. Returns the new fence, or nil.
+_CLAIM = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then
+  return false
+end
+local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('HSET', KEYS[1], 'owner', ARGV[3])
+return fence
+"""
+
+# The per-user quota: add the session unless the user has ``limit`` live ones already.
+# KEYS: the user's set. ARGV: session id, limit, ttl ms.
+_RESERVE = """
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+PROCESSES = "procs"
+
+
+class Fenced(Exception):
+    """The session has another owner now: this process may not write to it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """One log entry to write for a session this process owns."""
+
+    session_id: str
+    fence: str
+    entry_id: str
+    fields: Sequence[str]
+    meta: Sequence[str] = ()
+
+
+def meta_key(session_id: str) -> str:
+    return f"stream:{{{session_id}}}:meta"
+
+
+def log_key(session_id: str) -> str:
+    return f"stream:{{{session_id}}}:log"
+
+
+def chunk_id(seq: int) -> str:
+    return f"{seq + 1}-0"
+
+
+def event_id(last_seq: int) -> str:
+    return f"{last_seq + 1}-*"
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@asynccontextmanager
+async def _guard() -> AsyncIterator[None]:
+    """Redis errors that are about reaching Redis become :class:`StoreUnavailable`."""
+    try:
+        yield
+    except ResponseError:
+        raise
+    except (RedisError, OSError) as exc:
+        raise_if_cancelling(exc)
+        raise StoreUnavailable("The session store is unavailable: try again shortly") from exc
+
+
+def raise_if_cancelling(exc: BaseException) -> None:
+    """redis-py may turn a cancellation into a timeout or connection error: a task being
+    cancelled must stop, not retry."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
+
+
+class RedisStore:
+    """The server's Redis calls; every method raises :class:`StoreUnavailable` when Redis
+    cannot be reached."""
+
+    def __init__(self, url: str, *, timeout: float) -> None:
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=max(1, int(timeout)),
+        )
+        # XREAD BLOCK holds its connection; its own client waits longer than it blocks.
+        self.reader: aioredis.Redis = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=timeout + 5, socket_connect_timeout=timeout
+        )
+        self._append = self.redis.register_script(_APPEND)
+        self._claim = self.redis.register_script(_CLAIM)
+        self._reserve = self.redis.register_script(_RESERVE)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.reader.aclose()
+
+    async def ping(self) -> None:
+        async with _guard():
+            await self.redis.ping()
+
+    # -- sessions ------------------------------------------------------------
+
+    async def reserve(self, user_id: str, session_id: str, limit: int, ttl_ms: int) -> bool:
+        """Count a new live session against its user's quota; ``False`` when it is full."""
+        async with _guard():
+            return bool(
+                await self._reserve(keys=[f"user:{{{user_id}}}:live"], args=[session_id, limit, ttl_ms])
+            )
+
+    async def release(self, user_id: str, session_id: str, owner: str) -> None:
+        """A session ended: it no longer counts for its user or its owner."""
+        async with _guard():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.srem(f"user:{{{user_id}}}:live", session_id)
+            pipe.srem(f"proc:{{{owner}}}:sessions", session_id)
+            await pipe.execute()
+
+    async def put_session(self, session_id: str, meta: dict[str, str], owner: str, ttl_ms: int) -> None:
+        """Write a new session's meta hash, owned by ``owner`` with fence 1."""
+        async with _guard():
+            pipe = self.redis.pipeline(transaction=False)
+            fields: dict[Any, Any] = {**meta, "owner": owner, "fence": "1"}
+            pipe.hset(meta_key(session_id), mapping=fields)
+            pipe.pexpire(meta_key(session_id), ttl_ms)
+            pipe.sadd(f"proc:{{{owner}}}:sessions", session_id)
+            await pipe.execute()
+
+    async def load(self, session_id: str) -> tuple[dict[str, str], list[tuple[str, dict[str, str]]]] | None:
+        """A session's meta hash and its whole log, or ``None`` when it does not exist."""
+        async with _guard():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(meta_key(session_id))
+            pipe.xrange(log_key(session_id))
+            meta, entries = await pipe.execute()
+        if not meta:
+            return None
+        return meta, entries
+
+    async def entries_after(self, session_id: str, after: str) -> list[tuple[str, dict[str, str]]]:
+        """Log entries with an id greater than ``after``."""
+        async with _guard():
+            result = await self.redis.xrange(log_key(session_id), f"({after}")
+            return cast(list[tuple[str, dict[str, str]]], result)
+
+    async def exists(self, session_id: str) -> bool:
+        async with _guard():
+            return bool(await self.redis.exists(meta_key(session_id)))
+
+    async def append(self, batch: Sequence[Append], ttl_ms: int) -> list[str | Exception]:
+        """Write ``batch`` in one round trip; each item's result is its entry id, or the
+        :class:`Fenced` / ``ResponseError`` that refused it."""
+        async with _guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for item in batch:
+                args: list[Any] = [
+                    item.fence,
+                    item.entry_id,
+                    ttl_ms,
+                    len(item.fields),
+                    *item.fields,
+                    *item.meta,
+                ]
+                await self._append(
+                    keys=[meta_key(item.session_id), log_key(item.session_id)], args=args, client=pipe
+                )
+            results = await pipe.execute(raise_on_error=False)
+        out: list[str | Exception] = []
+        for result in results:
+            if isinstance(result, ResponseError) and str(result).startswith("FENCED"):
+                out.append(Fenced(str(result)))
+            else:
+                out.append(result)
+        return out
+
+    async def claim(
+        self, session_id: str, expected_owner: str, expected_fence: str, owner: str
+    ) -> str | None:
+        """Take a session over from ``expected_owner``; the new fence, or ``None`` when
+        another process was faster (or the session moved meanwhile)."""
+        async with _guard():
+            fence = await self._claim(
+                keys=[meta_key(session_id)], args=[expected_owner, expected_fence, owner]
+            )
+            if fence is None:
+                return None
+            await self.redis.sadd(f"proc:{{{owner}}}:sessions", session_id)
+            return str(fence)
+
+    # -- processes -----------------------------------------------------------
+
+    async def heartbeat(self, pid: str, lease_ms: int) -> None:
+        """Renew this process's lease."""
+        async with _guard():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(f"proc:{{{pid}}}", "1", px=lease_ms)
+            pipe.zadd(PROCESSES, {pid: now_ms() + lease_ms})
+            await pipe.execute()
+
+    async def leave(self, pid: str) -> None:
+        """This process stops (its sessions have ended or been handed over)."""
+        async with _guard():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(f"proc:{{{pid}}}", f"proc:{{{pid}}}:sessions")
+            pipe.zrem(PROCESSES, pid)
+            await pipe.execute()
+
+    async def dead_processes(self, grace_ms: int) -> list[str]:
+        """Processes whose lease lapsed more than ``grace_ms`` ago."""
+        async with _guard():
+            pids = cast(list[str], await self.redis.zrangebyscore(PROCESSES, "-inf", now_ms() - grace_ms))
+            if not pids:
+                return []
+            pipe = self.redis.pipeline(transaction=False)
+            for pid in pids:
+                pipe.exists(f"proc:{{{pid}}}")
+            alive = await pipe.execute()
+        return [pid for pid, up in zip(pids, alive, strict=True) if not up]
+
+    async def sessions_of(self, pid: str) -> set[str]:
+        async with _guard():
+            return cast(set[str], await self.redis.smembers(f"proc:{{{pid}}}:sessions"))
+
+    async def forget(self, pid: str, session_id: str) -> None:
+        async with _guard():
+            await self.redis.srem(f"proc:{{{pid}}}:sessions", session_id)
+
+    async def bury(self, pid: str) -> None:
+        """A dead process's sessions are all dealt with: forget it."""
+        async with _guard():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(f"proc:{{{pid}}}:sessions")
+            pipe.zrem(PROCESSES, pid)
+            await pipe.execute()
+
+    # -- commands between processes ------------------------------------------
+
+    async def publish(self, pid: str, message: str) -> int:
+        async with _guard():
+            return int(await self.redis.publish(f"proc:{{{pid}}}:inbox", message))
+
+    def inbox(self, pid: str) -> str:
+        return f"proc:{{{pid}}}:inbox"
+
+    # -- the relay -----------------------------------------------------------
+
+    async def read(
+        self, streams: dict[str, str], block_ms: int, count: int
+    ) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
+        """``XREAD BLOCK`` over many logs at once (keys: log keys or the wake key)."""
+        async with _guard():
+            result: Any = await self.reader.xread(cast(Any, streams), count=count, block=block_ms)
+            return list(result or [])
+
+    async def wake(self, key: str) -> None:
+        async with _guard():
+            await self.redis.xadd(key, {"w": "1"}, maxlen=16, approximate=True)

@@ -1,0 +1,230 @@
+"""Viewers of sessions that run in another process (Redis mode).
+
+A :class:`RelayedSession` is this process's view of a session owned elsewhere: built from
+the session's Redis log, it replays like the owner's session does and then stays live on
+what the :class:`Relay` reads. The relay is one task and one blocking ``XREAD`` for every
+log this process's viewers watch, so a thousand remote sessions cost one loop, not a
+thousand. A relayed session whose viewer lags is left out of the read until the viewer
+catches up (or is dropped after ``VIEWER_STALL_TIMEOUT``), with the same
+:class:`~server.emitter.ViewerSet` rules as the owner's; what it has not read waits in
+Redis, not in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from providers.base import StreamConfig, Usage
+from server.emitter import FlowLimits, ViewerSet
+from server.errors import StoreUnavailable
+from server.redis_store import RedisStore, log_key, parse_id
+from server.sessions import SessionState, SessionView, Viewer, short_id
+from server.wire.socketio import Ack
+
+log = logging.getLogger(__name__)
+
+#: Entries read per log and per ``XREAD`` (a lagging viewer gets at most this many more).
+READ_COUNT = 64
+BLOCK_MS = 1000
+
+Entry = tuple[str, dict[str, str]]
+Forward = Callable[["RelayedSession", str, dict[str, Any]], Awaitable[Ack]]
+
+
+def config_from_meta(raw: str) -> StreamConfig:
+    fields = orjson.loads(raw)
+    return StreamConfig(**fields)
+
+
+class RelayedSession(SessionView):
+    """A session owned by another process, as this process's viewers see it."""
+
+    def __init__(
+        self,
+        meta: dict[str, str],
+        session_id: str,
+        limits: FlowLimits,
+        relay: Relay,
+        forward: Forward,
+        on_unused: Callable[[RelayedSession], None],
+    ) -> None:
+        super().__init__(
+            session_id,
+            meta["userId"],
+            config_from_meta(meta["config"]),
+            ViewerSet(short_id(session_id), limits, self._caught_up),
+            epoch=meta["epoch"],
+            created_at=float(meta["createdAt"]),
+        )
+        self.state = SessionState(meta.get("state", "created"))
+        self.owner = meta.get("owner", "")
+        self.cursor = "0-0"
+        self._relay = relay
+        self._forward = forward
+        self._on_unused = on_unused
+        self._watched = False
+
+    # -- the log -------------------------------------------------------------
+
+    def apply(self, entries: list[Entry]) -> None:
+        """Entries read from the log, in order; those already applied are skipped."""
+        cursor = parse_id(self.cursor)
+        for entry_id, fields in entries:
+            position = parse_id(entry_id)
+            if position <= cursor:
+                continue
+            cursor = position
+            self.cursor = entry_id
+            if position[1] == 0:
+                self._apply_chunk(position[0] - 1, fields)
+            else:
+                self._apply_event(fields["e"], orjson.loads(fields["p"]))
+
+    def _apply_chunk(self, seq: int, fields: dict[str, str]) -> None:
+        chunk = {
+            "content": fields["c"],
+            "timestamp": int(fields["t"]),
+            "metadata": orjson.loads(fields["m"]),
+            "seq": seq,
+            "sessionId": self.id,
+        }
+        self.chunks.append(chunk)
+        self.viewer_set.broadcast("chunk", chunk)
+
+    def _apply_event(self, event: str, payload: dict[str, Any]) -> None:
+        if event == "stream-state":
+            self.state = SessionState(payload["state"])
+        elif event == "complete":
+            self.finish_reason = payload.get("finishReason")
+            usage = payload.get("usage")
+            self.usage = Usage(usage["promptTokens"], usage["completionTokens"]) if usage else None
+            self._terminal_event = (event, payload)
+        elif event == "stream-error":
+            self.error = {"code": payload["code"], "error": payload["error"]}
+            self._terminal_event = (event, payload)
+        self.viewer_set.broadcast(event, payload)
+
+    @property
+    def ended(self) -> bool:
+        """The log holds its ``complete`` or ``stream-error``: nothing follows."""
+        return self._terminal_event is not None
+
+    def fail_locally(self, code: str, message: str) -> None:
+        """The log itself is gone (the store lost it): tell the viewers, write nothing."""
+        if self._terminal_event is None:
+            self.state = SessionState.FAILED
+            payload = {"sessionId": self.id, "error": message, "code": code}
+            self._terminal_event = ("stream-error", payload)
+            self.viewer_set.broadcast("stream-error", payload)
+
+    # -- viewers -------------------------------------------------------------
+
+    def add_viewer(
+        self, viewer: Viewer, last_seq: int | None = None, *, epoch: str | None = None, snapshot: bool = False
+    ) -> dict[str, Any]:
+        position = super().add_viewer(viewer, last_seq, epoch=epoch, snapshot=snapshot)
+        if not self._watched and not self.ended:
+            self._watched = True
+            self._relay.watch(self)
+        return position
+
+    def remove_viewer(self, key: str) -> None:
+        super().remove_viewer(key)
+        if not self.viewers:
+            self._relay.unwatch(self)
+            self._watched = False
+            self._on_unused(self)
+
+    def _caught_up(self) -> None:
+        self._relay.resume(self)
+
+    # -- commands ------------------------------------------------------------
+
+    async def forward(self, action: str, **extra: Any) -> Ack:
+        """Run a command where the provider runs; the ack comes back from there."""
+        return await self._forward(self, action, extra)
+
+
+class Relay:
+    """One ``XREAD`` loop feeding every :class:`RelayedSession` of this process."""
+
+    def __init__(self, store: RedisStore, wake_key: str) -> None:
+        self.store = store
+        self.wake_key = wake_key
+        self._sessions: dict[str, RelayedSession] = {}
+        self._held: set[str] = set()
+        self._wake_cursor = "0-0"
+
+    def watch(self, session: RelayedSession) -> None:
+        self._sessions[log_key(session.id)] = session
+        self._poke()
+
+    def unwatch(self, session: RelayedSession) -> None:
+        self._sessions.pop(log_key(session.id), None)
+        self._held.discard(log_key(session.id))
+
+    def hold(self, session: RelayedSession) -> None:
+        self._held.add(log_key(session.id))
+
+    def resume(self, session: RelayedSession) -> None:
+        key = log_key(session.id)
+        if key in self._held:
+            self._held.discard(key)
+            self._poke()
+
+    def _poke(self) -> None:
+        """Wake the blocked read so that it reads the new set of logs."""
+        task = asyncio.get_running_loop().create_task(self._wake())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _wake(self) -> None:
+        # If Redis is down the read loop is failing too, and reads everything once it is back.
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.wake(self.wake_key)
+
+    async def run(self) -> None:
+        delay = 0.1
+        while True:
+            streams = {self.wake_key: self._wake_cursor}
+            for key, session in self._sessions.items():
+                if key not in self._held:
+                    streams[key] = session.cursor
+            try:
+                result = await self.store.read(streams, BLOCK_MS, READ_COUNT)
+            except StoreUnavailable:
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                if delay >= 0.4:
+                    await self._check_logs()
+                continue
+            delay = 0.1
+            for key, entries in result:
+                if key == self.wake_key:
+                    self._wake_cursor = entries[-1][0]
+                    continue
+                watched = self._sessions.get(key)
+                if watched is None:
+                    continue
+                watched.apply(entries)
+                if watched.ended:
+                    self.unwatch(watched)
+                elif watched.viewer_set.lagging():
+                    self.hold(watched)
+                    watched.viewer_set.hold()
+
+    async def _check_logs(self) -> None:
+        """After an outage: logs the store no longer has end for their viewers here."""
+        for session in tuple(self._sessions.values()):
+            try:
+                exists = await self.store.exists(session.id)
+            except StoreUnavailable:
+                return
+            if not exists:
+                session.fail_locally("unavailable", "The session store lost this stream")
+                self.unwatch(session)
