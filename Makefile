@@ -10,7 +10,7 @@ FRONTEND_STAMP := frontend/node_modules/.installed
 FRONTEND_BUILD := frontend/dist/index.html
 FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.config.ts frontend/tsconfig*.json -type f 2>/dev/null)
 
-.PHONY: install dev test test-python test-frontend lint format bench system-deps clean
+.PHONY: install dev cluster test test-python test-frontend lint format bench system-deps clean
 
 install: $(STAMP) $(FRONTEND_STAMP)
 
@@ -46,6 +46,10 @@ system-deps:
 dev: install $(FRONTEND_BUILD)
 	$(BIN)/python -m server
 
+# Redis, two server processes and nginx on :3001 (docs/scaling.md); Ctrl-C stops them all.
+cluster: install system-deps $(FRONTEND_BUILD)
+	$(BIN)/python deploy/cluster.py
+
 test: install system-deps $(FRONTEND_BUILD) lint test-frontend test-python
 
 test-frontend: $(FRONTEND_STAMP)
@@ -56,11 +60,11 @@ test-python: $(STAMP) $(FRONTEND_BUILD)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check server providers tests bench
+	$(BIN)/ruff format --check server providers tests bench deploy
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format server providers tests bench
+	$(BIN)/ruff format server providers tests bench deploy
 	$(BIN)/ruff check --fix .
 
 bench: install

@@ -12,7 +12,9 @@ core 1. Results go to RESULTS.md (tables, targets), results.json (raw) and resul
 Scenarios: a) 1 session x 50,000 tokens unthrottled; b) 50 x 2,000 unthrottled;
 c) 1,000 x 200 at 40 tokens/s; d) the most sessions at 40 tokens/s with p99 < 100 ms
 (doubling then bisecting, time-bounded); e) 10,000 idle viewers: RSS per viewer;
-f) start -> first chunk of single sessions, one at a time, unthrottled; j) a late joiner of a
+f) start -> first chunk of single sessions, one at a time, unthrottled; g) (d) for one process
+in Redis mode vs in memory; h) (d) for two processes behind nginx vs one process (both in
+Redis mode, unpinned); j) a late joiner of a
 finished 20,000-token session: snapshot join vs chunk-by-chunk replay (ours only: the
 peer has neither).
 """
@@ -36,17 +38,19 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))  # deploy.cluster: the nginx config `make cluster` uses
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 LOADGEN = BENCH / "loadgen" / "loadgen.js"
 PEER = BENCH / "peer-node" / "server.js"
 SERVERS = ("ours", "peer")
-ALL_SCENARIOS = "abcdefj"
+ALL_SCENARIOS = "abcdefghj"
 
 # Pass/fail thresholds (see the issue).
 THROUGHPUT_RATIO = 1.5  # (a), (b): our content throughput vs the peer's
@@ -58,6 +62,13 @@ D_RATIO = 2.0  # (d): our session count vs the peer's
 # latency (a server that emits late stamps late, so lateness hides from the latency).
 D_PACE = 1.25
 TTFC_P50_MS = 5.0  # (f)
+G_RATIO = 0.6  # (g): Redis mode vs in memory, one process
+#: (h): name, processes, behind nginx
+H_DEPLOYMENTS = (
+    ("1 process", 1, False),
+    ("1 process behind nginx", 1, True),
+    ("2 processes behind nginx", 2, True),
+)
 
 
 def log(*parts: object) -> None:
@@ -217,6 +228,72 @@ def run_loadgen(server: Server, pinning: bool, label: str, timeout: float, **par
     return result
 
 
+# ---- (g), (h): Redis and several processes ---------------------------------------------
+
+
+class RedisServer:
+    """A scratch redis-server for the (g) and (h) runs."""
+
+    def __init__(self, workdir: Path, pinning: bool) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(
+            [*pin(0, pinning), "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def __enter__(self) -> RedisServer:
+        from deploy.cluster import wait_listening
+
+        wait_listening(self.port, self.proc)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+    def flush(self) -> None:
+        """Each trial starts from an empty store, like the in-memory trials."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"FLUSHALL\r\n")
+            sock.recv(64)
+
+
+class Deployment:
+    """``count`` of our processes on one Redis, behind nginx (the config of ``make cluster``)
+    when more than one; not pinned, so that they may use both cores."""
+
+    def __init__(self, workdir: Path, count: int, redis_url: str, *, proxy: bool | None = None) -> None:
+        self.workdir = workdir
+        self.proxy = count > 1 if proxy is None else proxy
+        self.servers = [Server("ours", False, workdir, {"REDIS_URL": redis_url}) for _ in range(count)]
+        self.nginx: subprocess.Popen[bytes] | None = None
+        first = self.servers[0]
+        self.url, self.pid, self.proc = first.url, first.pid, first.proc
+
+    def __enter__(self) -> Deployment:
+        from deploy.cluster import start_nginx
+
+        for server in self.servers:
+            server.__enter__()
+        if self.proxy:
+            port = free_port()
+            self.nginx = start_nginx(self.workdir / f"nginx-{port}", port, [srv.port for srv in self.servers])
+            self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.nginx is not None:
+            self.nginx.terminate()
+            self.nginx.wait(timeout=10)
+        for server in self.servers:
+            server.stop()
+
+
+Deploy = Callable[[], "Server | Deployment"]
+
+
 # ---- (j): late join, in Python (one client, bytes counted at the WebSocket) -------------
 
 
@@ -291,9 +368,11 @@ class Bench:
     extra: dict[str, Any] = field(default_factory=dict)  # passed to every load generator run
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def one(self, kind: str, label: str, timeout: float, **params: Any) -> dict[str, Any]:
+    def one(
+        self, kind: str, label: str, timeout: float, deploy: Deploy | None = None, **params: Any
+    ) -> dict[str, Any]:
         try:
-            with Server(kind, self.pinning, self.workdir) as server:
+            with deploy() if deploy is not None else Server(kind, self.pinning, self.workdir) as server:
                 return run_loadgen(server, self.pinning, f"{label}-{kind}", timeout, **params, **self.extra)
         except RuntimeError as exc:
             return {"fatal": str(exc), "errors": {}}
@@ -402,7 +481,42 @@ class Bench:
             self.results["d"][kind] = self.search(kind)
             log(f"  -> {kind}: {self.results['d'][kind]['sessions']} sessions")
 
-    def search(self, kind: str) -> dict[str, Any]:
+    def g(self) -> None:
+        """(d) for one process in Redis mode against the same process in memory."""
+        self.results["g"] = {"title": "one process, Redis mode vs in memory: (d)'s capacity search"}
+        if "ours" not in self.servers:
+            return
+        with RedisServer(self.workdir, self.pinning) as redis:
+            for mode, settings in (("memory", {}), ("redis", {"REDIS_URL": redis.url})):
+                log(f"scenario g ({mode}) capacity search")
+
+                def deploy(settings: dict[str, str] = settings) -> Server:
+                    redis.flush()
+                    return Server("ours", self.pinning, self.workdir, settings)
+
+                self.results["g"][mode] = self.search("ours", deploy)
+                log(f"  -> {mode}: {self.results['g'][mode]['sessions']} sessions")
+
+    def h(self) -> None:
+        """(d) for two processes behind nginx against one process, both in Redis mode."""
+        self.results["h"] = {
+            "title": "two processes behind nginx vs one process (Redis mode, not pinned): "
+            "(d)'s capacity search"
+        }
+        if "ours" not in self.servers or not shutil.which("nginx"):
+            return
+        with RedisServer(self.workdir, False) as redis:
+            for name, count, proxy in H_DEPLOYMENTS:
+                log(f"scenario h ({name}) capacity search")
+
+                def deploy(count: int = count, proxy: bool = proxy) -> Deployment:
+                    redis.flush()
+                    return Deployment(self.workdir, count, redis.url, proxy=proxy)
+
+                self.results["h"][name] = self.search("ours", deploy)
+                log(f"  -> {name}: {self.results['h'][name]['sessions']} sessions")
+
+    def search(self, kind: str, deploy: Deploy | None = None) -> dict[str, Any]:
         """Double from d_start until a trial fails, then bisect; bounded in trials and time."""
         s = self.sizes
         end = time.monotonic() + s.d_budget
@@ -415,6 +529,7 @@ class Bench:
                 kind,
                 f"d{n}",
                 60 + 2 * s.d_tokens / TPS + n / 50,
+                deploy,
                 mode="stream",
                 sessions=n,
                 tokens=s.d_tokens,
@@ -647,6 +762,15 @@ def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
             verdict(ok),
         )
     )
+    gm, gr = get(res, "g", "memory", "sessions"), get(res, "g", "redis", "sessions")
+    ok = None if gm is None or gr is None else gr >= G_RATIO * gm
+    rows.append(
+        (
+            f"(g) one process in Redis mode keeps >= {G_RATIO:g}x the sessions of memory mode",
+            f"{gr} vs {gm} ({ratio(gr, gm)})" if gm is not None and gr is not None else "-",
+            verdict(ok),
+        )
+    )
     o, _ = both("f")
     t = get(o, "firstChunkMs", "p50")
     ok = None if t is None else t < TTFC_P50_MS
@@ -772,6 +896,8 @@ def render(
             lines += d_section(entry)
         elif key == "j":
             lines += j_section(entry)
+        elif key in "gh":
+            lines += capacity_section(entry)
         elif key == "e":
             lines += scenario_table(entry, IDLE_ROWS)
         else:
@@ -797,6 +923,25 @@ def render(
             lines += ["## Notes", ""]
         lines += [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
+
+
+def capacity_section(e: dict[str, Any]) -> list[str]:
+    runs = [(k, v) for k, v in e.items() if isinstance(v, dict) and "sessions" in v]
+    if not runs:
+        return ["Not run (our server only; (h) needs nginx)."]
+    out = [
+        f"| deployment | sessions on pace with p99 < {D_P99_MS:g} ms | first failing "
+        "| p99 at that count, ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, r in runs:
+        out.append(
+            f"| {name} | {r['sessions']} | {r.get('firstFail') or '-'} | "
+            f"{fmt_num(get(r, 'best', 'latencyMs', 'p99'), 1)} |"
+        )
+    first, last = runs[0][1]["sessions"], runs[-1][1]["sessions"]
+    out += ["", f"{runs[-1][0]} vs {runs[0][0]}: {ratio(last, first)}."]
+    return out
 
 
 def j_section(e: dict[str, Any]) -> list[str]:

@@ -171,10 +171,9 @@ class Cluster:
 
     async def _forward(self, mirror: RelayedSession, action: str, extra: dict[str, Any]) -> Ack:
         """Send a command to the session's owner and wait for its ack."""
-        loaded = await self.store.load(mirror.id)
-        if loaded is None:
+        owner = await self.store.owner(mirror.id)
+        if owner is None:
             return error_ack("Session not found")
-        owner = loaded[0].get("owner", "")
         if owner == self.pid:
             local = self.manager.registry.get(mirror.id)
             if local is not None:

@@ -79,6 +79,8 @@ return 1
 """
 
 PROCESSES = "procs"
+#: Connections to Redis per process (besides the relay's own).
+MAX_CONNECTIONS = 64
 
 
 class Fenced(Exception):
@@ -146,13 +148,17 @@ class RedisStore:
     cannot be reached."""
 
     def __init__(self, url: str, *, timeout: float) -> None:
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+        # A burst of requests waits for a free connection instead of failing at once.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
             decode_responses=True,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=max(1, int(timeout)),
         )
+        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         # XREAD BLOCK holds its connection; its own client waits longer than it blocks.
         self.reader: aioredis.Redis = aioredis.Redis.from_url(
             url, decode_responses=True, socket_timeout=timeout + 5, socket_connect_timeout=timeout
@@ -212,6 +218,12 @@ class RedisStore:
         async with _guard():
             result = await self.redis.xrange(log_key(session_id), f"({after}")
             return cast(list[tuple[str, dict[str, str]]], result)
+
+    async def owner(self, session_id: str) -> str | None:
+        """The process that owns a session, or ``None`` when the session does not exist."""
+        async with _guard():
+            owner = await self.redis.hget(meta_key(session_id), "owner")
+            return None if owner is None else str(owner)
 
     async def exists(self, session_id: str) -> bool:
         async with _guard():
