@@ -111,7 +111,8 @@ def main() -> int:
             f"redis on {redis_port}. Ctrl-C stops everything.",
             flush=True,
         )
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        while True:
+            time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
@@ -127,6 +128,12 @@ def main() -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGTERM, _interrupt)
+    # Started in the background, a shell may have set SIGINT to "ignore": Ctrl-C must stop it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main())
