@@ -148,7 +148,10 @@ SELECT_JS = """text => {
       range = { from, to: from + text.length }
     }
   })
-  editor.chain().focus().setTextSelection(range).run()
+  // view.focus() focuses now; Tiptap's focus command waits for an animation frame, and a
+  // focus that lands later would take the prompt's typing into the editor.
+  editor.view.focus()
+  editor.commands.setTextSelection(range)
 }"""
 
 
