@@ -52,6 +52,9 @@ class AIChunk:
     metadata: dict[str, Any]
     usage: Usage | None = None
     finish_reason: str | None = None
+    #: A resumable provider's position just after this item (see :class:`ResumableProvider`):
+    #: JSON-able, small, and enough for :meth:`ResumableProvider.resume_stream` to go on from.
+    checkpoint: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,45 @@ class AIProvider(Protocol):
     def create_stream(self, prompt: str, config: StreamConfig) -> AsyncIterator[AIChunk]: ...
 
 
+class ResumableProvider(AIProvider, Protocol):
+    """A provider whose stream another process can continue after the first one died
+    (Redis mode failover; PROTOCOL.md, "Several processes").
+
+    The server keeps, with the session's log, the latest checkpoint whose text is all
+    logged, and how many characters of content the stream had produced at that point.
+    A successor calls :meth:`resume_stream` with that checkpoint and ``skip``, the
+    characters logged since it: the provider yields exactly the text that follows, so the
+    resumed stream has no gap and no duplicate.
+    """
+
+    def resumable(self, config: StreamConfig) -> bool:
+        """Whether a stream with ``config`` can be resumed (OpenAI: background mode only)."""
+        ...
+
+    def start_checkpoint(self, prompt: str, config: StreamConfig) -> dict[str, Any] | None:
+        """Where to resume from before the stream's first item, or ``None`` when the
+        stream can only be resumed once it has yielded a checkpoint."""
+        ...
+
+    def resume_stream(
+        self, config: StreamConfig, checkpoint: dict[str, Any], skip: int
+    ) -> AsyncIterator[AIChunk]:
+        """The stream from ``checkpoint`` on, without the first ``skip`` characters of
+        content; it keeps yielding checkpoints, and ends as :meth:`create_stream` would."""
+        ...
+
+    async def cancel(self, checkpoint: dict[str, Any]) -> None:
+        """Stop the upstream work for good (a stream that ends early and will not be
+        resumed: cancelled, failed, or stopped with no hand-over). Never raises."""
+        ...
+
+
+def is_resumable(provider: AIProvider, config: StreamConfig) -> bool:
+    """``provider`` can continue a stream of ``config`` in another process."""
+    check = getattr(provider, "resumable", None)
+    return callable(check) and bool(check(config))
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderSettings:
     """What the provider factories need from the server's settings."""
@@ -99,6 +141,9 @@ class ProviderSettings:
     openai_api_key: str | None = None
     openai_base_url: str | None = None
     openai_model: str = "gpt-5.4-mini"
+    #: Stream through the Responses API in background mode, so that a stream survives
+    #: the process that started it (``OPENAI_BACKGROUND``).
+    openai_background: bool = False
     anthropic_api_key: str | None = None
     anthropic_base_url: str | None = None
     anthropic_model: str = "claude-sonnet-4-6"

@@ -11,6 +11,7 @@ import hashlib
 import random
 import re
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from providers.base import AIChunk, StreamConfig, Usage
 
@@ -114,17 +115,49 @@ class DemoProvider:
     def __init__(self, tokens_per_second: float = DEFAULT_TOKENS_PER_SECOND) -> None:
         self._tokens_per_second = tokens_per_second
 
-    async def create_stream(self, prompt: str, config: StreamConfig) -> AsyncIterator[AIChunk]:
+    def resumable(self, config: StreamConfig) -> bool:
+        """Always: the answer is a function of the prompt, so a successor regenerates it."""
+        return True
+
+    def start_checkpoint(self, prompt: str, config: StreamConfig) -> dict[str, Any]:
+        return {"prompt": prompt}
+
+    def create_stream(self, prompt: str, config: StreamConfig) -> AsyncIterator[AIChunk]:
+        return self._stream(prompt, config, 0)
+
+    def resume_stream(
+        self, config: StreamConfig, checkpoint: dict[str, Any], skip: int
+    ) -> AsyncIterator[AIChunk]:
+        return self._stream(str(checkpoint["prompt"]), config, skip)
+
+    async def cancel(self, checkpoint: dict[str, Any]) -> None:
+        """Nothing runs upstream."""
+
+    async def _stream(self, prompt: str, config: StreamConfig, skip: int) -> AsyncIterator[AIChunk]:
+        """The answer without its first ``skip`` characters (a resumed stream), the rest paced
+        from now on; token counts and usage are those of the whole answer."""
         tps = config.tokens_per_second
         if tps is None:
             tps = self._tokens_per_second
+        tokens = demo_tokens(prompt, config.max_tokens)
         count = 0
+        head: list[str] = []
+        while skip > 0:
+            token = next(tokens, None)
+            if token is None:
+                break
+            count += 1
+            if len(token) > skip:
+                head.append(token[skip:])
+            skip -= len(token)
+        if head:
+            yield AIChunk(head[0], {**_METADATA, "tokens": count})
         if tps > 0:
-            async for tokens in _paced(demo_tokens(prompt, config.max_tokens), tps):
-                count += len(tokens)
-                yield AIChunk("".join(tokens), {**_METADATA, "tokens": count})
+            async for batch in _paced(tokens, tps):
+                count += len(batch)
+                yield AIChunk("".join(batch), {**_METADATA, "tokens": count})
         else:
-            for token in demo_tokens(prompt, config.max_tokens):
+            for token in tokens:
                 await asyncio.sleep(0)
                 count += 1
                 yield AIChunk(token, {**_METADATA, "tokens": count})

@@ -45,3 +45,18 @@ async def test_pacing_follows_tokens_per_second():
     await collect("pace", max_tokens=20, tokens_per_second=200)
     # uvloop's timers have millisecond resolution: allow a little slack per token.
     assert time.monotonic() - start >= 19 / 200 - 0.01
+
+
+async def test_a_resumed_stream_gives_exactly_the_text_after_the_skipped_part():
+    provider = DemoProvider(tokens_per_second=0)
+    config = StreamConfig(provider="demo", model="demo", max_tokens=300)
+    prompt = "Tell me about tides"
+    whole = "".join(demo_tokens(prompt, 300))
+    assert provider.resumable(config)
+    checkpoint = provider.start_checkpoint(prompt, config)
+    for skip in (0, 1, 7, len(whole) // 2, len(whole) - 1, len(whole)):
+        items = [c async for c in provider.resume_stream(config, checkpoint, skip)]
+        assert whole[:skip] + "".join(c.content for c in items) == whole, skip
+        last = items[-1]
+        assert last.finish_reason == "length"
+        assert last.usage is not None and last.usage.completion_tokens == 300
