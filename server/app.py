@@ -167,11 +167,16 @@ async def _on_shutdown(app: web.Application) -> None:
     Open connections would otherwise keep aiohttp waiting for the whole shutdown timeout.
     """
     manager = app[manager_key]
+    settings = app[settings_key]
+    cluster = manager.cluster
+    if cluster is not None:
+        # Streams another process can resume go on there; the rest end here.
+        await cluster.hand_over()
     await manager.shutdown()
     sio = app[sio_key]
-    settings = app[settings_key]
-    if manager.cluster is not None:
-        await manager.cluster.flushed(settings.shutdown_timeout / 2)
+    if cluster is not None:
+        await cluster.flushed(settings.shutdown_timeout / 2)
+        await cluster.leave()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(settings.shutdown_timeout / 2):
             await _flushed(app)

@@ -11,9 +11,14 @@ Any other process can serve any request for them:
 
 A process holds a lease (``proc:{pid}``, ``OWNER_LEASE_SECONDS``) that it renews. When a
 lease lapses, the other processes' watchdogs claim the dead process's sessions, one
-process per session (the claim is a script on the fencing token): a session not started
-yet is adopted and stays usable; a live one ends with ``stream-error`` ``owner_lost``, its
-logged chunks intact.
+process per session (the claim is a script on the fencing token, so the old owner, if it
+was only frozen, can no longer append): a session not started yet is adopted and stays
+usable; a live one whose provider can resume (:class:`providers.base.ResumableProvider`)
+continues here from the log's end with the next ``seq``, paused if it was; any other live
+one ends with ``stream-error`` ``owner_lost``, its logged chunks intact. On SIGTERM a
+process hands its resumable streams over this way at once (:meth:`Cluster.hand_over`).
+With no process alive the sessions wait in Redis for the first one that starts, for at
+most ``OWNER_LOST_AFTER``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from server.commands import Action, session_command, start_command
 from server.errors import StoreUnavailable
 from server.models import encode_json
 from server.redis_journal import RedisJournal
-from server.redis_store import RedisStore, raise_if_cancelling
+from server.redis_store import CLUSTER_CHANNEL, RedisStore, now_ms, raise_if_cancelling
 from server.relay import Entry, Relay, RelayedSession, config_from_meta
 from server.sessions import SessionState, StreamingSession, short_id
 from server.settings import Settings
@@ -66,25 +71,49 @@ class Cluster:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Set once the inbox is subscribed (commands sent to this process arrive).
         self.listening = asyncio.Event()
+        #: Set when a process announces it stopped: the watchdog looks at once.
+        self._look = asyncio.Event()
+        self._lease_tasks: list[asyncio.Task[None]] = []
 
     # -- lifetime ------------------------------------------------------------
 
     async def run(self) -> AsyncIterator[None]:
         """The background loops for the app's lifetime (an ``app.cleanup_ctx`` body)."""
         loop = asyncio.get_running_loop()
+        self._lease_tasks = [loop.create_task(self._heartbeat()), loop.create_task(self._watchdog())]
         background = [
             loop.create_task(self.journal.run()),
             loop.create_task(self.relay.run()),
-            loop.create_task(self._heartbeat()),
-            loop.create_task(self._watchdog()),
             loop.create_task(self._inbox()),
         ]
         log.info("redis mode: process %s, lease %.1f s", self.pid, self.settings.owner_lease_seconds)
         yield
+        await self.leave()
         await _stop(background)
+        await self.store.close()
+
+    async def leave(self) -> None:
+        """Stop renewing the lease and taking sessions over, and let the others claim what
+        this process still owns, now."""
+        await _stop(self._lease_tasks)
         with contextlib.suppress(StoreUnavailable):
             await self.store.leave(self.pid)
-        await self.store.close()
+
+    async def hand_over(self) -> None:
+        """Shutdown: stop every live stream that another process can resume without
+        ending it (the rest end with ``shutdown``), and write their logs to the end; the
+        others claim them as soon as this process leaves (:meth:`run`)."""
+        handed = []
+        for session in tuple(self.manager.registry):
+            if (
+                session.is_live
+                and session.state is not SessionState.CREATED
+                and session.resume_point is not None
+            ):
+                handed.append(session)
+        await asyncio.gather(*(session.hand_over() for session in handed))
+        if handed:
+            log.info("handing %d live streams over to the other processes", len(handed))
 
     async def flushed(self, within: float) -> None:
         """Wait (at most ``within`` seconds) until every log entry of this process is written."""
@@ -162,9 +191,7 @@ class Cluster:
             session_id, meta["userId"], config, epoch=meta["epoch"], created_at=float(meta["createdAt"])
         )
         mirror = self._mirror(session_id, meta, entries)
-        session.chunks = mirror.chunks
-        session.state = SessionState(meta.get("state", "created"))
-        session.usage = mirror.usage
+        session.restore(list(mirror.chunks), mirror.state, mirror.usage)
         return session
 
     # -- commands between processes ------------------------------------------
@@ -198,16 +225,20 @@ class Cluster:
         return await session_command(session, Action(action))
 
     async def _inbox(self) -> None:
-        """Commands for the sessions this process owns, and replies to the ones it sent."""
+        """Commands for the sessions this process owns, replies to the ones it sent, and
+        the processes that stop."""
         delay = 0.1
         while True:
             pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.store.inbox(self.pid))
+                await pubsub.subscribe(self.store.inbox(self.pid), CLUSTER_CHANNEL)
                 self.listening.set()
                 delay = 0.1
                 async for message in pubsub.listen():
-                    self._on_message(message.get("data"))
+                    if message.get("channel") == CLUSTER_CHANNEL:
+                        self._look.set()
+                    else:
+                        self._on_message(message.get("data"))
             except Exception as exc:  # redis-py's connection errors, and OSError
                 raise_if_cancelling(exc)
                 log.debug("redis inbox: %s", exc)
@@ -262,42 +293,75 @@ class Cluster:
             await asyncio.sleep(interval)
 
     async def _watchdog(self) -> None:
-        """Find processes whose lease lapsed and deal with their sessions; drop idle mirrors."""
-        interval = self.settings.owner_lease_seconds / 2
+        """Find processes whose lease lapsed and take their sessions over; drop idle mirrors.
+
+        It looks a few times per lease (and at once when a process says it stopped), so a
+        stream waits for its successor a little more than the lease."""
+        interval = self.settings.owner_lease_seconds / 4
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._look.wait()
+            self._look.clear()
             for session_id, mirror in tuple(self._mirrors.items()):
-                if not mirror.viewers and time.monotonic() - mirror.touched > interval:
+                if not mirror.viewers and time.monotonic() - mirror.touched > 2 * interval:
                     self._mirrors.pop(session_id, None)
             try:
-                for pid in await self.store.dead_processes(grace_ms=self.lease_ms):
+                for pid, lapsed_at in await self.store.dead_processes():
                     if pid != self.pid:
-                        await self._orphans_of(pid)
+                        await self._orphans_of(pid, lapsed_at)
             except StoreUnavailable:
                 continue
 
-    async def _orphans_of(self, pid: str) -> None:
+    async def _orphans_of(self, pid: str, lapsed_at: int) -> None:
+        gone_for = (now_ms() - lapsed_at) / 1000
         for session_id in await self.store.sessions_of(pid):
-            loaded = await self.store.load(session_id)
-            if loaded is None or loaded[0].get("owner") != pid:
+            meta = await self.store.meta(session_id)
+            if meta is None or meta.get("owner") != pid:
                 await self.store.forget(pid, session_id)
                 continue
-            meta, entries = loaded
             fence = await self.store.claim(session_id, pid, meta.get("fence", ""), self.pid)
             if fence is None:
                 continue  # another process claimed it first
             await self.store.forget(pid, session_id)
-            session = self._restore(session_id, meta, entries)
-            self.journal.own(session, fence)
-            self.manager.registry.add(session)
-            if session.state is SessionState.CREATED:
-                log.info("session %s: adopted from stopped process %s", short_id(session_id), pid)
-            elif session.is_live:
-                log.warning("session %s: its process %s stopped; ending it", short_id(session_id), pid)
-                await session.abort("owner_lost", OWNER_LOST)
-            else:
-                self.journal.fences.pop(session_id, None)
+            # Read after the claim: the old owner can no longer append, so this is the end.
+            loaded = await self.store.load(session_id)
+            if loaded is None:
+                continue
+            await self._take_over(pid, session_id, *loaded, fence, gone_for)
         await self.store.bury(pid)
+
+    async def _take_over(
+        self,
+        pid: str,
+        session_id: str,
+        meta: dict[str, str],
+        entries: list[Entry],
+        fence: str,
+        gone_for: float,
+    ) -> None:
+        session = self._restore(session_id, meta, entries)
+        self.journal.own(session, fence)
+        self.manager.registry.add(session)
+        label = short_id(session_id)
+        if session.state is SessionState.CREATED:
+            log.info("session %s: adopted from stopped process %s", label, pid)
+            return
+        if not session.is_live:
+            self.journal.fences.pop(session_id, None)
+            return
+        resume = orjson.loads(meta["resume"]) if "resume" in meta else None
+        if resume is None or gone_for > self.settings.owner_lost_after:
+            log.warning("session %s: its process %s stopped; ending it", label, pid)
+            await session.abort("owner_lost", OWNER_LOST)
+            return
+        try:
+            session.continue_stream(int(resume["chars"]), resume["checkpoint"])
+        except Exception:
+            log.exception("session %s: could not resume it", label)
+            await session.abort("owner_lost", OWNER_LOST)
+            return
+        log.warning("session %s: took it over from stopped process %s", label, pid)
 
     # -- the journal's callbacks ---------------------------------------------
 

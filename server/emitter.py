@@ -156,7 +156,8 @@ class ViewerSet:
 class ChunkEmitter(ViewerSet):
     """Viewers, pending text and the flush schedule of one stream.
 
-    ``make_chunk(content, metadata)`` logs a chunk and returns its payload; ``may_emit()``
+    ``make_chunk(content, metadata)`` logs a chunk and sends it on (now, or once it is
+    written, see :meth:`server.sessions.StreamingSession.deliver`); ``may_emit()``
     says whether chunks may leave now (not while paused); ``on_emitted()`` is called
     after each chunk, so the producer can read more.
     """
@@ -227,10 +228,9 @@ class ChunkEmitter(ViewerSet):
             self.hold()
             return
         content = pending.parts[0] if len(pending.parts) == 1 else "".join(pending.parts)
-        chunk = self._make_chunk(content, pending.metadata)
+        self._make_chunk(content, pending.metadata)
         self.last_flush = asyncio.get_running_loop().time()
         self._pending = _Pending()
-        self.broadcast("chunk", chunk)
         self._on_emitted()
 
     def cancel_flush(self) -> None:

@@ -159,7 +159,7 @@ class StreamingSessionManager:
 
     async def shutdown(self) -> None:
         """End every live session with ``stream-error`` code ``shutdown``."""
-        live = [s for s in self.registry if s.is_live]
+        live = [s for s in self.registry if s.is_live and not s.handed_over]
         await asyncio.gather(*(s.abort("shutdown", "The server is shutting down") for s in live))
 
     async def close_providers(self) -> None:

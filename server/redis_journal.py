@@ -7,6 +7,10 @@ writes wait (Redis slow or unreachable) the provider is not read past
 ``MAX_JOURNAL_BACKLOG`` entries, so memory stays bounded, and nothing is dropped: the
 writer retries the same entries, in order, until Redis answers. A write refused by the
 fencing token means another process owns the session now: this one stops it.
+
+Viewers get an entry only once it is written (:meth:`StreamingSession.deliver`): what a
+viewer has seen is always in the log, so a process that takes a session over after its
+owner died continues exactly where every viewer stands.
 """
 
 from __future__ import annotations
@@ -27,6 +31,18 @@ log = logging.getLogger(__name__)
 BATCH = 512
 TERMINAL_EVENTS = frozenset({"complete", "stream-error"})
 
+#: An event to hand to the session's viewers once its entry is written.
+Delivery = tuple[str, Payload]
+
+
+def _resume_meta(session: StreamingSession) -> tuple[str, ...]:
+    """The session's new resume point as meta fields, or none when it did not change."""
+    point = session.take_resume()
+    if point is None:
+        return ()
+    chars, checkpoint = point
+    return ("resume", encode_json({"chars": chars, "checkpoint": checkpoint}))
+
 
 class RedisJournal:
     """:class:`server.sessions.Journal` on Redis, with one writer task per process."""
@@ -43,7 +59,7 @@ class RedisJournal:
         self.fences: dict[str, str] = {}
         self._on_lost = on_lost
         self._on_finished = on_finished
-        self._queue: deque[tuple[StreamingSession, Append, bool]] = deque()
+        self._queue: deque[tuple[StreamingSession, Append, Delivery | None]] = deque()
         self._backlog: dict[str, int] = {}
         self._settled: dict[str, asyncio.Event] = {}
         self._work = asyncio.Event()
@@ -59,12 +75,13 @@ class RedisJournal:
 
     # -- sessions.Journal ----------------------------------------------------
 
-    def chunk(self, session: StreamingSession, chunk: Payload) -> None:
+    def chunk(self, session: StreamingSession, chunk: Payload) -> bool:
         seq = chunk["seq"]
         fields = ("c", chunk["content"], "t", str(chunk["timestamp"]), "m", encode_json(chunk["metadata"]))
-        self._put(session, chunk_id(seq), fields, ("lastSeq", str(seq)))
+        meta = ("lastSeq", str(seq), *_resume_meta(session))
+        return self._put(session, chunk_id(seq), fields, meta, ("chunk", chunk))
 
-    def event(self, session: StreamingSession, event: str, payload: Payload) -> None:
+    def event(self, session: StreamingSession, event: str, payload: Payload) -> bool:
         meta: tuple[str, ...] = ()
         if event == "stream-state":
             meta = ("state", payload["state"])
@@ -73,7 +90,12 @@ class RedisJournal:
         elif event == "stream-error":
             meta = ("error", encode_json(session.error))
         fields = ("e", event, "p", encode_json(payload))
-        self._put(session, event_id(session.last_seq), fields, meta, terminal=event in TERMINAL_EVENTS)
+        return self._put(session, event_id(session.head_seq), fields, meta, (event, payload))
+
+    def checkpoint(self, session: StreamingSession) -> None:
+        meta = _resume_meta(session)
+        if meta:
+            self._put(session, "", (), meta, None)
 
     def backlog(self, session: StreamingSession) -> int:
         return self._backlog.get(session.id, 0)
@@ -89,16 +111,16 @@ class RedisJournal:
         entry_id: str,
         fields: tuple[str, ...],
         meta: tuple[str, ...],
-        *,
-        terminal: bool = False,
-    ) -> None:
+        delivery: Delivery | None,
+    ) -> bool:
         fence = self.fences.get(session.id)
         if fence is None:
-            return
-        self._queue.append((session, Append(session.id, fence, entry_id, fields, meta), terminal))
+            return False
+        self._queue.append((session, Append(session.id, fence, entry_id, fields, meta), delivery))
         self._backlog[session.id] = self._backlog.get(session.id, 0) + 1
         self._idle.clear()
         self._work.set()
+        return True
 
     # -- the writer ----------------------------------------------------------
 
@@ -126,10 +148,12 @@ class RedisJournal:
             delay = 0.05
             for _ in batch:
                 self._queue.popleft()
-            for (session, _, terminal), result in zip(batch, results, strict=True):
-                await self._written(session, result, terminal)
+            for (session, _, delivery), result in zip(batch, results, strict=True):
+                await self._written(session, result, delivery)
 
-    async def _written(self, session: StreamingSession, result: str | Exception, terminal: bool) -> None:
+    async def _written(
+        self, session: StreamingSession, result: str | Exception, delivery: Delivery | None
+    ) -> None:
         if isinstance(result, Fenced):
             if self.fences.pop(session.id, None) is not None:
                 log.warning("session %s: another process owns it now; stopping here", short_id(session.id))
@@ -138,6 +162,9 @@ class RedisJournal:
             return
         if isinstance(result, Exception):
             log.error("session %s: log write refused: %s", short_id(session.id), result)
+        terminal = delivery is not None and delivery[0] in TERMINAL_EVENTS
+        if delivery is not None and session.journal is self:
+            session.deliver(*delivery)
         if terminal:
             self.fences.pop(session.id, None)
             try:

@@ -33,17 +33,20 @@ from server.errors import StoreUnavailable
 
 # Appends one entry if the caller holds the session's fencing token, then updates the
 # meta hash and the keys' TTL. KEYS: meta, log. ARGV: fence, entry id, ttl ms, n, then n
-# entry field/values, then meta field/values.
+# entry field/values (none: only the meta is updated), then meta field/values.
 _APPEND = """
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then
   return redis.error_reply('FENCED')
 end
 local n = tonumber(ARGV[4])
-local entry = {}
-for i = 5, 4 + n do entry[#entry + 1] = ARGV[i] end
-local id = redis.pcall('XADD', KEYS[2], ARGV[2], unpack(entry))
-if type(id) == 'table' and id.err then
-  return redis.error_reply('DUPLICATE ' .. id.err)
+local id = ''
+if n > 0 then
+  local entry = {}
+  for i = 5, 4 + n do entry[#entry + 1] = ARGV[i] end
+  id = redis.pcall('XADD', KEYS[2], ARGV[2], unpack(entry))
+  if type(id) == 'table' and id.err then
+    return redis.error_reply('DUPLICATE ' .. id.err)
+  end
 end
 if #ARGV > 4 + n then
   local meta = {}
@@ -79,6 +82,9 @@ return 1
 """
 
 PROCESSES = "procs"
+#: Pub/sub channel on which a stopping process names itself, so the others claim its
+#: sessions at once instead of at their next look.
+CLUSTER_CHANNEL = "procs:left"
 #: Connections to Redis per process (besides the relay's own).
 MAX_CONNECTIONS = 64
 
@@ -213,6 +219,12 @@ class RedisStore:
             return None
         return meta, entries
 
+    async def meta(self, session_id: str) -> dict[str, str] | None:
+        """A session's meta hash, or ``None`` when it does not exist."""
+        async with _guard():
+            meta = cast(dict[str, str], await self.redis.hgetall(meta_key(session_id)))
+            return meta or None
+
     async def entries_after(self, session_id: str, after: str) -> list[tuple[str, dict[str, str]]]:
         """Log entries with an id greater than ``after``."""
         async with _guard():
@@ -280,24 +292,36 @@ class RedisStore:
             await pipe.execute()
 
     async def leave(self, pid: str) -> None:
-        """This process stops (its sessions have ended or been handed over)."""
+        """This process stops. Sessions it still owns (handed over, or not started) are
+        left for the others to claim: its lease ends now rather than when it would lapse,
+        and the others are told to look at once."""
         async with _guard():
             pipe = self.redis.pipeline(transaction=False)
-            pipe.delete(f"proc:{{{pid}}}", f"proc:{{{pid}}}:sessions")
-            pipe.zrem(PROCESSES, pid)
+            pipe.delete(f"proc:{{{pid}}}")
+            pipe.scard(f"proc:{{{pid}}}:sessions")
+            _, owned = await pipe.execute()
+            pipe = self.redis.pipeline(transaction=False)
+            if owned:
+                pipe.zadd(PROCESSES, {pid: now_ms()})
+                pipe.publish(CLUSTER_CHANNEL, pid)
+            else:
+                pipe.zrem(PROCESSES, pid)
             await pipe.execute()
 
-    async def dead_processes(self, grace_ms: int) -> list[str]:
-        """Processes whose lease lapsed more than ``grace_ms`` ago."""
+    async def dead_processes(self) -> list[tuple[str, int]]:
+        """Processes whose lease has lapsed, with when it lapsed (ms since the epoch)."""
         async with _guard():
-            pids = cast(list[str], await self.redis.zrangebyscore(PROCESSES, "-inf", now_ms() - grace_ms))
-            if not pids:
+            found = cast(
+                list[tuple[str, float]],
+                await self.redis.zrangebyscore(PROCESSES, "-inf", now_ms(), withscores=True),
+            )
+            if not found:
                 return []
             pipe = self.redis.pipeline(transaction=False)
-            for pid in pids:
+            for pid, _ in found:
                 pipe.exists(f"proc:{{{pid}}}")
             alive = await pipe.execute()
-        return [pid for pid, up in zip(pids, alive, strict=True) if not up]
+        return [(pid, int(lapsed)) for (pid, lapsed), up in zip(found, alive, strict=True) if not up]
 
     async def sessions_of(self, pid: str) -> set[str]:
         async with _guard():

@@ -20,11 +20,20 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol, cast
 
-from providers.base import AIChunk, AIProvider, ProviderError, StreamConfig, Usage
+from providers.base import (
+    AIChunk,
+    AIProvider,
+    ProviderError,
+    ResumableProvider,
+    StreamConfig,
+    Usage,
+    is_resumable,
+)
 from server.emitter import ChunkEmitter, FlowLimits, Pacer, Payload, SessionFull, Viewer, ViewerSet
 
 __all__ = [
@@ -67,13 +76,21 @@ def short_id(session_id: str) -> str:
 
 
 class Journal(Protocol):
-    """Where an owner's session writes what must outlive its process (Redis mode)."""
+    """Where an owner's session writes what must outlive its process (Redis mode).
 
-    def chunk(self, session: StreamingSession, chunk: Payload) -> None:
-        """A chunk was logged (called before it is sent to any viewer)."""
+    What the journal takes it also delivers: once an entry is written it hands it to
+    :meth:`StreamingSession.deliver`, so a viewer never sees a chunk that a successor
+    (after this process died) would not find in the log.
+    """
 
-    def event(self, session: StreamingSession, event: str, payload: Payload) -> None:
-        """A ``stream-state``, ``complete`` or ``stream-error`` was sent."""
+    def chunk(self, session: StreamingSession, chunk: Payload) -> bool:
+        """Write a chunk, then deliver it; ``False`` when the journal does not take it."""
+
+    def event(self, session: StreamingSession, event: str, payload: Payload) -> bool:
+        """Write a ``stream-state``, ``complete`` or ``stream-error``, then deliver it."""
+
+    def checkpoint(self, session: StreamingSession) -> None:
+        """Write the session's resume point (:meth:`StreamingSession.take_resume`) alone."""
 
     def backlog(self, session: StreamingSession) -> int:
         """Entries of this session not yet written; the provider is not read while high."""
@@ -185,11 +202,16 @@ class SessionView:
     def remove_viewer(self, key: str) -> None:
         self.viewer_set.remove(key)
 
+    @property
+    def head_seq(self) -> int:
+        """The last ``seq`` made, sent or not yet (an owner's log may be ahead of its viewers)."""
+        return self.last_seq
+
     def _state_payload(self) -> Payload:
         return {
             "sessionId": self.id,
             "state": self.state.value,
-            "lastSeq": self.last_seq,
+            "lastSeq": self.head_seq,
             "epoch": self.epoch,
         }
 
@@ -234,6 +256,19 @@ class StreamingSession(SessionView):
         self.limits = limits
         self.journal = journal
         self.finished_at: float | None = None
+        #: Chunks made so far (delivered or waiting for the journal), and their characters.
+        self._made = 0
+        self._made_chars = 0
+        # Resumable providers: characters received, the checkpoints not yet covered by a
+        # logged chunk, the latest that is (``(chars, checkpoint)``), and the latest seen.
+        self._resumable = is_resumable(provider, config)
+        self._received = 0
+        self._checkpoints: deque[tuple[int, dict[str, Any]]] = deque()
+        self.resume_point: tuple[int, dict[str, Any]] | None = None
+        self._resume_dirty = False
+        self._last_checkpoint: dict[str, Any] | None = None
+        #: Stopped here without an end, to be continued by another process.
+        self.handed_over = False
         self._pull_gate = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
@@ -243,13 +278,42 @@ class StreamingSession(SessionView):
         #: Called once when the session reaches a terminal state (the registry's quota count).
         self.on_finish: Callable[[StreamingSession], None] | None = None
 
+    @property
+    def head_seq(self) -> int:
+        return self._made - 1
+
     def _set_state(self, state: SessionState) -> None:
         self.state = state
         self.touched = time.monotonic()
-        payload = self._state_payload()
-        if self.journal is not None:
-            self.journal.event(self, "stream-state", payload)
-        self.emitter.broadcast("stream-state", payload)
+        self._publish("stream-state", self._state_payload())
+
+    def _publish(self, event: str, payload: Payload) -> None:
+        """Send an event to the viewers: through the journal, which delivers it once
+        written, or (one process) at once."""
+        journal = self.journal
+        if journal is None:
+            self.deliver(event, payload)
+        elif event == "chunk":
+            if not journal.chunk(self, payload):
+                self.deliver(event, payload)
+        elif not journal.event(self, event, payload):
+            self.deliver(event, payload)
+
+    def deliver(self, event: str, payload: Payload) -> None:
+        """An event is logged (or needs no log): the viewers get it, joiners replay it."""
+        if event == "chunk":
+            self.chunks.append(payload)
+        elif event in ("complete", "stream-error"):
+            self._terminal_event = (event, payload)
+        self.emitter.broadcast(event, payload)
+
+    def restore(self, chunks: list[Payload], state: SessionState, usage: Usage | None) -> None:
+        """The log of a session taken over from another process."""
+        self.chunks = chunks
+        self._made = len(chunks)
+        self._made_chars = self._received = sum(len(chunk["content"]) for chunk in chunks)
+        self.state = state
+        self.usage = usage
 
     # -- commands ------------------------------------------------------------
 
@@ -257,9 +321,30 @@ class StreamingSession(SessionView):
         if self.state is not SessionState.CREATED:
             raise SessionConflict(f"Session already started (state: {self.state.value})")
         self._set_state(SessionState.STREAMING)
-        self._pull_gate.set()
+        provider = self.provider
+        if self._resumable:
+            checkpoint = cast(ResumableProvider, provider).start_checkpoint(prompt, self.config)
+            if checkpoint is not None:
+                self._add_checkpoint(checkpoint)
+        self._launch(lambda: provider.create_stream(prompt, self.config))
+
+    def continue_stream(self, chars: int, checkpoint: dict[str, Any]) -> None:
+        """Go on with a stream another process started, from its logged resume point
+        (``chars`` characters of content at ``checkpoint``): the provider yields the text
+        after what the log holds, and the chunks follow with the next ``seq``. A paused
+        stream stays paused."""
+        provider = cast(ResumableProvider, self.provider)
+        skip = self._made_chars - chars
+        self._received = self._made_chars
+        self.resume_point = (self._made_chars, checkpoint)
+        self._last_checkpoint = checkpoint
+        self._launch(lambda: provider.resume_stream(self.config, checkpoint, skip))
+
+    def _launch(self, open_stream: Callable[[], AsyncIterator[AIChunk]]) -> None:
+        if self.state is SessionState.STREAMING:
+            self._pull_gate.set()
         loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._run(prompt))
+        self._task = loop.create_task(self._run(open_stream))
         self._deadline = loop.time() + self.limits.first_token_timeout
         self._watchdog = loop.call_at(self._deadline, self._check_deadline)
 
@@ -269,7 +354,7 @@ class StreamingSession(SessionView):
         if self.state is SessionState.STREAMING:
             self._set_state(SessionState.PAUSED)
             self._pull_gate.clear()
-        return self.last_seq
+        return self.head_seq
 
     def resume(self) -> None:
         self._require_started()
@@ -303,6 +388,17 @@ class StreamingSession(SessionView):
         """Another process owns this session now: stop here and write nothing more; the
         viewers here are disconnected and come back (with ``lastSeq``) to the new owner's log."""
         self.journal = None
+        await self.hand_over()
+
+    async def hand_over(self) -> None:
+        """Stop here with no end, so that another process continues the stream (its
+        provider upstream is left running): the viewers here are disconnected and come
+        back (with ``lastSeq``) to wherever it runs next."""
+        self.handed_over = True
+        self.emitter.cancel_flush()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         for viewer in tuple(self.viewers.values()):
             viewer.close("moved")
         self.viewers.clear()
@@ -323,8 +419,8 @@ class StreamingSession(SessionView):
 
     # -- the stream ----------------------------------------------------------
 
-    async def _run(self, prompt: str) -> None:
-        stream = self.provider.create_stream(prompt, self.config)
+    async def _run(self, open_stream: Callable[[], AsyncIterator[AIChunk]]) -> None:
+        stream = open_stream()
         try:
             await self._pump(stream)
             await self._drain()
@@ -333,7 +429,7 @@ class StreamingSession(SessionView):
             await self._drain()
             self._fail(exc.code, exc.message)
         except asyncio.CancelledError:
-            if self.is_live:
+            if self.is_live and not self.handed_over:
                 self._fail("shutdown", "The stream was stopped")
             raise
         except Exception:
@@ -345,6 +441,10 @@ class StreamingSession(SessionView):
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
+            checkpoint = self._last_checkpoint
+            if checkpoint is not None and not self.handed_over and self.state is not SessionState.COMPLETED:
+                # Ended early and nobody will resume it: stop the work upstream too.
+                await cast(ResumableProvider, self.provider).cancel(checkpoint)
 
     async def _pump(self, stream: AsyncIterator[AIChunk]) -> None:
         """Pull the provider while the session may, and hand its text to the emitter."""
@@ -382,8 +482,11 @@ class StreamingSession(SessionView):
             if item.finish_reason is not None:
                 self.finish_reason = item.finish_reason
             if item.content:
+                self._received += len(item.content)
                 due = batching and loop.time() >= emitter.last_flush + pacer.interval
                 emitter.push(item.content, item.metadata, flush_now=due)
+            if item.checkpoint is not None and self._resumable:
+                self._add_checkpoint(item.checkpoint)
 
     def _raise_if_timed_out(self, first: bool, timeout: float) -> None:
         """A pull cancelled by the deadline watchdog becomes ``ProviderError("timeout")``."""
@@ -439,13 +542,41 @@ class StreamingSession(SessionView):
             "content": content,
             "timestamp": int(time.time() * 1000),
             "metadata": metadata,
-            "seq": len(self.chunks),
+            "seq": self._made,
             "sessionId": self.id,
         }
-        self.chunks.append(chunk)
-        if self.journal is not None:
-            self.journal.chunk(self, chunk)
+        self._made += 1
+        self._made_chars += len(content)
+        if self._checkpoints:
+            self._advance_resume_point()
+        self._publish("chunk", chunk)
         return chunk
+
+    # -- resume points (resumable providers) ---------------------------------
+
+    def _add_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The provider's position after the text received so far."""
+        self._last_checkpoint = checkpoint
+        self._checkpoints.append((self._received, checkpoint))
+        if self._received <= self._made_chars:
+            # Nothing of it waits to be emitted: it is the resume point right away.
+            self._advance_resume_point()
+            if self.journal is not None:
+                self.journal.checkpoint(self)
+
+    def _advance_resume_point(self) -> None:
+        """The latest checkpoint whose text is all in chunks made so far."""
+        checkpoints = self._checkpoints
+        while checkpoints and checkpoints[0][0] <= self._made_chars:
+            self.resume_point = checkpoints.popleft()
+            self._resume_dirty = True
+
+    def take_resume(self) -> tuple[int, dict[str, Any]] | None:
+        """The resume point, when it changed since the journal last took it."""
+        if not self._resume_dirty:
+            return None
+        self._resume_dirty = False
+        return self.resume_point
 
     # -- endings -------------------------------------------------------------
 
@@ -476,12 +607,9 @@ class StreamingSession(SessionView):
                 "complete",
                 {
                     "sessionId": self.id,
-                    "totalChunks": len(self.chunks),
+                    "totalChunks": self._made,
                     "finishReason": finish_reason,
                     "usage": self.usage.to_wire() if self.usage else None,
                 },
             )
-        self._terminal_event = event
-        if self.journal is not None:
-            self.journal.event(self, *event)
-        self.emitter.broadcast(*event)
+        self._publish(*event)

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
     openai_model: str = "gpt-5.4-mini"
+    openai_background: bool = False
     anthropic_api_key: SecretStr | None = None
     anthropic_base_url: str | None = None
     anthropic_model: str = "claude-sonnet-4-6"
@@ -69,6 +70,7 @@ class Settings(BaseSettings):
     # Several processes.
     redis_url: str | None = None
     owner_lease_seconds: float = Field(5.0, gt=0)
+    owner_lost_after: float = Field(600.0, gt=0)
     redis_timeout: float = Field(3.0, gt=0)
     shutdown_timeout: float = Field(5.0, gt=0)
 
@@ -85,6 +87,7 @@ class Settings(BaseSettings):
             openai_api_key=self.openai_api_key.get_secret_value() if self.openai_api_key else None,
             openai_base_url=self.openai_base_url,
             openai_model=self.openai_model,
+            openai_background=self.openai_background,
             anthropic_api_key=(self.anthropic_api_key.get_secret_value() if self.anthropic_api_key else None),
             anthropic_base_url=self.anthropic_base_url,
             anthropic_model=self.anthropic_model,

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from providers.base import AIProvider
 from server.app import create_app
+from tests.cluster_nodes import nodes, viewers  # noqa: F401  (fixtures)
 from tests.helpers import LiveServer, ServerFactory, StreamingTestServer, make_settings
 from tests.redis_server import RedisServer
 

@@ -1,117 +1,19 @@
 """Several real server processes on one real Redis (``REDIS_URL``): any process serves any
-request for any session, commands reach the owner, and a dead owner's streams end with
-``owner_lost`` on every other process, their logged chunks intact."""
+request for any session, commands reach the owner, and a dead owner's streams that cannot
+be resumed end with ``owner_lost`` on every other process, their logged chunks intact
+(failover of resumable streams: tests/test_failover.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import pytest
-import socketio
 
 from server.redis_store import RedisStore
+from tests.cluster_nodes import OPENAI_KEY, assert_contiguous, create, post, start, status_of
 from tests.fake_upstream import FakeUpstream, Script
-from tests.helpers import WAIT, Recorder, record_events
-from tests.redis_server import RedisServer
-from tests.server_process import ServerProcess
-
-LEASE = "1"
-OPENAI_KEY = "sk-test-cluster-0123456789"
-
-
-class Node:
-    """One server process, seen from the test: its URL and its process."""
-
-    def __init__(self, process: ServerProcess) -> None:
-        self.process = process
-        self.url = process.url
-
-    def kill(self) -> None:
-        assert self.process.process is not None
-        self.process.process.send_signal(signal.SIGKILL)
-        self.process.process.wait(timeout=10)
-
-
-StartNodes = Callable[..., Awaitable[list[Node]]]
-
-
-@pytest.fixture
-async def nodes(redis_server: RedisServer) -> AsyncIterator[StartNodes]:
-    redis_server.flush()
-    started: list[ServerProcess] = []
-
-    async def start(count: int, **env: str) -> list[Node]:
-        values = {
-            "REDIS_URL": redis_server.url,
-            "OWNER_LEASE_SECONDS": LEASE,
-            "DEMO_TOKENS_PER_SECOND": "100",
-            "LOG_LEVEL": "warning",
-            **env,
-        }
-        processes = [ServerProcess(values) for _ in range(count)]
-        await asyncio.gather(*(asyncio.to_thread(p.__enter__) for p in processes))
-        started.extend(processes)
-        return [Node(p) for p in processes]
-
-    yield start
-    await asyncio.gather(*(asyncio.to_thread(p.__exit__, None, None, None) for p in started))
-    for process in started:
-        print(f"--- {process.url}\n{process.output}")
-
-
-@pytest.fixture
-async def viewers() -> AsyncIterator[Callable[..., Awaitable[tuple[socketio.AsyncClient, Recorder]]]]:
-    clients: list[socketio.AsyncClient] = []
-
-    async def view(
-        node: Node, session_id: str, auth: dict[str, Any] | None = None, transport: str = "websocket"
-    ):
-        client = socketio.AsyncClient(reconnection=False)
-        clients.append(client)
-        namespace = f"/stream/{session_id}"
-        recorder = record_events(client, namespace)
-        await client.connect(
-            node.url, namespaces=[namespace], transports=[transport], auth=auth, wait_timeout=WAIT
-        )
-        return client, recorder
-
-    yield view
-    for client in clients:
-        if client.connected:
-            if client.transport() == "polling":
-                await client.eio.disconnect(abort=True)
-            else:
-                await client.disconnect()
-
-
-async def post(http, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    async with http.post(url, json=body) as resp:
-        return resp.status, await resp.json()
-
-
-async def create(http, node: Node, user: str = "u", **config: Any) -> str:
-    status, body = await post(http, f"{node.url}/api/streaming/session", {"userId": user, "config": config})
-    assert status == 200, body
-    return str(body["sessionId"])
-
-
-async def start(http, node: Node, session_id: str, prompt: str = "Explain streaming") -> tuple[int, dict]:
-    return await post(http, f"{node.url}/api/streaming/{session_id}/start", {"prompt": prompt})
-
-
-async def status_of(http, node: Node, session_id: str) -> dict[str, Any]:
-    async with http.get(f"{node.url}/api/streaming/{session_id}") as resp:
-        assert resp.status == 200, await resp.text()
-        body: dict[str, Any] = await resp.json()
-        return body
-
-
-def assert_contiguous(recorder: Recorder, total: int) -> None:
-    assert recorder.seqs == list(range(total)), "every chunk exactly once, in order"
+from tests.helpers import WAIT
 
 
 async def test_create_on_a_start_on_b_view_on_c(nodes, http, viewers):
@@ -209,25 +111,31 @@ async def test_another_epoch_on_another_process_resets(nodes, http, viewers):
     assert_contiguous(late, final["chunks"])
 
 
-async def test_killed_owner_ends_in_owner_lost_with_the_log_intact(nodes, http, viewers):
-    a, b, c = await nodes(3)
-    session_id = await create(http, a, maxTokens=2000, tokensPerSecond=50)
-    _, on_b = await viewers(b, session_id)
-    _, on_c = await viewers(c, session_id)
-    await start(http, a, session_id)
-    await on_b.wait_for(lambda: len(on_b.chunks) >= 5)
-    a.kill()
-    for viewer in (on_b, on_c):
-        await viewer.wait_finished(timeout=WAIT + 10)
-        assert [e["code"] for e in viewer.errors] == ["owner_lost"], "exactly one ending, from one process"
-    final = await status_of(http, b, session_id)
-    assert final["state"] == "failed" and final["error"]["code"] == "owner_lost"
-    assert final == await status_of(http, c, session_id)
-    assert_contiguous(on_b, final["chunks"])
-    assert on_b.text == on_c.text == final["text"], "what was logged stays readable"
-    _, late = await viewers(c, session_id)
-    await late.wait_finished()
-    assert late.text == final["text"] and late.errors[0]["code"] == "owner_lost"
+async def test_killed_owner_of_a_stream_that_cannot_resume_ends_in_owner_lost(nodes, http, viewers):
+    # Chat Completions cannot be resumed elsewhere (the demo and OpenAI background mode can:
+    # tests/test_failover.py).
+    async with FakeUpstream() as fake:
+        fake.script = Script(tokens=[f"t{i} " for i in range(2000)], token_delay=0.02)
+        a, b, c = await nodes(3, OPENAI_API_KEY=OPENAI_KEY, OPENAI_BASE_URL=fake.openai_base_url)
+        session_id = await create(http, a, provider="openai")
+        _, on_b = await viewers(b, session_id)
+        _, on_c = await viewers(c, session_id)
+        await start(http, a, session_id)
+        await on_b.wait_for(lambda: len(on_b.chunks) >= 5)
+        a.kill()
+        for viewer in (on_b, on_c):
+            await viewer.wait_finished(timeout=WAIT + 10)
+            assert [e["code"] for e in viewer.errors] == ["owner_lost"], (
+                "exactly one ending, from one process"
+            )
+        final = await status_of(http, b, session_id)
+        assert final["state"] == "failed" and final["error"]["code"] == "owner_lost"
+        assert final == await status_of(http, c, session_id)
+        assert_contiguous(on_b, final["chunks"])
+        assert on_b.text == on_c.text == final["text"], "what was logged stays readable"
+        _, late = await viewers(c, session_id)
+        await late.wait_finished()
+        assert late.text == final["text"] and late.errors[0]["code"] == "owner_lost"
 
 
 async def test_a_session_not_started_survives_its_process(nodes, http, viewers):
