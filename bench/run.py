@@ -14,9 +14,11 @@ c) 1,000 x 200 at 40 tokens/s; d) the most sessions at 40 tokens/s with p99 < 10
 (doubling then bisecting, time-bounded); e) 10,000 idle viewers: RSS per viewer;
 f) start -> first chunk of single sessions, one at a time, unthrottled; g) (d) for one process
 in Redis mode vs in memory; h) (d) for two processes behind nginx vs one process (both in
-Redis mode, unpinned); j) a late joiner of a
+Redis mode, unpinned); i) takeover time: three processes in Redis mode, the owner of a live
+stream is killed, time until a viewer on another process gets the next chunk (at the default
+5 s lease and at 1 s; bench/takeover.py); j) a late joiner of a
 finished 20,000-token session: snapshot join vs chunk-by-chunk replay (ours only: the
-peer has neither).
+peer has neither; (i) neither).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ VENV_PY = ROOT / ".venv" / "bin" / "python"
 LOADGEN = BENCH / "loadgen" / "loadgen.js"
 PEER = BENCH / "peer-node" / "server.js"
 SERVERS = ("ours", "peer")
-ALL_SCENARIOS = "abcdefghj"
+ALL_SCENARIOS = "abcdefghij"
 
 # Pass/fail thresholds (see the issue).
 THROUGHPUT_RATIO = 1.5  # (a), (b): our content throughput vs the peer's
@@ -69,6 +71,9 @@ H_DEPLOYMENTS = (
     ("1 process behind nginx", 1, True),
     ("2 processes behind nginx", 2, True),
 )
+#: (i): OWNER_LEASE_SECONDS values measured (5 is the default); a row each.
+I_LEASES = (5.0, 1.0)
+I_TARGET_LEASES = 2.0  # (i): the longest takeover < this many leases
 
 
 def log(*parts: object) -> None:
@@ -96,10 +101,11 @@ class Sizes:
     ramp: float
     j_tokens: int
     j_rounds: int  # (c), (d): seconds over which the starts are spread
+    i_kills: int  # (i): owner kills per lease
 
 
-FULL = Sizes(50_000, 50, 2_000, 1_000, 200, 200, 250, 8_000, 180.0, 10, 10_000, 200, 20, 1.0, 20_000, 5)
-QUICK = Sizes(5_000, 10, 500, 100, 40, 40, 50, 800, 45.0, 6, 500, 30, 20, 0.25, 2_000, 2)
+FULL = Sizes(50_000, 50, 2_000, 1_000, 200, 200, 250, 8_000, 180.0, 10, 10_000, 200, 20, 1.0, 20_000, 5, 20)
+QUICK = Sizes(5_000, 10, 500, 100, 40, 40, 50, 800, 45.0, 6, 500, 30, 20, 0.25, 2_000, 2, 4)
 TPS = 40.0
 #: (j): the session streams this fast on a server that does not coalesce.
 J_TOKENS_PER_SECOND = 2000
@@ -468,6 +474,46 @@ class Bench:
         self.results["j"]["ours"] = result
         log(f"  -> {json.dumps(result)[:300]}")
 
+    def i(self) -> None:
+        """Takeover time: the owner of a live stream is killed among three processes in Redis
+        mode; kill -> the next chunk at a viewer on another process, per lease."""
+        s = self.sizes
+        self.results["i"] = {
+            "title": "takeover time: the owner of a live stream is SIGKILLed, three processes in Redis "
+            "mode (not pinned); kill -> the next chunk at a viewer on another process",
+            "params": {"leases": list(I_LEASES), "kills": s.i_kills, "processes": 3},
+        }
+        if "ours" not in self.servers:
+            return
+        import takeover  # bench/takeover.py, next to this script
+
+        self.results["i"]["params"] |= {
+            "tokensPerSecond": takeover.TOKENS_PER_SECOND,
+            "maxTokens": takeover.MAX_TOKENS,
+            "warmChunks": takeover.WARM_CHUNKS,
+        }
+        rows: list[dict[str, Any]] = []
+        self.results["i"]["leases"] = rows
+        try:
+            with RedisServer(self.workdir, False) as redis:
+                for lease in I_LEASES:
+                    log(f"scenario i (takeover) with a {lease:g} s lease, {s.i_kills} kills")
+                    redis.flush()
+
+                    def spawn(lease: float = lease) -> Server:
+                        settings = {"REDIS_URL": redis.url, "OWNER_LEASE_SECONDS": f"{lease:g}"}
+                        return Server("ours", False, self.workdir, settings).__enter__()
+
+                    r = takeover.measure(spawn, lease, s.i_kills, redis.url, log)
+                    rows.append(r)
+                    log(
+                        f"  -> lease {lease:g} s: p50 {r['p50']} s, max {r['max']} s, "
+                        f"contiguous {r['contiguous']}/{r['kills']}"
+                    )
+        except (RuntimeError, OSError) as exc:
+            self.results["i"]["fatal"] = str(exc)
+            log(f"  -> FATAL {str(exc)[:300]}")
+
     def d(self) -> None:
         s = self.sizes
         self.results["d"] = {
@@ -781,6 +827,21 @@ def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
             verdict(ok),
         )
     )
+    i_rows = get(res, "i", "leases") or []
+    ok = None if not i_rows else all(r.get("targetMet") for r in i_rows)
+    rows.append(
+        (
+            f"(i) a killed owner's stream resumes contiguously within {I_TARGET_LEASES:g} x "
+            "OWNER_LEASE_SECONDS (max over the kills)",
+            ", ".join(
+                f"lease {r['lease']:g} s: max {fmt_num(r.get('max'), 2)} s, "
+                f"{r.get('contiguous')}/{r.get('kills')} contiguous"
+                for r in i_rows
+            )
+            or "-",
+            verdict(ok),
+        )
+    )
     return rows
 
 
@@ -896,6 +957,8 @@ def render(
             lines += d_section(entry)
         elif key == "j":
             lines += j_section(entry)
+        elif key == "i":
+            lines += i_section(entry)
         elif key in "gh":
             lines += capacity_section(entry)
         elif key == "e":
@@ -964,6 +1027,41 @@ def j_section(e: dict[str, Any]) -> list[str]:
     rm, sm = get(o, "replay", "ms"), get(o, "snapshot", "ms")
     rb, sb = get(o, "replay", "bytes"), get(o, "snapshot", "bytes")
     out += ["", f"Snapshot vs replay: {ratio(sm, rm)} of the time, {ratio(sb, rb)} of the bytes."]
+    return out
+
+
+def i_section(e: dict[str, Any]) -> list[str]:
+    rows = e.get("leases")
+    if not rows:
+        return [f"**run failed:** `{e['fatal'][:400]}`"] if e.get("fatal") else ["Not run (ours only)."]
+    p = e.get("params") or {}
+    out = [
+        f"{p.get('processes')} processes on one Redis, not pinned. Each kill: a demo session at "
+        f"{p.get('tokensPerSecond')} tokens/s is created and started on one process, a viewer joins it on "
+        f"another over the direct WebSocket; after {p.get('warmChunks')} chunks and a random delay of up "
+        "to a lease renewal period (lease/3) the owner gets SIGKILL. "
+        "Measured: the kill -> the first chunk past the end of the dead owner's log at the viewer; "
+        "contiguous: that chunk's `seq` is the last one + 1, every `seq` once in order, no `stream-error`. "
+        "A fresh process then replaces the dead one; the victim rotates.",
+        "",
+        "| lease (`OWNER_LEASE_SECONDS`) | kills | p50, s | max, s | max / lease | contiguous "
+        f"| max < {I_TARGET_LEASES:g} x lease |",
+        "|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['lease']:g} s | {r.get('done')} | {fmt_num(r.get('p50'), 2)} | {fmt_num(r.get('max'), 2)} "
+            f"| {fmt_num(r.get('maxOverLease'), 2)} | {r.get('contiguous')}/{r.get('done')} "
+            f"| {verdict(r.get('targetMet'))} |"
+        )
+    for r in rows:
+        if r.get("fatal"):
+            out.append(f"\nlease {r['lease']:g} s: **run failed:** `{r['fatal'][:400]}`")
+        for t in r.get("trials") or []:
+            if not t.get("contiguous"):
+                out.append(f"\nlease {r['lease']:g} s, session {t.get('sessionId')}: {t.get('note')}")
+    if e.get("fatal"):
+        out.append(f"\n**run failed:** `{e['fatal'][:400]}`")
     return out
 
 
