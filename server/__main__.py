@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from collections.abc import Sequence
 
 from providers.registry import PROVIDERS
 from server.app import create_app
+from server.logs import configure_logging
 from server.runner import run_app
 from server.settings import Settings
 
@@ -29,6 +29,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "else anthropic if ANTHROPIC_API_KEY is set, else demo)",
     )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="LOG_LEVEL (info)")
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], help="LOG_FORMAT (text; json: one JSON object per line)"
+    )
     return parser.parse_args(argv)
 
 
@@ -41,14 +44,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             "port": args.port,
             "default_provider": args.provider,
             "log_level": args.log_level,
+            "log_format": args.log_format,
         }.items()
         if value is not None
     }
     settings = Settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    configure_logging(settings)
     app = create_app(settings)
     provider = settings.resolved_default_provider()
     ready = f"Streaming server on http://{settings.host}:{settings.port} (default provider: {provider})"

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import socketio
 from aiohttp import WSCloseCode, web
 
 from providers.base import AIProvider
+from server.auth import Authenticator, OriginPolicy
 from server.http_api import (
     Handler,
     add_routes,
+    authenticator_key,
     cors_middleware,
     json_errors,
     manager_key,
     settings_key,
 )
 from server.manager import StreamingSessionManager
+from server.metrics import build_registry
+from server.openapi import add_openapi_route
+from server.ops_api import add_routes as add_ops_routes
+from server.ops_api import draining_key, request_ids
 from server.registry import InMemorySessionRegistry
 from server.settings import Settings
 from server.sio_direct import DirectHub
@@ -51,17 +59,23 @@ def create_app(
     """
     settings = settings or Settings()
     app = web.Application(
-        middlewares=[_track_upgrades, cors_middleware(settings.cors_origins), json_errors],
+        middlewares=[
+            request_ids,
+            _track_upgrades,
+            cors_middleware(OriginPolicy(settings.cors_origins)),
+            json_errors,
+        ],
         client_max_size=max(settings.max_body_bytes, settings.max_socket_message_bytes),
     )
     manager = StreamingSessionManager(settings, InMemorySessionRegistry(), providers)
     app[settings_key] = settings
     app[manager_key] = manager
 
-    origins = "*" if "*" in settings.cors_origins else settings.cors_origins
+    # One origin policy for HTTP, python-socketio and the direct WebSocket path.
+    policy = OriginPolicy(settings.cors_origins)
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
-        cors_allowed_origins=origins,
+        cors_allowed_origins="*" if policy.any else _engineio_origins(policy),
         namespaces="*",
         max_http_buffer_size=settings.max_socket_message_bytes,
         ping_interval=settings.socketio_ping_interval,
@@ -69,7 +83,15 @@ def create_app(
     )
     sio.attach(app)
     app[sio_key] = sio
-    api = SocketAPI(sio, manager)
+    authenticator = Authenticator(settings)
+    app[authenticator_key] = authenticator
+    if not authenticator.enabled and not _loopback(settings.host):
+        log.warning(
+            "listening on %s with access open: anyone who can reach it may create sessions and "
+            "spend the provider's credits; set AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY",
+            settings.host,
+        )
+    api = SocketAPI(sio, manager, authenticator)
     app[socket_api_key] = api
     if settings.socketio_direct_websocket:
         app[direct_hub_key] = DirectHub(
@@ -77,8 +99,7 @@ def create_app(
             ping_interval=settings.socketio_ping_interval,
             ping_timeout=settings.socketio_ping_timeout,
             max_payload=settings.max_socket_message_bytes,
-            # python-engineio checks no origin for "*" or an empty list either.
-            origins=None if "*" in settings.cors_origins else settings.cors_origins or None,
+            origins=None if policy.any else policy.allows,
             idle_timeout=settings.keepalive_timeout,
         )
     app[websockets_key] = set()
@@ -94,6 +115,8 @@ def create_app(
 
     add_routes(app)
     add_sse_routes(app)
+    add_openapi_route(app)
+    add_ops_routes(app, build_registry(manager, sio.transport))
     app.router.add_get("/ws/stream/{session_id}", stream_socket)
     _add_frontend(app, settings)
     app.on_shutdown.append(_on_shutdown)
@@ -119,6 +142,22 @@ async def _track_upgrades(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     finally:
         upgrades.discard(transport)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _engineio_origins(policy: OriginPolicy) -> Callable[[str | None, dict[str, Any]], bool]:
+    """The origin policy as python-engineio calls it (with the WSGI-style environ)."""
+
+    def allowed(origin: str | None, environ: dict[str, Any]) -> bool:
+        return policy.allows(origin, environ.get("HTTP_HOST"))
+
+    return allowed
 
 
 def _add_frontend(app: web.Application, settings: Settings) -> None:
@@ -166,6 +205,7 @@ async def _on_shutdown(app: web.Application) -> None:
 
     Open connections would otherwise keep aiohttp waiting for the whole shutdown timeout.
     """
+    app[draining_key].set()  # /readyz: 503 from now on
     manager = app[manager_key]
     settings = app[settings_key]
     cluster = manager.cluster

@@ -29,13 +29,15 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from server.commands import Action, session_command, start_command
 from server.errors import StoreUnavailable
+from server.logs import REQUEST_ID, well_formed_request_id
+from server.metrics import TAKEOVERS
 from server.models import encode_json
 from server.redis_journal import RedisJournal
 from server.redis_store import CLUSTER_CHANNEL, RedisStore, now_ms, raise_if_cancelling
@@ -102,15 +104,13 @@ class Cluster:
     async def hand_over(self) -> None:
         """Shutdown: stop every live stream that another process can resume without
         ending it (the rest end with ``shutdown``), and write their logs to the end; the
-        others claim them as soon as this process leaves (:meth:`run`)."""
-        handed = []
-        for session in tuple(self.manager.registry):
-            if (
-                session.is_live
-                and session.state is not SessionState.CREATED
-                and session.resume_point is not None
-            ):
-                handed.append(session)
+        others claim them, and the sessions not started yet, as soon as this process
+        leaves (:meth:`leave`)."""
+        handed = [
+            session
+            for session in tuple(self.manager.registry)
+            if session.is_live and (session.state is SessionState.CREATED or session.resume_point is not None)
+        ]
         await asyncio.gather(*(session.hand_over() for session in handed))
         if handed:
             log.info("handing %d live streams over to the other processes", len(handed))
@@ -173,6 +173,10 @@ class Cluster:
         self._mirrors[session_id] = mirror
         return mirror
 
+    def mirrors(self) -> Iterable[RelayedSession]:
+        """This process's views of sessions owned elsewhere (their viewers are here)."""
+        return tuple(self._mirrors.values())
+
     def _mirror(self, session_id: str, meta: dict[str, str], entries: list[Entry]) -> RelayedSession:
         mirror = RelayedSession(
             meta, session_id, self.manager.limits, self.relay, self._forward, self._unused
@@ -209,6 +213,10 @@ class Cluster:
         reply: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         self._replies[request] = reply
         message = {"op": "command", "id": request, "from": self.pid, "session": mirror.id, "action": action}
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            # The owner's log lines about this command (and the stream it starts) carry it.
+            message["requestId"] = request_id
         try:
             if not await self.store.publish(owner, encode_json({**message, **extra})):
                 return error_ack("The process running this stream is unreachable")
@@ -266,6 +274,10 @@ class Cluster:
             task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, message: dict[str, Any]) -> None:
+        # A task of its own: what it sets here stays with it (and the stream it may start).
+        request_id = message.get("requestId")
+        if well_formed_request_id(request_id):
+            REQUEST_ID.set(request_id)
         session = self.manager.registry.get(str(message.get("session", "")))
         action = str(message.get("action", ""))
         if session is None:
@@ -344,24 +356,29 @@ class Cluster:
         self.journal.own(session, fence)
         self.manager.registry.add(session)
         label = short_id(session_id)
+        about = {"session": label}
         if session.state is SessionState.CREATED:
-            log.info("session %s: adopted from stopped process %s", label, pid)
+            log.info("session %s: adopted from stopped process %s", label, pid, extra=about)
+            TAKEOVERS.labels(outcome="adopted").inc()
             return
         if not session.is_live:
             self.journal.fences.pop(session_id, None)
             return
         resume = orjson.loads(meta["resume"]) if "resume" in meta else None
         if resume is None or gone_for > self.settings.owner_lost_after:
-            log.warning("session %s: its process %s stopped; ending it", label, pid)
+            log.warning("session %s: its process %s stopped; ending it", label, pid, extra=about)
+            TAKEOVERS.labels(outcome="owner_lost").inc()
             await session.abort("owner_lost", OWNER_LOST)
             return
         try:
             session.continue_stream(int(resume["chars"]), resume["checkpoint"])
         except Exception:
-            log.exception("session %s: could not resume it", label)
+            log.exception("session %s: could not resume it", label, extra=about)
+            TAKEOVERS.labels(outcome="owner_lost").inc()
             await session.abort("owner_lost", OWNER_LOST)
             return
-        log.warning("session %s: took it over from stopped process %s", label, pid)
+        TAKEOVERS.labels(outcome="resumed").inc()
+        log.warning("session %s: took it over from stopped process %s", label, pid, extra=about)
 
     # -- the journal's callbacks ---------------------------------------------
 

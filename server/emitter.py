@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from server.metrics import TALLY
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,8 @@ class _Pending:
     parts: list[str] = field(default_factory=list)
     chars: int = 0
     metadata: Payload = field(default_factory=dict)
+    #: When its first part was received (``time.monotonic()``), for the chunk latency metric.
+    since: float = 0.0
 
 
 class ViewerSet:
@@ -111,11 +116,16 @@ class ViewerSet:
             self._on_caught_up()
 
     def broadcast(self, event: str, payload: Payload) -> None:
-        for viewer in tuple(self.viewers.values()):
+        viewers = tuple(self.viewers.values())
+        if event == "chunk":
+            TALLY.chunk_sends += len(viewers)
+        for viewer in viewers:
             viewer.send(event, payload)
 
-    def lagging(self) -> bool:
-        max_lag = self.limits.max_lag
+    def lagging(self, in_flight: int = 0) -> bool:
+        """A viewer has more than ``max_lag`` events queued, counting ``in_flight``: those
+        made but not yet handed to the viewers (an owner's chunks wait for the journal)."""
+        max_lag = self.limits.max_lag - in_flight
         return any(viewer.backlog() > max_lag for viewer in self.viewers.values())
 
     def hold(self) -> None:
@@ -145,7 +155,9 @@ class ViewerSet:
                 for viewer in lagging:
                     since = behind_since.setdefault(viewer.key, now)
                     if now - since >= limits.stall_timeout:
-                        log.info("session %s: dropping stalled viewer", self.label)
+                        log.info(
+                            "session %s: dropping stalled viewer", self.label, extra={"session": self.label}
+                        )
                         self.viewers.pop(viewer.key, None)
                         viewer.close("stalled")
         finally:
@@ -170,6 +182,7 @@ class ChunkEmitter(ViewerSet):
         make_chunk: Callable[[str, Payload], Payload],
         may_emit: Callable[[], bool],
         on_emitted: Callable[[], None],
+        in_flight: Callable[[], int] = lambda: 0,
     ) -> None:
         super().__init__(label, limits, self.schedule)
         self.pacer = pacer
@@ -177,8 +190,11 @@ class ChunkEmitter(ViewerSet):
         self._make_chunk = make_chunk
         self._may_emit = may_emit
         self._on_emitted = on_emitted
+        self._in_flight = in_flight
         self._pending = _Pending()
         self._flush_handle: asyncio.Handle | None = None
+        #: When the text of the chunk being made was first received (``time.monotonic()``).
+        self.received_at = 0.0
 
     # -- pending text --------------------------------------------------------
 
@@ -194,6 +210,8 @@ class ChunkEmitter(ViewerSet):
         """Add text to the next chunk, and flush at once (``flush_now``: a producer that
         hands over everything already due, when the interval is up) or when it is due."""
         pending = self._pending
+        if not pending.parts:
+            pending.since = time.monotonic()
         pending.parts.append(content)
         pending.chars += len(content)
         pending.metadata = metadata
@@ -224,14 +242,21 @@ class ChunkEmitter(ViewerSet):
         pending = self._pending
         if not pending.parts or not self._may_emit():
             return
-        if self.lagging():
+        if self.lagging(self._in_flight()):
             self.hold()
             return
         content = pending.parts[0] if len(pending.parts) == 1 else "".join(pending.parts)
+        self.received_at = pending.since
         self._make_chunk(content, pending.metadata)
         self.last_flush = asyncio.get_running_loop().time()
         self._pending = _Pending()
         self._on_emitted()
+
+    def restamp(self) -> None:
+        """Text held while paused counts as received now (the chunk latency metric
+        measures the server, not the pause)."""
+        if self._pending.parts:
+            self._pending.since = time.monotonic()
 
     def cancel_flush(self) -> None:
         """The stream has ended: no further chunk (what is pending is dropped)."""

@@ -11,6 +11,16 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from providers.base import StreamConfig
+from server.auth import (
+    FORBIDDEN,
+    Authenticator,
+    Identity,
+    OriginPolicy,
+    Unauthorized,
+    bearer_token,
+    may_control,
+    may_view,
+)
 from server.commands import Action, session_command, start_command
 from server.errors import StoreUnavailable
 from server.manager import ProviderUnavailable, StreamingSessionManager, TooManySessions
@@ -30,6 +40,7 @@ log = logging.getLogger(__name__)
 
 manager_key = web.AppKey("manager", StreamingSessionManager)
 settings_key = web.AppKey("settings", Settings)
+authenticator_key = web.AppKey("authenticator", Authenticator)
 
 Model = TypeVar("Model", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -38,10 +49,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class ApiError(Exception):
     """An expected failure: answered as ``{"error": message}`` with ``status``."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 def json_response(body: object, status: int = 200) -> web.Response:
@@ -59,11 +71,16 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.message)
+        response = error_response(exc.status, exc.message)
+        response.headers.update(exc.headers)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason)
+        response = error_response(exc.status, exc.reason)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except StoreUnavailable as exc:
         return error_response(503, str(exc))
     except Exception:
@@ -71,16 +88,21 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "Internal server error")
 
 
-def cors_middleware(origins: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Answer preflights and mark responses for the allowed origins (``*`` allows any)."""
-    allow_any = "*" in origins
-    allowed = frozenset(origins)
+def cors_middleware(policy: OriginPolicy) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Refuse requests from origins the policy does not allow (403, before anything runs:
+    HTTP, SSE, WebSocket upgrades and python-socketio alike); answer the allowed ones'
+    preflights and mark their responses."""
 
     @web.middleware
     async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        ok = origin is not None and (allow_any or origin in allowed)
-        if request.method == "OPTIONS" and ok and "Access-Control-Request-Method" in request.headers:
+        if not policy.allows(origin, request.host):
+            return error_response(403, "Origin not allowed")
+        if (
+            origin is not None
+            and request.method == "OPTIONS"
+            and "Access-Control-Request-Method" in request.headers
+        ):
             response: web.StreamResponse = web.Response(status=204)
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = request.headers.get(
@@ -89,8 +111,8 @@ def cors_middleware(origins: list[str]) -> Callable[..., Awaitable[web.StreamRes
             response.headers["Access-Control-Max-Age"] = "600"
         else:
             response = await handler(request)
-        if ok and not response.prepared and origin is not None:
-            response.headers["Access-Control-Allow-Origin"] = "*" if allow_any else origin
+        if origin is not None and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = "*" if policy.any else origin
             response.headers["Vary"] = "Origin"
         return response
 
@@ -126,12 +148,32 @@ async def read_body(request: web.Request, model: type[Model]) -> Model:
         raise ApiError(400, _describe(exc)) from None
 
 
-async def session_of(request: web.Request) -> SessionView:
-    """The session the route names, wherever it runs; 404 when there is none."""
+def identity_of(request: web.Request, *, query_token: bool = False) -> Identity | None:
+    """The caller's verified identity (``None`` when access is open); 401 without a valid
+    ``Authorization: Bearer`` token (or ``?token=``, for the plain WebSocket and SSE)."""
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None and query_token:
+        token = request.query.get("token")
+    try:
+        return request.app[authenticator_key].verify(token)
+    except Unauthorized as exc:
+        raise ApiError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from None
+
+
+async def session_of(
+    request: web.Request, *, control: bool = False, query_token: bool = False
+) -> SessionView:
+    """The session the route names, wherever it runs, if the caller may view it (or, with
+    ``control``, start and stop it); 401 without a valid token, 404 when there is no such
+    session, 403 when it is someone else's."""
+    identity = identity_of(request, query_token=query_token)
     session_id = parse_session_id(request.match_info["session_id"])
     session = await request.app[manager_key].find(session_id) if session_id else None
     if session is None:
         raise ApiError(404, "Session not found")
+    allowed = may_control if control else may_view
+    if not allowed(identity, session.user_id):
+        raise ApiError(403, FORBIDDEN)
     return session
 
 
@@ -176,7 +218,10 @@ def _stream_config(manager: StreamingSessionManager, raw: StreamConfigIn | None)
 
 async def create_session(request: web.Request) -> web.Response:
     """``POST /api/streaming/session`` → ``{sessionId, wsEndpoint}``."""
+    identity = identity_of(request)
     body = await read_body(request, CreateSessionIn)
+    if identity is not None and body.user_id != identity.user:
+        raise ApiError(403, FORBIDDEN)
     manager = request.app[manager_key]
     try:
         config = _stream_config(manager, body.config)
@@ -190,7 +235,7 @@ async def create_session(request: web.Request) -> web.Response:
 
 async def start_session(request: web.Request) -> web.Response:
     """``POST /api/streaming/{sessionId}/start`` with ``{prompt}``."""
-    session = await session_of(request)
+    session = await session_of(request, control=True)
     body = await read_body(request, StartIn)
     limit = request.app[settings_key].max_prompt_chars
     if not body.prompt.strip():
@@ -211,7 +256,7 @@ async def get_session(request: web.Request) -> web.Response:
 
 async def cancel_session(request: web.Request) -> web.Response:
     """``POST /api/streaming/{sessionId}/cancel``: closes the upstream request."""
-    ack = await session_command(await session_of(request), Action.CANCEL)
+    ack = await session_command(await session_of(request, control=True), Action.CANCEL)
     if not ack["ok"]:
         raise ApiError(409, ack["error"])
     return json_response({"status": "cancelled"})

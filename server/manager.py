@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from providers.base import AIProvider, StreamConfig
 from providers.registry import PROVIDERS
+from server.metrics import RATE_LIMITED
 from server.registry import SessionRegistry
 from server.sessions import FlowLimits, Pacer, SessionState, SessionView, StreamingSession, short_id
 from server.settings import Settings
@@ -57,6 +58,8 @@ class StreamingSessionManager:
         self._providers: dict[str, AIProvider] = dict(providers or {})
         #: The Redis side, when ``REDIS_URL`` is set (see :mod:`server.cluster`).
         self.cluster: Cluster | None = None
+        #: How late the event loop wakes up, smoothed, in seconds (:meth:`run_pacer`).
+        self.loop_lag = 0.0
 
     def provider(self, name: str) -> AIProvider:
         """The provider called ``name``, built once; raises :class:`ProviderUnavailable`."""
@@ -107,12 +110,15 @@ class StreamingSessionManager:
             f"Too many live sessions for this user (limit {self.settings.max_sessions_per_user})"
         )
         if self.cluster is None and self.registry.live_count(user_id) >= self.settings.max_sessions_per_user:
+            RATE_LIMITED.labels(scope="sessions_per_user").inc()
             raise too_many
         session = self.new_session(str(uuid.uuid4()), user_id, config)
         if self.cluster is not None and not await self.cluster.register(session):
+            RATE_LIMITED.labels(scope="sessions_per_user").inc()
             raise too_many
         self.registry.add(session)
-        log.info("session %s: created (provider %s)", short_id(session.id), config.provider)
+        label = short_id(session.id)
+        log.info("session %s: created (provider %s)", label, config.provider, extra={"session": label})
         return session
 
     def get_session(self, session_id: str) -> StreamingSession | None:
@@ -138,7 +144,8 @@ class StreamingSessionManager:
             elif session.state in (SessionState.CREATED, SessionState.PAUSED) and (
                 now - session.touched >= self.settings.session_idle_timeout
             ):
-                log.info("session %s: idle, ending it", short_id(session.id))
+                label = short_id(session.id)
+                log.info("session %s: idle, ending it", label, extra={"session": label})
                 await session.abort("idle", "The session was idle for too long")
 
     async def run_sweeper(self) -> None:
@@ -156,6 +163,7 @@ class StreamingSessionManager:
             late = max(0.0, loop.time() - expected)
             lag = late if late > lag else 0.7 * lag + 0.3 * late
             self.pacer.observe(lag)
+            self.loop_lag = lag
 
     async def shutdown(self) -> None:
         """End every live session with ``stream-error`` code ``shutdown``."""

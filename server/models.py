@@ -1,4 +1,9 @@
-"""Pydantic models for what crosses the wire: HTTP bodies and Socket.IO payloads."""
+"""Pydantic models for what crosses the wire: HTTP bodies and Socket.IO payloads.
+
+The request models validate what clients send; the response models (``...Out``) describe
+what the server answers. ``server.openapi`` turns both into the OpenAPI document served at
+``/api/openapi.json``, so a field's docstring here is its description there.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +12,58 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 
 
 class WireModel(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown keys are ignored."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", use_attribute_docstrings=True
+    )
 
 
 class StreamConfigIn(WireModel):
-    """The seed's ``StreamConfig``: every key optional, known keys validated."""
+    """The seed's ``StreamConfig``: every key optional, known keys validated (numbers must
+    be JSON numbers: ``true`` or ``"0.5"`` is a 400, not 1.0 or 0.5)."""
 
     provider: StrictStr | None = None
+    """``openai``, ``anthropic`` or ``demo``; the server's default when absent."""
     model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    """The provider's model; the provider's default when absent."""
     system_prompt: Annotated[str, Field(max_length=100_000)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    temperature: Annotated[StrictFloat, Field(ge=0, le=2)] | None = None
     max_tokens: StrictInt | None = None
-    tokens_per_second: Annotated[float, Field(ge=0, le=100_000)] | None = None
+    """1 to ``MAX_TOKENS_LIMIT``."""
+    tokens_per_second: Annotated[StrictFloat, Field(ge=0, le=100_000)] | None = None
+    """Demo provider pacing; 0 = as fast as it can."""
     animation_type: Literal["wave", "fade", "slide"] | None = None
-    speed: Annotated[float, Field(ge=0)] | None = None
+    speed: Annotated[StrictFloat, Field(ge=0)] | None = None
+    """Frontend only: kept and echoed."""
 
 
 class CreateSessionIn(WireModel):
+    """``POST /api/streaming/session``."""
+
     user_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
     config: StreamConfigIn | None = None
 
 
 class StartIn(WireModel):
+    """``POST /api/streaming/{sessionId}/start``."""
+
     prompt: StrictStr
+    """Must not be blank; at most ``MAX_PROMPT_CHARS`` characters (413 above)."""
 
 
 def encode_json(value: object) -> str:
@@ -118,3 +145,135 @@ def parse_resume(last_seq: object, epoch: object, snapshot: object = False) -> R
     if not isinstance(snapshot, bool):
         raise ValueError("Invalid snapshot: expected a boolean")
     return Resume(seq, epoch or None, snapshot)
+
+
+# -- query strings (documented in the OpenAPI document) -------------------------------------
+
+
+class ResumeQuery(WireModel):
+    """The resume point in a viewer's query string (``parse_resume`` reads it)."""
+
+    last_seq: Annotated[int, Field(ge=-1)] | None = None
+    """Resume after this chunk (``Last-Event-ID`` takes precedence)."""
+    epoch: Epoch | None = None
+    """The epoch the client's chunks came from; another one gets ``stream-reset`` first."""
+    snapshot: bool = False
+    """One ``snapshot`` event with the text so far instead of the replay."""
+
+
+class ChunksQuery(WireModel):
+    """``GET /api/streaming/{sessionId}/chunks?after=N&limit=M``."""
+
+    after: Annotated[int, Field(ge=-1, le=2**53)] = -1
+    """Return the chunks with ``seq`` above this."""
+    limit: Annotated[int, Field(ge=1)] | None = None
+    """At most this many chunks (1 to ``CHUNKS_PAGE_LIMIT``, the default)."""
+
+
+# -- responses ------------------------------------------------------------------------------
+
+SessionId = Annotated[StrictStr, Field(json_schema_extra={"format": "uuid"})]
+SessionStateName = Literal["created", "streaming", "paused", "completed", "failed", "cancelled"]
+
+
+class ErrorOut(BaseModel):
+    """Every error answer, whatever its status."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    error: StrictStr
+    """A human-readable message (never a stack trace or a secret)."""
+
+
+class CreateSessionOut(WireModel):
+    session_id: SessionId
+    ws_endpoint: Annotated[StrictStr, Field(pattern=r"^/ws/stream/")]
+    """The plain WebSocket of this session: ``/ws/stream/<sessionId>``."""
+
+
+class StartedOut(WireModel):
+    status: Literal["started"]
+
+
+class CancelledOut(WireModel):
+    status: Literal["cancelled"]
+
+
+class HealthOut(WireModel):
+    status: Literal["ok"]
+
+
+class ReadyOut(WireModel):
+    status: Literal["ready"]
+
+
+class UsageOut(WireModel):
+    """Token counts as the provider reported them."""
+
+    prompt_tokens: Annotated[StrictInt, Field(ge=0)]
+    completion_tokens: Annotated[StrictInt, Field(ge=0)]
+    total_tokens: Annotated[StrictInt, Field(ge=0)]
+
+
+class SessionErrorOut(WireModel):
+    """Why a session failed, as in its ``stream-error`` event."""
+
+    code: StrictStr
+    """``auth``, ``rate_limited``, ``upstream``, ``timeout``, ``bad_request``, ``idle``,
+    ``shutdown``, ``internal``, ``owner_lost`` or ``unavailable``."""
+    error: StrictStr
+
+
+class SessionStatusOut(WireModel):
+    """``GET /api/streaming/{sessionId}``."""
+
+    session_id: SessionId
+    user_id: StrictStr
+    state: SessionStateName
+    epoch: StrictStr
+    """The identity of this chunk log's history."""
+    chunks: Annotated[StrictInt, Field(ge=0)]
+    """How many chunks were logged."""
+    text: StrictStr
+    """Every chunk's content so far, joined."""
+    provider: StrictStr
+    model: StrictStr
+    created_at: Annotated[StrictInt, Field(ge=0)]
+    """Milliseconds since the epoch."""
+    usage: UsageOut | None
+    finish_reason: StrictStr | None
+    """``null`` until the session ends."""
+    error: SessionErrorOut | None
+    """``null`` unless the session failed."""
+
+
+class ChunkMetadataOut(WireModel):
+    """At least the provider and the model; ``tokens`` when the provider reports usage."""
+
+    model_config = ConfigDict(extra="allow")
+
+    provider: StrictStr
+    model: StrictStr
+    tokens: Annotated[StrictInt, Field(ge=0)] | None = None
+
+
+class ChunkOut(WireModel):
+    """One logged chunk: the ``chunk`` event's payload."""
+
+    content: StrictStr
+    timestamp: Annotated[StrictInt, Field(ge=0)]
+    """Milliseconds since the epoch."""
+    metadata: ChunkMetadataOut
+    seq: Annotated[StrictInt, Field(ge=0)]
+    session_id: SessionId
+
+
+class ChunksPageOut(WireModel):
+    """``GET /api/streaming/{sessionId}/chunks``: one page of the chunk log."""
+
+    session_id: SessionId
+    epoch: StrictStr
+    state: SessionStateName
+    last_seq: Annotated[StrictInt, Field(ge=-1)]
+    """The last logged chunk's ``seq`` (-1 before the first)."""
+    chunks: list[ChunkOut]

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from server.app import direct_hub_key
 from server.http_api import settings_key
+from server.ops_api import draining_key
 
 #: The cyclic garbage collector's thresholds for the serving process. CPython's default
 #: (700, 10, 10) ran 954 young and 8 full collections while 3,250 sessions streamed at
@@ -82,4 +83,8 @@ async def _serve(
         on_ready()
         await asyncio.Event().wait()
     finally:
+        # /readyz answers 503 from here on (the listener closes next).
+        draining = app.get(draining_key)
+        if draining is not None:
+            draining.set()
         await runner.cleanup()

@@ -35,6 +35,8 @@ from providers.base import (
     is_resumable,
 )
 from server.emitter import ChunkEmitter, FlowLimits, Pacer, Payload, SessionFull, Viewer, ViewerSet
+from server.logs import SESSION
+from server.metrics import JOINS, STREAM_ERRORS, TALLY, TIME_TO_FIRST_TOKEN
 
 __all__ = [
     "TERMINAL_STATES",
@@ -185,13 +187,20 @@ class SessionView:
         if snapshot:
             viewer.send("snapshot", self._snapshot_payload())
             start = len(self.chunks)
+            kind = "snapshot"
         elif (epoch is not None and epoch != self.epoch) or (
             last_seq is not None and last_seq > self.last_seq
         ):
             viewer.send("stream-reset", {"sessionId": self.id, "epoch": self.epoch, "lastSeq": self.last_seq})
             start = 0
+            kind = "reset"
+        elif last_seq is None:
+            start = 0
+            kind = "new"
         else:
-            start = 0 if last_seq is None else last_seq + 1
+            start = last_seq + 1
+            kind = "resume"
+        JOINS.labels(kind=kind).inc()
         for chunk in self.chunks[start:]:
             viewer.send("chunk", chunk)
         if self._terminal_event is not None:
@@ -250,6 +259,7 @@ class StreamingSession(SessionView):
             make_chunk=self._log_chunk,
             may_emit=self._streaming,
             on_emitted=self.wake,
+            in_flight=self._in_flight,
         )
         super().__init__(session_id, user_id, config, self.emitter, epoch=epoch, created_at=created_at)
         self.provider = provider
@@ -277,6 +287,10 @@ class StreamingSession(SessionView):
         self._timed_out = False
         #: Called once when the session reaches a terminal state (the registry's quota count).
         self.on_finish: Callable[[StreamingSession], None] | None = None
+        # Metrics: when it started (until its first chunk is delivered), and when the text
+        # of each chunk made and not yet delivered was received (``(seq, monotonic)``).
+        self._started_at: float | None = None
+        self._received_at: deque[tuple[int, float]] = deque()
 
     @property
     def head_seq(self) -> int:
@@ -303,9 +317,31 @@ class StreamingSession(SessionView):
         """An event is logged (or needs no log): the viewers get it, joiners replay it."""
         if event == "chunk":
             self.chunks.append(payload)
+            self._count_chunk(payload)
         elif event in ("complete", "stream-error"):
             self._terminal_event = (event, payload)
         self.emitter.broadcast(event, payload)
+        if event == "chunk" and self.emitter.has_pending:
+            self.emitter.schedule()  # it may have waited for this chunk to be delivered
+
+    def _in_flight(self) -> int:
+        """Chunks made and waiting for the journal before the viewers get them."""
+        return self._made - len(self.chunks)
+
+    def _count_chunk(self, chunk: Payload) -> None:
+        now = time.monotonic()
+        tally = TALLY
+        tally.chunks += 1
+        tally.chunk_bytes += len(chunk["content"].encode())
+        marks = self._received_at
+        seq = chunk["seq"]
+        while marks and marks[0][0] < seq:
+            marks.popleft()
+        if marks and marks[0][0] == seq:
+            tally.chunk_latency.observe(now - marks.popleft()[1])
+        if self._started_at is not None:
+            TIME_TO_FIRST_TOKEN.labels(provider=self.config.provider).observe(now - self._started_at)
+            self._started_at = None
 
     def restore(self, chunks: list[Payload], state: SessionState, usage: Usage | None) -> None:
         """The log of a session taken over from another process."""
@@ -320,6 +356,7 @@ class StreamingSession(SessionView):
     def start(self, prompt: str) -> None:
         if self.state is not SessionState.CREATED:
             raise SessionConflict(f"Session already started (state: {self.state.value})")
+        self._started_at = time.monotonic()
         self._set_state(SessionState.STREAMING)
         provider = self.provider
         if self._resumable:
@@ -361,6 +398,7 @@ class StreamingSession(SessionView):
         if self.state is SessionState.PAUSED:
             self._set_state(SessionState.STREAMING)
             self._pull_gate.set()
+            self.emitter.restamp()
             self.emitter.schedule()
 
     async def cancel(self) -> None:
@@ -420,6 +458,8 @@ class StreamingSession(SessionView):
     # -- the stream ----------------------------------------------------------
 
     async def _run(self, open_stream: Callable[[], AsyncIterator[AIChunk]]) -> None:
+        # This task's own context (a copy of its starter's): its log lines name the session.
+        SESSION.set(short_id(self.id))
         stream = open_stream()
         try:
             await self._pump(stream)
@@ -545,6 +585,7 @@ class StreamingSession(SessionView):
             "seq": self._made,
             "sessionId": self.id,
         }
+        self._received_at.append((self._made, self.emitter.received_at))
         self._made += 1
         self._made_chars += len(content)
         if self._checkpoints:
@@ -597,6 +638,7 @@ class StreamingSession(SessionView):
         self._pull_gate.set()
         if error is not None:
             self.error = error
+            STREAM_ERRORS.labels(provider=self.config.provider, code=error["code"]).inc()
             event: tuple[str, Payload] = (
                 "stream-error",
                 {"sessionId": self.id, "error": error["error"], "code": error["code"]},

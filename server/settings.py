@@ -25,8 +25,12 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(3001, ge=0, le=65535)
-    cors_origins: Annotated[list[str], NoDecode] = ["*"]
+    #: Browser origins allowed besides the server's own (``*``: any). The default is Vite's
+    #: dev server, for the frontend's ``npm run dev``.
+    cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:5173"]
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``text`` (human-readable lines) or ``json`` (one JSON object per line).
+    log_format: Literal["text", "json"] = "text"
     static_dir: Path = ROOT / "frontend" / "dist"
 
     # Providers.
@@ -66,6 +70,13 @@ class Settings(BaseSettings):
     sse_keepalive_interval: float = Field(15.0, gt=0)
     chunks_page_limit: int = Field(1000, ge=1, le=100_000)
     sweep_interval: float = Field(30.0, gt=0)
+
+    # Access (off unless a secret or a public key is set; see docs/protocol.md "Access").
+    auth_jwt_secret: SecretStr | None = None
+    auth_jwt_public_key: SecretStr | None = None
+    auth_jwt_audience: str | None = None
+    auth_jwt_issuer: str | None = None
+    auth_jwt_leeway: float = Field(30.0, ge=0)
 
     # Several processes.
     redis_url: str | None = None

@@ -48,7 +48,7 @@ HEARTBEAT_TICK = 1.0
 SOCKETIO_PATHS = ("/socket.io/", "/socket.io")
 
 
-def websocket_accept(head: bytes, origins: Sequence[str] | None) -> str | None:
+def websocket_accept(head: bytes, origins: ws_wire.OriginCheck | None) -> str | None:
     """``Sec-WebSocket-Accept`` for a direct Engine.IO v4 WebSocket request, else ``None``.
 
     ``head`` is the request line and headers. Anything unusual (another path, a ``sid``
@@ -76,7 +76,7 @@ class DirectHub:
         ping_interval: float,
         ping_timeout: float,
         max_payload: int,
-        origins: Sequence[str] | None,
+        origins: ws_wire.OriginCheck | None,
         idle_timeout: float = 75.0,
     ) -> None:
         self.api = api
@@ -424,7 +424,13 @@ class SioConnection(asyncio.Protocol):
         if namespace in self._namespaces:
             return
         if namespace == "/":
-            self._connected(namespace, secrets.token_urlsafe(12), None)
+            sid = secrets.token_urlsafe(12)
+            try:
+                self._hub.api.connect_root(sid, auth)
+            except ConnectRefused as exc:
+                self._send_packet(sio_wire.SIO_CONNECT_ERROR, namespace, encode_json({"message": str(exc)}))
+                return
+            self._connected(namespace, sid, None)
             return
         self._spawn(self._connect_stream(namespace, auth))
 
@@ -497,7 +503,7 @@ class SioConnection(asyncio.Protocol):
             if namespace == "/":
                 ack = await api.root_event(sid, event, args, lambda: DirectViewer(self, "/", sid))
             else:
-                ack = await api.stream_event(namespace, event)
+                ack = await api.stream_event(namespace, self._viewers[namespace].key, event)
         except Exception:
             log.exception("direct socket %s: event %r failed", self.sid, event[:64])
             ack = error_ack("Internal server error")

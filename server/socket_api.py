@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import socketio
 from pydantic import ValidationError
 
+from server.auth import FORBIDDEN, Authenticator, Identity, Unauthorized, may_control, may_view
 from server.commands import EVENT_ACTIONS, session_command
 from server.errors import StoreUnavailable
 from server.manager import StreamingSessionManager
@@ -81,19 +82,37 @@ class SocketAPI:
     the same on the wire.
     """
 
-    def __init__(self, sio: socketio.AsyncServer, manager: StreamingSessionManager) -> None:
+    def __init__(
+        self, sio: socketio.AsyncServer, manager: StreamingSessionManager, authenticator: Authenticator
+    ) -> None:
         self.sio = sio
         self.manager = manager
+        self.authenticator = authenticator
+        #: Namespace ``/``: each connection's identity (``None``: access is open).
+        self._identities: dict[str, Identity | None] = {}
         #: Namespace ``/``: what each connection joined (connection key -> session id -> ...).
         self._joined: dict[str, dict[str, tuple[SessionView, Viewer]]] = {}
-        #: ``/stream/{id}`` namespaces: (namespace, viewer key) -> its session and viewer.
-        self._stream_viewers: dict[tuple[str, str], tuple[SessionView, Viewer]] = {}
+        #: ``/stream/{id}`` namespaces: (namespace, viewer key) -> its session, viewer and identity.
+        self._stream_viewers: dict[tuple[str, str], tuple[SessionView, Viewer, Identity | None]] = {}
 
         sio.on("*", _guarded(self._sio_root_event), namespace="/")
         sio.on("disconnect", self._sio_root_disconnect, namespace="/")
         sio.on("connect", self._sio_connect, namespace="*")
         sio.on("disconnect", self._sio_disconnect, namespace="*")
         sio.on("*", _guarded(self._sio_stream_event), namespace="*")
+
+    def _identity(self, auth: object) -> Identity | None:
+        """The identity in a handshake's ``auth: {token}``; :class:`ConnectRefused` when a
+        token is needed and this one is missing or invalid."""
+        token = auth.get("token") if isinstance(auth, dict) else None
+        try:
+            return self.authenticator.verify(token)
+        except Unauthorized as exc:
+            raise ConnectRefused(str(exc)) from None
+
+    def connect_root(self, conn: str, auth: object) -> None:
+        """Connection ``conn`` connects to namespace ``/`` (raises :class:`ConnectRefused`)."""
+        self._identities[conn] = self._identity(auth)
 
     async def _lookup(self, data: object) -> tuple[SessionView, Resume]:
         session_id, resume = _session_ref(data)
@@ -124,10 +143,14 @@ class SocketAPI:
             session, _ = await self._lookup(payload)
         except (ValueError, LookupError, StoreUnavailable) as exc:
             return error_ack(str(exc))
+        if not may_control(self._identities.get(conn), session.user_id):
+            return error_ack(FORBIDDEN)
         return await session_command(session, action)
 
     async def _join(self, conn: str, payload: object, make_viewer: Callable[[], ReleasableViewer]) -> Ack:
         session, resume = await self._lookup(payload)
+        if not may_view(self._identities.get(conn), session.user_id):
+            return error_ack(FORBIDDEN)
         viewer = make_viewer()
         try:
             position = session.add_viewer(
@@ -152,6 +175,7 @@ class SocketAPI:
 
     def root_closed(self, conn: str) -> None:
         """Connection ``conn`` left namespace ``/``: it stops watching what it joined."""
+        self._identities.pop(conn, None)
         for session, viewer in self._joined.pop(conn, {}).values():
             session.remove_viewer(viewer.key)
 
@@ -170,6 +194,7 @@ class SocketAPI:
         Raises :class:`ConnectRefused` with the reason the client is told.
         """
         fields = auth if isinstance(auth, dict) else {}
+        identity = self._identity(auth)
         try:
             resume = parse_resume(fields.get("lastSeq"), fields.get("epoch"), fields.get("snapshot", False))
             session = await self._namespace_session(namespace)
@@ -177,11 +202,13 @@ class SocketAPI:
             raise ConnectRefused(str(exc)) from None
         if session is None:
             raise ConnectRefused(SESSION_NOT_FOUND)
+        if not may_view(identity, session.user_id):
+            raise ConnectRefused(FORBIDDEN)
         try:
             session.add_viewer(viewer, resume.last_seq, epoch=resume.epoch, snapshot=resume.snapshot)
         except SessionFull as exc:
             raise ConnectRefused(str(exc)) from None
-        self._stream_viewers[(namespace, viewer.key)] = (session, viewer)
+        self._stream_viewers[(namespace, viewer.key)] = (session, viewer, identity)
 
     def detach(self, namespace: str, key: str) -> None:
         """The viewer ``key`` left ``namespace`` (or its connection closed)."""
@@ -189,8 +216,9 @@ class SocketAPI:
         if attached is not None:
             attached[0].remove_viewer(key)
 
-    async def stream_event(self, namespace: str, event: str) -> Ack:
-        """One event on a ``/stream/{id}`` namespace; the namespace names the session."""
+    async def stream_event(self, namespace: str, key: str, event: str) -> Ack:
+        """One event from viewer ``key`` on a ``/stream/{id}`` namespace; the namespace
+        names the session."""
         action = EVENT_ACTIONS.get(event)
         if action is None:
             return error_ack(f"Unknown event {event[:64]!r}")
@@ -200,6 +228,11 @@ class SocketAPI:
             return error_ack(str(exc))
         if session is None:
             return error_ack(SESSION_NOT_FOUND)
+        attached = self._stream_viewers.get((namespace, key))
+        if attached is None and self.authenticator.enabled:
+            return error_ack(FORBIDDEN)
+        if not may_control(attached[2] if attached is not None else None, session.user_id):
+            return error_ack(FORBIDDEN)
         return await session_command(session, action)
 
     def viewers(self) -> int:
@@ -216,10 +249,11 @@ class SocketAPI:
     async def _sio_connect(
         self, namespace: str, sid: str, environ: dict[str, Any], auth: object = None
     ) -> bool:
-        if namespace == "/":
-            return True
-        viewer = SocketIOViewer(self.sio, sid, namespace)
         try:
+            if namespace == "/":
+                self.connect_root(sid, auth)
+                return True
+            viewer = SocketIOViewer(self.sio, sid, namespace)
             await self.attach(namespace, auth, viewer)
         except ConnectRefused as exc:
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
@@ -231,4 +265,4 @@ class SocketAPI:
         self.detach(namespace, f"sio:{namespace}:{sid}")
 
     async def _sio_stream_event(self, event: str, namespace: str, sid: str, *args: object) -> Ack:
-        return await self.stream_event(namespace, event)
+        return await self.stream_event(namespace, f"sio:{namespace}:{sid}", event)

@@ -77,7 +77,7 @@ class SSEViewer(QueuedViewer):
 
 async def session_events(request: web.Request) -> web.StreamResponse:
     """``GET /api/streaming/{sessionId}/events``: the session's events as SSE."""
-    session = await session_of(request)
+    session = await session_of(request, query_token=True)
     resume = viewer_resume(request, request.headers.get("Last-Event-ID"))
     ensure_viewer_room(session)
     response = web.StreamResponse(

@@ -11,8 +11,9 @@ import logging
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from server.auth import FORBIDDEN, may_control
 from server.commands import Action, session_command
-from server.http_api import ensure_viewer_room, session_of, viewer_resume
+from server.http_api import ensure_viewer_room, identity_of, session_of, viewer_resume
 from server.models import encode_json
 from server.queued_viewer import QueuedViewer
 from server.sessions import Payload, SessionFull, SessionView
@@ -50,19 +51,24 @@ class WebSocketViewer(QueuedViewer):
 _FRAME_ACTIONS = {action.value: action for action in Action}
 
 
-async def _handle_command(session: SessionView, frame: object) -> Payload:
-    """One command frame from the client; the ack frame carries its ``action``."""
+async def _handle_command(session: SessionView, frame: object, may: bool) -> Payload:
+    """One command frame from the client (``may``: it is the owner's); the ack frame
+    carries its ``action``."""
     name = frame.get("type") if isinstance(frame, dict) else None
     action = _FRAME_ACTIONS.get(name) if isinstance(name, str) else None
     base: Payload = {"action": name if isinstance(name, str) else None}
     if action is None:
         return {**base, **error_ack('Expected {"type": "pause" | "resume" | "cancel"}')}
+    if not may:
+        return {**base, **error_ack(FORBIDDEN)}
     return {**base, **await session_command(session, action)}
 
 
 async def stream_socket(request: web.Request) -> web.StreamResponse:
-    """``GET /ws/stream/{sessionId}[?lastSeq=N&epoch=E]``: upgrade and stream the session's events."""
-    session = await session_of(request)
+    """``GET /ws/stream/{sessionId}[?lastSeq=N&epoch=E&token=T]``: upgrade and stream the
+    session's events."""
+    session = await session_of(request, query_token=True)
+    owner = may_control(identity_of(request, query_token=True), session.user_id)
     resume = viewer_resume(request)
     ensure_viewer_room(session)
 
@@ -84,7 +90,7 @@ async def stream_socket(request: web.Request) -> web.StreamResponse:
                 frame = json.loads(msg.data)
             except ValueError:
                 frame = None
-            viewer.send("ack", await _handle_command(session, frame))
+            viewer.send("ack", await _handle_command(session, frame, owner))
     except ConnectionError:
         pass
     finally:

@@ -138,11 +138,20 @@ async def test_sigterm_hands_live_streams_over_at_once(nodes, http, viewers):
     for session_id in sessions:
         await start(http, a, session_id)
     await asyncio.gather(*(r.wait_for(lambda r=r: len(r.chunks) >= 3) for r in recorders))
+    waiting = await create(http, a, maxTokens=30)
     a.signal(signal.SIGTERM)
     assert await asyncio.to_thread(a.wait_exit) == 0
     for session_id, recorder in zip(sessions, recorders, strict=True):
         await recorder.wait_finished(timeout=FINISH)
         assert_whole(recorder, await status_of(http, b, session_id), 300)
+    # A session not started yet is adopted too, not ended.
+    async with asyncio.timeout(WAIT):
+        while (answer := await start(http, b, waiting))[0] != 200:
+            assert answer[0] in (404, 503), answer
+            await asyncio.sleep(0.05)  # polled: adopted as b hears a leave
+    _, late = await viewers(b, waiting)
+    await late.wait_finished()
+    assert late.completes and late.errors == []
 
 
 async def test_with_no_process_left_the_first_to_start_takes_over(nodes, http, viewers, redis_server):

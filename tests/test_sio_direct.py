@@ -321,9 +321,9 @@ async def test_requests_it_does_not_take_go_to_python_socketio(start_server: Ser
     # A WebSocket for an Engine.IO session opened by long-polling: python-engineio's answer.
     _, head = await RawSocket.open(server, "EIO=4&transport=websocket&sid=unknown")
     assert head.startswith(b"HTTP/1.1 400"), head
-    # An origin that is not allowed: refused by python-engineio, as without this path.
+    # An origin that is not allowed: refused as any request from it (tests/test_access.py).
     _, head = await RawSocket.open(server, headers="Origin: http://evil.example\r\n")
-    assert head.startswith(b"HTTP/1.1 400"), head
+    assert head.startswith(b"HTTP/1.1 403"), head
     _, head = await RawSocket.open(server, headers="Origin: http://allowed.example\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head
 

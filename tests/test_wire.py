@@ -9,6 +9,7 @@ import struct
 
 import pytest
 
+from server.auth import OriginPolicy
 from server.sio_direct import websocket_accept
 from server.wire import socketio as sio_wire
 from server.wire import websocket as ws_wire
@@ -168,10 +169,12 @@ def test_handshakes_that_are_not_websocket_upgrades(request_head: bytes) -> None
         (head(Origin="http://a.example"), ["http://a.example"], True),
         (head(Origin="http://evil.example"), ["http://a.example"], False),
         (head(), ["http://a.example"], True),
+        (head(Origin="http://localhost"), ["http://a.example"], True),  # its own origin
+        (head(Origin="https://localhost:8443"), ["http://a.example"], False),
     ],
 )
 def test_direct_socketio_handshakes(request_head: bytes, origins: list[str] | None, accepted: bool) -> None:
-    accept = websocket_accept(request_head, origins)
+    accept = websocket_accept(request_head, None if origins is None else OriginPolicy(origins).allows)
     assert (accept == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") is accepted
     assert accept is None or accepted
 

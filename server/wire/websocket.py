@@ -12,7 +12,7 @@ import base64
 import binascii
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -143,10 +143,13 @@ def parse_handshake(head: bytes) -> Handshake | None:
     return Handshake(path, parse_qs(query), headers)
 
 
-def origin_allowed(handshake: Handshake, origins: Sequence[str] | None) -> bool:
-    """``origins`` ``None`` allows any; a request without ``Origin`` is not a browser's."""
-    origin = handshake.headers.get("origin")
-    return origins is None or origin is None or origin in origins
+#: Whether a browser ``Origin`` may open a connection to the server at ``Host``.
+OriginCheck = Callable[[str | None, str | None], bool]
+
+
+def origin_allowed(handshake: Handshake, allows: OriginCheck | None) -> bool:
+    """``allows`` ``None`` allows any origin."""
+    return allows is None or allows(handshake.headers.get("origin"), handshake.headers.get("host"))
 
 
 class FrameReader:

@@ -59,6 +59,15 @@ def wait_for_text_longer_than(page: Page, length: int, timeout: int = STREAM_TIM
     )
 
 
+#: Where the editor's caret is: in the first heading, at its end.
+CARET_JS = """(() => {
+  const editor = window.__streaming.editor
+  const { $from, empty } = editor.state.selection
+  const inHeading = editor.view.hasFocus() && empty && $from.parent.type.name === 'heading'
+  return { inHeading, atEnd: inHeading && $from.parentOffset === $from.parent.content.size }
+})()"""
+
+
 def start(page: Page, url: str, prompt: str) -> str:
     page.goto(url)
     page.get_by_test_id("prompt").fill(prompt)
@@ -94,8 +103,12 @@ def test_stream_pause_resume_complete_and_undo(page: Page, server_url: str) -> N
 
     # The user types in the first heading while the answer streams at the end.
     heading = page.locator(".tiptap > h1").first
+    # The editor takes the click's caret on its own schedule: press End once the caret is
+    # in the heading, and type once it is at its end (a starved browser may take a while).
     heading.click()
+    page.wait_for_function(f"() => {CARET_JS}.inHeading")
     page.keyboard.press("End")
+    page.wait_for_function(f"() => {CARET_JS}.atEnd")
     page.keyboard.type(" (edited)")
     wait_for_text_longer_than(page, len(stream_text(page) or ""))
     assert heading.inner_text() == "Streaming into Tiptap (edited)"

@@ -76,8 +76,26 @@ const DECISIONS: Record<string, string> = {
   rejected: 'Suggestion rejected.',
 }
 
+// With access control on (AUTH_JWT_SECRET), the page takes a token in ?token= (see the
+// README) and acts as the token's subject.
+const token = params.get('token') ?? undefined
+const tokenUser = token ? subjectOf(token) : undefined
+
+function subjectOf(jwt: string): string | undefined {
+  try {
+    const payload = jwt.split('.')[1] ?? ''
+    const claims = JSON.parse(atob(payload.replace(/-/g, '+').replace(/_/g, '/'))) as { sub?: unknown }
+    return typeof claims.sub === 'string' ? claims.sub : undefined
+  } catch {
+    return undefined
+  }
+}
+
 // The server serves this page, so its WebSocket is at the page's own origin.
-const service = new StreamingWebSocketService({ baseUrl: window.location.origin.replace(/^http/, 'ws') })
+const service = new StreamingWebSocketService({
+  baseUrl: window.location.origin.replace(/^http/, 'ws'),
+  getToken: token === undefined ? undefined : () => token,
+})
 
 export function App() {
   const [prompt, setPrompt] = useState('Explain how AI text streams into a rich text editor')
@@ -99,6 +117,7 @@ export function App() {
     animationType,
     format: markdown ? 'markdown' : 'text',
     onChunk: () => setChunkCount(count => count + 1),
+    ...(tokenUser === undefined ? {} : { userId: tokenUser }),
   })
 
   useEffect(() => {

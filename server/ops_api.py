@@ -1,0 +1,96 @@
+"""Operations over HTTP: ``GET /readyz``, ``GET /metrics`` and the request id of every
+HTTP request (``docs/operations.md``). ``GET /healthz`` (liveness) is in ``http_api``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from server.errors import StoreUnavailable
+from server.http_api import Handler, error_response, json_response, manager_key, settings_key
+from server.logs import REQUEST_ID, SESSION, new_request_id, well_formed_request_id
+from server.models import parse_session_id
+from server.sessions import short_id
+
+#: Set once shutdown has begun: ``/readyz`` answers 503 from then on.
+draining_key = web.AppKey("draining", asyncio.Event)
+#: What ``GET /metrics`` reads (:func:`server.metrics.build_registry`).
+registry_key = web.AppKey("metrics_registry", CollectorRegistry)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+@web.middleware
+async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request an id (its well-formed ``X-Request-ID``, else a new one) that its
+    log lines carry and its response echoes; lines about a route's session carry that
+    session's short id."""
+    incoming = request.headers.get(REQUEST_ID_HEADER)
+    request_id = incoming if well_formed_request_id(incoming) else new_request_id()
+    session_id = parse_session_id(request.match_info.get("session_id"))
+    id_token = REQUEST_ID.set(request_id)
+    session_token = SESSION.set(short_id(session_id) if session_id else None)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    finally:
+        SESSION.reset(session_token)
+        REQUEST_ID.reset(id_token)
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+async def _request_id_on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Streamed responses (SSE, WebSocket upgrades) are prepared inside the handler."""
+    request_id = REQUEST_ID.get()
+    if request_id is not None and REQUEST_ID_HEADER not in response.headers:
+        response.headers[REQUEST_ID_HEADER] = request_id
+
+
+async def not_ready(app: web.Application) -> str | None:
+    """Why this process cannot take sessions now, or ``None`` when it can."""
+    if app[draining_key].is_set():
+        return "The server is shutting down"
+    cluster = app[manager_key].cluster
+    if cluster is None:
+        return None
+    if not cluster.listening.is_set():
+        return "Not subscribed to the cluster's command channel (Redis)"
+    try:
+        async with asyncio.timeout(app[settings_key].redis_timeout):
+            await cluster.store.ping()
+    except (StoreUnavailable, TimeoutError):
+        return "The session store (Redis) does not answer"
+    return None
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """``GET /readyz``: 200 when this process can take sessions, else 503 with the reason."""
+    reason = await not_ready(request.app)
+    if reason is not None:
+        return error_response(503, reason)
+    return json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: the Prometheus text format (OpenMetrics when the scraper asks)."""
+    encoder: Callable[[Any], bytes]
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encoder(request.app[registry_key])
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def add_routes(app: web.Application, registry: CollectorRegistry) -> None:
+    app[draining_key] = asyncio.Event()
+    app[registry_key] = registry
+    app.on_response_prepare.append(_request_id_on_prepare)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
