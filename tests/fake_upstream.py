@@ -39,12 +39,15 @@ import json
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
+from providers.base import AIChunk, ProviderError
 
 WAIT = 10.0
 """How long the ``wait_*`` helpers wait before failing the test."""
@@ -882,3 +885,18 @@ class _AnthropicWire(_Wire):
             },
             "request_id": f"req_{uuid.uuid4().hex[:24]}",
         }
+
+
+# -- reading a provider's stream in a test ---------------------------------------------
+
+
+async def collect(stream: AsyncIterator[AIChunk]) -> list[AIChunk]:
+    """Every chunk of a provider's stream."""
+    return [chunk async for chunk in stream]
+
+
+async def failure(stream: AsyncIterator[AIChunk]) -> ProviderError:
+    """The :class:`ProviderError` a provider's stream ends with (the test fails without one)."""
+    with pytest.raises(ProviderError) as caught:
+        await collect(stream)
+    return caught.value

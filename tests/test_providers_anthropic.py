@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from providers.anthropic import AnthropicStreamingProvider
-from providers.base import AIChunk, ProviderError, ProviderSettings, StreamConfig, Usage
-from tests.fake_upstream import FakeUpstream, Script
+from providers.base import ProviderSettings, StreamConfig, Usage
+from tests.fake_upstream import FakeUpstream, Script, collect, failure
 
 KEY = "sk-ant-test-0123456789abcdef"
 PROMPT = "Write a haiku about streaming text"
@@ -50,16 +50,6 @@ def config(**overrides: Any) -> StreamConfig:
     values: dict[str, Any] = {"provider": "anthropic", "model": SEED_MODEL}
     values.update(overrides)
     return StreamConfig(**values)
-
-
-async def collect(stream: AsyncIterator[AIChunk]) -> list[AIChunk]:
-    return [chunk async for chunk in stream]
-
-
-async def failure(stream: AsyncIterator[AIChunk]) -> ProviderError:
-    with pytest.raises(ProviderError) as caught:
-        await collect(stream)
-    return caught.value
 
 
 # -- happy path -------------------------------------------------------------------

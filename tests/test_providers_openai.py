@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from providers.base import AIChunk, ProviderError, ProviderSettings, StreamConfig, Usage
+from providers.base import ProviderSettings, StreamConfig, Usage
 from providers.openai import NO_KEY, OpenAIStreamingProvider
-from tests.fake_upstream import FakeUpstream, Script
+from tests.fake_upstream import FakeUpstream, Script, collect, failure
 
 KEY = "sk-test-openai-0123456789abcdef"
 PROMPT = "Write a haiku about streaming text"
@@ -49,16 +49,6 @@ def config(**overrides: Any) -> StreamConfig:
     values: dict[str, Any] = {"provider": "openai", "model": "gpt-4"}
     values.update(overrides)
     return StreamConfig(**values)
-
-
-async def collect(stream: AsyncIterator[AIChunk]) -> list[AIChunk]:
-    return [chunk async for chunk in stream]
-
-
-async def failure(stream: AsyncIterator[AIChunk]) -> ProviderError:
-    with pytest.raises(ProviderError) as caught:
-        await collect(stream)
-    return caught.value
 
 
 # -- happy path -------------------------------------------------------------------

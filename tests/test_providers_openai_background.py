@@ -26,7 +26,7 @@ from providers.base import (
     is_resumable,
 )
 from providers.openai import OpenAIStreamingProvider
-from tests.fake_upstream import FakeUpstream, Script
+from tests.fake_upstream import FakeUpstream, Script, collect, failure
 
 KEY = "sk-test-openai-0123456789abcdef"
 PROMPT = "Write a haiku about streaming text"
@@ -73,16 +73,6 @@ def config(**overrides: Any) -> StreamConfig:
     values: dict[str, Any] = {"provider": "openai", "model": "gpt-4"}
     values.update(overrides)
     return StreamConfig(**values)
-
-
-async def collect(stream: AsyncIterator[AIChunk]) -> list[AIChunk]:
-    return [chunk async for chunk in stream]
-
-
-async def failure(stream: AsyncIterator[AIChunk]) -> ProviderError:
-    with pytest.raises(ProviderError) as caught:
-        await collect(stream)
-    return caught.value
 
 
 def text(chunks: list[AIChunk]) -> str:
