@@ -122,10 +122,8 @@ class ViewerSet:
         for viewer in viewers:
             viewer.send(event, payload)
 
-    def lagging(self, in_flight: int = 0) -> bool:
-        """A viewer has more than ``max_lag`` events queued, counting ``in_flight``: those
-        made but not yet handed to the viewers (an owner's chunks wait for the journal)."""
-        max_lag = self.limits.max_lag - in_flight
+    def lagging(self) -> bool:
+        max_lag = self.limits.max_lag
         return any(viewer.backlog() > max_lag for viewer in self.viewers.values())
 
     def hold(self) -> None:
@@ -242,7 +240,13 @@ class ChunkEmitter(ViewerSet):
         pending = self._pending
         if not pending.parts or not self._may_emit():
             return
-        if self.lagging(self._in_flight()):
+        in_flight = self._in_flight()
+        if in_flight:
+            # The chunk before is still being written (Redis mode): what arrives meanwhile
+            # joins the next one, sent when that write is done (``deliver`` schedules it).
+            # One chunk in flight per session makes a busy Redis get fewer, larger writes.
+            return
+        if self.lagging():
             self.hold()
             return
         content = pending.parts[0] if len(pending.parts) == 1 else "".join(pending.parts)
