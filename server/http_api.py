@@ -21,7 +21,7 @@ from server.auth import (
     may_control,
     may_view,
 )
-from server.commands import Action, session_command, start_command
+from server.commands import PERSIST_WAIT, Action, session_command, start_command
 from server.errors import StoreUnavailable
 from server.manager import ProviderUnavailable, StreamingSessionManager, TooManySessions
 from server.models import (
@@ -33,7 +33,7 @@ from server.models import (
     parse_resume,
     parse_session_id,
 )
-from server.sessions import SessionFull, SessionView, short_id
+from server.sessions import SessionFull, SessionView, StreamingSession, short_id
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -249,9 +249,17 @@ async def start_session(request: web.Request) -> web.Response:
     return json_response({"status": "started"})
 
 
+async def settled(session: SessionView) -> SessionView:
+    """``session`` once what it made so far is written and delivered (Redis mode: its state
+    changes at once, its chunks one write later), so that a read shows one moment."""
+    if isinstance(session, StreamingSession):
+        await session.persisted(PERSIST_WAIT)
+    return session
+
+
 async def get_session(request: web.Request) -> web.Response:
     """``GET /api/streaming/{sessionId}``: state, text so far and usage."""
-    return json_response((await session_of(request)).status())
+    return json_response((await settled(await session_of(request))).status())
 
 
 async def cancel_session(request: web.Request) -> web.Response:

@@ -22,6 +22,7 @@ from server.http_api import (
     json_response,
     session_of,
     settings_key,
+    settled,
     viewer_resume,
 )
 from server.models import encode_json
@@ -125,7 +126,7 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 
 async def session_chunks(request: web.Request) -> web.Response:
     """``GET /api/streaming/{sessionId}/chunks?after=N&limit=M``: one page of the log."""
-    session = await session_of(request)
+    session = await settled(await session_of(request))
     most = request.app[settings_key].chunks_page_limit
     after = _int_param(request, "after", -1, -1, 2**53)
     limit = _int_param(request, "limit", most, 1, most)
