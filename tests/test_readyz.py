@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 
 from server.app import create_app
-from tests.helpers import WAIT, ServerFactory, StreamingTestServer, make_settings
+from tests.helpers import WAIT, LiveServer, ServerFactory, StreamingTestServer, make_settings
 from tests.server_process import free_port
 
 
@@ -17,22 +17,21 @@ async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
         return resp.status, await resp.json()
 
 
-async def wait_ready(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+async def wait_ready(http: aiohttp.ClientSession, server: LiveServer) -> tuple[int, Any]:
     """In Redis mode the process is ready once its command channel is subscribed, a moment
-    after it listens: wait for that."""
-    async with asyncio.timeout(WAIT):
-        while True:
-            status, body = await get(http, f"{url}/readyz")
-            if status == 200:
-                return status, body
-            await asyncio.sleep(0.02)
+    after it listens: wait for that event, then ask."""
+    cluster = server.manager.cluster
+    if cluster is not None:
+        async with asyncio.timeout(WAIT):
+            await cluster.listening.wait()
+    return await get(http, f"{server.url}/readyz")
 
 
 async def test_ready_when_it_can_take_sessions(
     start_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     server = await start_server()
-    assert await wait_ready(http, server.url) == (200, {"status": "ready"})
+    assert await wait_ready(http, server) == (200, {"status": "ready"})
     assert await get(http, f"{server.url}/healthz") == (200, {"status": "ok"})
 
 
@@ -55,7 +54,7 @@ async def test_not_ready_once_shutdown_has_begun(
     start_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     server = await start_server()
-    await wait_ready(http, server.url)
+    await wait_ready(http, server)
     # The shutdown handlers, run by hand: the listener stays open, so /readyz can be asked.
     await server.app.shutdown()
     assert await get(http, f"{server.url}/readyz") == (503, {"error": "The server is shutting down"})
