@@ -28,6 +28,7 @@ from server.metrics import build_registry
 from server.openapi import add_openapi_route
 from server.ops_api import add_routes as add_ops_routes
 from server.ops_api import draining_key, request_ids
+from server.ratelimit import Limits, limits_key
 from server.registry import InMemorySessionRegistry
 from server.settings import Settings
 from server.sio_direct import DirectHub
@@ -70,6 +71,8 @@ def create_app(
     manager = StreamingSessionManager(settings, InMemorySessionRegistry(), providers)
     app[settings_key] = settings
     app[manager_key] = manager
+    limits = Limits.from_settings(settings)
+    app[limits_key] = limits
 
     # One origin policy for HTTP, python-socketio and the direct WebSocket path.
     policy = OriginPolicy(settings.cors_origins)
@@ -101,6 +104,10 @@ def create_app(
             max_payload=settings.max_socket_message_bytes,
             origins=None if policy.any else policy.allows,
             idle_timeout=settings.keepalive_timeout,
+            limits=limits,
+            handshake_timeout=settings.handshake_timeout,
+            max_partial_total=settings.max_partial_message_bytes_total,
+            max_packets_per_turn=settings.max_packets_per_turn,
         )
     app[websockets_key] = set()
     app[upgrades_key] = set()

@@ -29,6 +29,10 @@ class TooManySessions(Exception):
     """The user already has the maximum number of live sessions (HTTP 429)."""
 
 
+class LogsFull(Exception):
+    """The chunk logs of this process hold ``MAX_LOG_BYTES``: no new session (HTTP 503)."""
+
+
 class ProviderUnavailable(ValueError):
     """Unknown provider, or one whose credentials are not configured (HTTP 400)."""
 

@@ -6,6 +6,7 @@ field name in upper case (``MAX_BODY_BYTES``), and the CLI flags reuse the same 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,6 +17,15 @@ from providers.base import ProviderSettings
 from providers.registry import default_provider_name
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _memory_share(share: float) -> int:
+    """``share`` of this machine's physical memory, in bytes (256 MiB when unknown)."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 256 * 1024 * 1024
+    return max(int(total * share), 64 * 1024 * 1024)
 
 
 class Settings(BaseSettings):
@@ -70,6 +80,30 @@ class Settings(BaseSettings):
     sse_keepalive_interval: float = Field(15.0, gt=0)
     chunks_page_limit: int = Field(1000, ge=1, le=100_000)
     sweep_interval: float = Field(30.0, gt=0)
+    #: Bytes of chunk text all sessions' logs of this process may hold; past it new
+    #: sessions get 503 and ``/readyz`` says not ready. Default: a quarter of the memory.
+    max_log_bytes: int = Field(default_factory=lambda: _memory_share(0.25), ge=1024)
+    #: A connection that completes no Socket.IO / Engine.IO handshake by then is closed.
+    handshake_timeout: float = Field(10.0, gt=0)
+    #: Bytes all direct-path connections together may hold in unfinished (fragmented)
+    #: WebSocket messages; a connection that would pass it is closed (1009).
+    max_partial_message_bytes_total: int = Field(64 * 1024 * 1024, ge=1024)
+    #: Engine.IO/Socket.IO packets one direct-path connection may have handled per event
+    #: loop turn; the rest wait for the next turn (reading pauses meanwhile).
+    max_packets_per_turn: int = Field(32, ge=1)
+
+    # Rate limits (token buckets: a rate per second and a burst).
+    #: Peers whose ``X-Forwarded-For`` names the client (addresses or networks, comma-separated).
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+    session_rate_per_user: float = Field(1.0, ge=0)
+    session_burst_per_user: float = Field(30.0, ge=1)
+    session_rate_per_address: float = Field(5.0, ge=0)
+    session_burst_per_address: float = Field(100.0, ge=1)
+    socket_message_rate: float = Field(50.0, ge=0)
+    socket_message_burst: float = Field(200.0, ge=1)
+    max_connections_per_address: int = Field(1000, ge=1)
+    handshake_rate_per_address: float = Field(20.0, ge=0)
+    handshake_burst_per_address: float = Field(200.0, ge=1)
 
     # Access (off unless a secret or a public key is set; see docs/protocol.md "Access").
     auth_jwt_secret: SecretStr | None = None
@@ -85,7 +119,7 @@ class Settings(BaseSettings):
     redis_timeout: float = Field(3.0, gt=0)
     shutdown_timeout: float = Field(5.0, gt=0)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):

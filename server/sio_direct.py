@@ -32,6 +32,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 
 from server.models import encode_json
+from server.ratelimit import Limits
 from server.sessions import Payload
 from server.socket_api import ConnectRefused, SocketAPI
 from server.socketio_viewer import DIRECT_WRITE_LIMIT
@@ -78,8 +79,17 @@ class DirectHub:
         max_payload: int,
         origins: ws_wire.OriginCheck | None,
         idle_timeout: float = 75.0,
+        limits: Limits | None = None,
+        handshake_timeout: float = 10.0,
+        max_partial_total: int = 64 * 1024 * 1024,
+        max_packets_per_turn: int = 32,
     ) -> None:
         self.api = api
+        #: The app's rate limits and counts per address (``None``: unlimited, in unit tests).
+        self.limits = limits
+        self.handshake_timeout = handshake_timeout
+        self.max_partial_total = max_partial_total
+        self.max_packets_per_turn = max_packets_per_turn
         self.idle_timeout = idle_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
