@@ -179,7 +179,13 @@ class Cluster:
 
     def _mirror(self, session_id: str, meta: dict[str, str], entries: list[Entry]) -> RelayedSession:
         mirror = RelayedSession(
-            meta, session_id, self.manager.limits, self.relay, self._forward, self._unused
+            meta,
+            session_id,
+            self.manager.limits,
+            self.relay,
+            self._forward,
+            self._unused,
+            self.manager.log_budget,
         )
         mirror.apply(entries)
         return mirror
@@ -187,6 +193,7 @@ class Cluster:
     def _unused(self, mirror: RelayedSession) -> None:
         if self._mirrors.get(mirror.id) is mirror:
             del self._mirrors[mirror.id]
+            mirror.chunks.release()
 
     def _restore(self, session_id: str, meta: dict[str, str], entries: list[Entry]) -> StreamingSession:
         """A session of a dead process, rebuilt here from its Redis log."""
@@ -195,7 +202,7 @@ class Cluster:
             session_id, meta["userId"], config, epoch=meta["epoch"], created_at=float(meta["createdAt"])
         )
         mirror = self._mirror(session_id, meta, entries)
-        session.restore(list(mirror.chunks), mirror.state, mirror.usage)
+        session.restore(mirror.chunks, mirror.state, mirror.usage)
         return session
 
     # -- commands between processes ------------------------------------------
@@ -318,6 +325,7 @@ class Cluster:
             for session_id, mirror in tuple(self._mirrors.items()):
                 if not mirror.viewers and time.monotonic() - mirror.touched > 2 * interval:
                     self._mirrors.pop(session_id, None)
+                    mirror.chunks.release()
             try:
                 for pid, lapsed_at in await self.store.dead_processes():
                     if pid != self.pid:

@@ -102,6 +102,11 @@ class ViewerSet:
         self._on_caught_up = on_caught_up
         self._watch_task: asyncio.Task[None] | None = None
 
+    def dispose(self) -> None:
+        """The session is gone: let go of its callback (it refers back to it)."""
+        self._on_caught_up = _nothing
+        self.viewers.clear()
+
     def check_room(self, key: str | None) -> None:
         """Raise :class:`SessionFull` unless ``key`` is already a viewer or one more fits."""
         if (key is None or key not in self.viewers) and len(self.viewers) >= self.limits.max_viewers:
@@ -163,6 +168,22 @@ class ViewerSet:
         self._on_caught_up()
 
 
+def _no_chunk(content: str, metadata: Payload) -> Payload:
+    raise RuntimeError("the session is gone")
+
+
+def _never() -> bool:
+    return False
+
+
+def _nothing() -> None:
+    return None
+
+
+def _none_in_flight() -> int:
+    return 0
+
+
 class ChunkEmitter(ViewerSet):
     """Viewers, pending text and the flush schedule of one stream.
 
@@ -193,6 +214,15 @@ class ChunkEmitter(ViewerSet):
         self._flush_handle: asyncio.Handle | None = None
         #: When the text of the chunk being made was first received (``time.monotonic()``).
         self.received_at = 0.0
+
+    def dispose(self) -> None:
+        """The session is gone: let go of its callbacks (they refer back to it)."""
+        self.cancel_flush()
+        self._make_chunk = _no_chunk
+        self._may_emit = _never
+        self._on_emitted = _nothing
+        self._in_flight = _none_in_flight
+        super().dispose()
 
     # -- pending text --------------------------------------------------------
 

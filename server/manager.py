@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from providers.base import AIProvider, StreamConfig
 from providers.registry import PROVIDERS
+from server.chunklog import LogBudget
 from server.metrics import RATE_LIMITED
 from server.registry import SessionRegistry
 from server.sessions import FlowLimits, Pacer, SessionState, SessionView, StreamingSession, short_id
@@ -29,8 +30,16 @@ class TooManySessions(Exception):
     """The user already has the maximum number of live sessions (HTTP 429)."""
 
 
-class LogsFull(Exception):
-    """The chunk logs of this process hold ``MAX_LOG_BYTES``: no new session (HTTP 503)."""
+class Unavailable(Exception):
+    """This process takes no new session now (HTTP 503)."""
+
+
+class LogsFull(Unavailable):
+    """The chunk logs of this process hold ``MAX_LOG_BYTES``."""
+
+
+class ShuttingDown(Unavailable):
+    """The process is shutting down."""
 
 
 class ProviderUnavailable(ValueError):
@@ -60,6 +69,10 @@ class StreamingSessionManager:
         self.pacer = Pacer(base=base, ceiling=max(base, settings.coalesce_max_ms / 1000), interval=base)
         self._provider_settings = settings.provider_settings()
         self._providers: dict[str, AIProvider] = dict(providers or {})
+        #: Set when the shutdown begins: no new sessions from then on.
+        self.closing = False
+        #: What every chunk log of this process holds, against ``MAX_LOG_BYTES``.
+        self.log_budget = LogBudget(settings.max_log_bytes)
         #: The Redis side, when ``REDIS_URL`` is set (see :mod:`server.cluster`).
         self.cluster: Cluster | None = None
         #: How late the event loop wakes up, smoothed, in seconds (:meth:`run_pacer`).
@@ -105,6 +118,7 @@ class StreamingSessionManager:
             self.pacer,
             epoch=epoch,
             created_at=created_at,
+            log_budget=self.log_budget,
         )
 
     async def create_session(self, user_id: str, config: StreamConfig) -> StreamingSession:
@@ -113,6 +127,11 @@ class StreamingSessionManager:
         too_many = TooManySessions(
             f"Too many live sessions for this user (limit {self.settings.max_sessions_per_user})"
         )
+        if self.closing:
+            raise ShuttingDown("The server is shutting down")
+        if self.log_budget.full:
+            RATE_LIMITED.labels(scope="log_bytes").inc()
+            raise LogsFull("The server holds as much session text as it may (MAX_LOG_BYTES); try again later")
         if self.cluster is None and self.registry.live_count(user_id) >= self.settings.max_sessions_per_user:
             RATE_LIMITED.labels(scope="sessions_per_user").inc()
             raise too_many
@@ -144,7 +163,7 @@ class StreamingSessionManager:
             if session.finished_at is not None:
                 if now - session.finished_at >= self.settings.session_ttl:
                     self.registry.remove(session.id)
-                    session.viewers.clear()
+                    session.dispose()
             elif session.state in (SessionState.CREATED, SessionState.PAUSED) and (
                 now - session.touched >= self.settings.session_idle_timeout
             ):

@@ -59,7 +59,10 @@ async def not_ready(app: web.Application) -> str | None:
     """Why this process cannot take sessions now, or ``None`` when it can."""
     if app[draining_key].is_set():
         return "The server is shutting down"
-    cluster = app[manager_key].cluster
+    manager = app[manager_key]
+    if manager.log_budget.full:
+        return "The session logs hold MAX_LOG_BYTES: no new sessions until some expire"
+    cluster = manager.cluster
     if cluster is None:
         return None
     if not cluster.listening.is_set():

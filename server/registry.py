@@ -57,6 +57,7 @@ class InMemorySessionRegistry:
             return
         self._finished(session)
         session.on_finish = None
+        session.chunks.release()
 
     def live_count(self, user_id: str) -> int:
         return len(self._live.get(user_id, ()))

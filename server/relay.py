@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
 from providers.base import StreamConfig, Usage
+from server.chunklog import LogBudget
 from server.emitter import FlowLimits, ViewerSet
 from server.errors import StoreUnavailable
 from server.redis_store import RedisStore, log_key, parse_id
@@ -42,6 +44,17 @@ def config_from_meta(raw: str) -> StreamConfig:
     return StreamConfig(**fields)
 
 
+def _weakly(method: Callable[[], None]) -> Callable[[], None]:
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    return call
+
+
 class RelayedSession(SessionView):
     """A session owned by another process, as this process's viewers see it."""
 
@@ -53,14 +66,17 @@ class RelayedSession(SessionView):
         relay: Relay,
         forward: Forward,
         on_unused: Callable[[RelayedSession], None],
+        log_budget: LogBudget | None = None,
     ) -> None:
         super().__init__(
             session_id,
             meta["userId"],
             config_from_meta(meta["config"]),
-            ViewerSet(short_id(session_id), limits, self._caught_up),
+            # Held weakly: a mirror no one uses any more is freed at once (no cycle).
+            ViewerSet(short_id(session_id), limits, _weakly(self._caught_up)),
             epoch=meta["epoch"],
             created_at=float(meta["createdAt"]),
+            log_budget=log_budget,
         )
         self.state = SessionState(meta.get("state", "created"))
         self.owner = meta.get("owner", "")
@@ -108,6 +124,8 @@ class RelayedSession(SessionView):
         elif event == "stream-error":
             self.error = {"code": payload["code"], "error": payload["error"]}
             self._terminal_event = (event, payload)
+        if self._terminal_event is not None:
+            self.chunks.seal()
         self.viewer_set.broadcast(event, payload)
 
     @property

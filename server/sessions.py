@@ -34,6 +34,7 @@ from providers.base import (
     Usage,
     is_resumable,
 )
+from server.chunklog import ChunkLog, LogBudget
 from server.emitter import ChunkEmitter, FlowLimits, Pacer, Payload, SessionFull, Viewer, ViewerSet
 from server.logs import SESSION
 from server.metrics import JOINS, STREAM_ERRORS, TALLY, TIME_TO_FIRST_TOKEN
@@ -105,6 +106,18 @@ class Journal(Protocol):
 MAX_JOURNAL_BACKLOG = 256
 
 
+def _well_formed(item: object) -> bool:
+    """An :class:`AIChunk` whose fields have their declared types (else a provider's bug)."""
+    return (
+        isinstance(item, AIChunk)
+        and isinstance(item.content, str)
+        and isinstance(item.metadata, dict)
+        and (item.usage is None or isinstance(item.usage, Usage))
+        and (item.finish_reason is None or isinstance(item.finish_reason, str))
+        and (item.checkpoint is None or isinstance(item.checkpoint, dict))
+    )
+
+
 class SessionView:
     """What every view of a session has, wherever its provider runs: identity, state,
     the chunk log and the viewers (replay on join, then live)."""
@@ -118,6 +131,7 @@ class SessionView:
         *,
         epoch: str | None = None,
         created_at: float | None = None,
+        log_budget: LogBudget | None = None,
     ) -> None:
         self.id = session_id
         self.user_id = user_id
@@ -127,7 +141,8 @@ class SessionView:
         #: The identity of this chunk log's history (PROTOCOL.md, "Epoch").
         self.epoch = epoch or secrets.token_hex(4)
         self.created_at = time.time() if created_at is None else created_at
-        self.chunks: list[Payload] = []
+        #: The chunks so far, kept compactly (their payloads are built when read).
+        self.chunks = ChunkLog(session_id, log_budget)
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.error: Payload | None = None
@@ -142,7 +157,7 @@ class SessionView:
 
     @property
     def text(self) -> str:
-        return "".join(chunk["content"] for chunk in self.chunks)
+        return self.chunks.text
 
     @property
     def is_live(self) -> bool:
@@ -201,7 +216,7 @@ class SessionView:
             start = last_seq + 1
             kind = "resume"
         JOINS.labels(kind=kind).inc()
-        for chunk in self.chunks[start:]:
+        for chunk in self.chunks.iter_from(start):
             viewer.send("chunk", chunk)
         if self._terminal_event is not None:
             viewer.send(*self._terminal_event)
@@ -251,6 +266,7 @@ class StreamingSession(SessionView):
         epoch: str | None = None,
         created_at: float | None = None,
         journal: Journal | None = None,
+        log_budget: LogBudget | None = None,
     ) -> None:
         self.emitter = ChunkEmitter(
             short_id(session_id),
@@ -261,7 +277,15 @@ class StreamingSession(SessionView):
             on_emitted=self.wake,
             in_flight=self._in_flight,
         )
-        super().__init__(session_id, user_id, config, self.emitter, epoch=epoch, created_at=created_at)
+        super().__init__(
+            session_id,
+            user_id,
+            config,
+            self.emitter,
+            epoch=epoch,
+            created_at=created_at,
+            log_budget=log_budget,
+        )
         self.provider = provider
         self.limits = limits
         self.journal = journal
@@ -320,6 +344,7 @@ class StreamingSession(SessionView):
             self._count_chunk(payload)
         elif event in ("complete", "stream-error"):
             self._terminal_event = (event, payload)
+            self.chunks.seal()
         self.emitter.broadcast(event, payload)
         if event == "chunk" and self.emitter.has_pending:
             self.emitter.schedule()  # it may have waited for this chunk to be delivered
@@ -343,11 +368,13 @@ class StreamingSession(SessionView):
             TIME_TO_FIRST_TOKEN.labels(provider=self.config.provider).observe(now - self._started_at)
             self._started_at = None
 
-    def restore(self, chunks: list[Payload], state: SessionState, usage: Usage | None) -> None:
-        """The log of a session taken over from another process."""
+    def restore(self, chunks: ChunkLog, state: SessionState, usage: Usage | None) -> None:
+        """The log of a session taken over from another process (counted from now on
+        against this session's budget)."""
+        chunks.adopt(self.chunks.budget)
         self.chunks = chunks
         self._made = len(chunks)
-        self._made_chars = self._received = sum(len(chunk["content"]) for chunk in chunks)
+        self._made_chars = self._received = chunks.chars
         self.state = state
         self.usage = usage
 
@@ -442,6 +469,20 @@ class StreamingSession(SessionView):
         self.viewers.clear()
         await self._stop_task()
 
+    def dispose(self) -> None:
+        """The session has expired: drop the references that tie it to itself (its
+        emitter's callbacks, its finished task's coroutine), so that reference counting
+        frees it at once. Left to the cyclic collector, it would wait for a full
+        collection, which this process's GC thresholds (``server.runner``) make rare."""
+        if self._task is not None and not self._task.done():
+            return
+        self._task = None
+        self.on_finish = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self.emitter.dispose()
+
     def _require_started(self) -> None:
         if self.state is SessionState.CREATED:
             raise SessionConflict("Session has not started")
@@ -460,8 +501,11 @@ class StreamingSession(SessionView):
     async def _run(self, open_stream: Callable[[], AsyncIterator[AIChunk]]) -> None:
         # This task's own context (a copy of its starter's): its log lines name the session.
         SESSION.set(short_id(self.id))
-        stream = open_stream()
+        stream: AsyncIterator[AIChunk] | None = None
         try:
+            # Inside the try: a provider whose create_stream raises at once must still end
+            # the session (the deadline watchdog only fires while a pull is pending).
+            stream = open_stream()
             await self._pump(stream)
             await self._drain()
             self._finish(SessionState.COMPLETED, self.finish_reason or "stop")
@@ -469,9 +513,15 @@ class StreamingSession(SessionView):
             await self._drain()
             self._fail(exc.code, exc.message)
         except asyncio.CancelledError:
-            if self.is_live and not self.handed_over:
-                self._fail("shutdown", "The stream was stopped")
-            raise
+            task = asyncio.current_task()
+            if task is None or task.cancelling() > 0 or self.handed_over:
+                if self.is_live and not self.handed_over:
+                    self._fail("shutdown", "The stream was stopped")
+                raise
+            # Nobody cancelled this task: the provider raised CancelledError itself (its bug).
+            log.error("session %s: the provider raised CancelledError", short_id(self.id))
+            await self._drain()
+            self._fail("internal", "Internal error while streaming")
         except Exception:
             log.exception("session %s: internal error while streaming", short_id(self.id))
             await self._drain()
@@ -517,6 +567,8 @@ class StreamingSession(SessionView):
             finally:
                 self._pulling = False
             first = False
+            if not _well_formed(item):
+                raise TypeError(f"the provider yielded a malformed item ({type(item).__name__})")
             if item.usage is not None:
                 self.usage = item.usage
             if item.finish_reason is not None:
