@@ -163,6 +163,17 @@ class Server:
                 LOG_LEVEL="warning",
                 SHUTDOWN_TIMEOUT="1",
                 PYTHONPATH=str(ROOT),
+                # Every client of a run is on 127.0.0.1: the per-address limits (issue 12)
+                # would refuse most of it.
+                MAX_CONNECTIONS_PER_ADDRESS="100000",
+                HANDSHAKE_RATE_PER_ADDRESS="100000",
+                HANDSHAKE_BURST_PER_ADDRESS="100000",
+                SESSION_RATE_PER_ADDRESS="100000",
+                SESSION_BURST_PER_ADDRESS="100000",
+                SESSION_RATE_PER_USER="100000",
+                SESSION_BURST_PER_USER="100000",
+                SOCKET_MESSAGE_RATE="100000",
+                SOCKET_MESSAGE_BURST="100000",
             )
             env.update(settings or {})
         else:

@@ -19,6 +19,7 @@ from server.http_api import (
     add_routes,
     authenticator_key,
     cors_middleware,
+    engineio_handshakes,
     json_errors,
     manager_key,
     settings_key,
@@ -65,6 +66,8 @@ def create_app(
             _track_upgrades,
             cors_middleware(OriginPolicy(settings.cors_origins)),
             json_errors,
+            # Last, so that its 429 goes through json_errors and CORS.
+            engineio_handshakes,
         ],
         client_max_size=max(settings.max_body_bytes, settings.max_socket_message_bytes),
     )
@@ -94,7 +97,7 @@ def create_app(
             "spend the provider's credits; set AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY",
             settings.host,
         )
-    api = SocketAPI(sio, manager, authenticator)
+    api = SocketAPI(sio, manager, authenticator, limits)
     app[socket_api_key] = api
     if settings.socketio_direct_websocket:
         app[direct_hub_key] = DirectHub(
@@ -111,6 +114,7 @@ def create_app(
         )
     app[websockets_key] = set()
     app[upgrades_key] = set()
+    app[shutdown_key] = Shutdown()
 
     if settings.redis_url:
         # Imported here: without REDIS_URL nothing of Redis is loaded.
@@ -207,45 +211,107 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     await manager.close_providers()
 
 
-async def _on_shutdown(app: web.Application) -> None:
-    """Tell every viewer the stream ends with ``shutdown``, let it flush, then disconnect.
+#: Shares of ``SHUTDOWN_TIMEOUT``: the graceful steps below end by ``SHUTDOWN_SHARE`` of
+#: it; in-flight HTTP handlers then get ``HANDLERS_SHARE`` (``server.runner``), and the
+#: cleanup what is left. ``python -m server`` stops waiting at the whole timeout.
+SHUTDOWN_SHARE = 0.75
+HANDLERS_SHARE = 0.15
 
-    Open connections would otherwise keep aiohttp waiting for the whole shutdown timeout.
-    """
+
+class Shutdown:
+    """When the shutdown began, and its draining part, run once (:func:`drain`)."""
+
+    __slots__ = ("drained", "started")
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.drained: asyncio.Task[None] | None = None
+
+
+shutdown_key = web.AppKey("shutdown", Shutdown)
+
+
+async def drain(app: web.Application) -> None:
+    """The first part of a shutdown, while the listener still takes connections: end
+    every live stream (``shutdown``, or hand-over in Redis mode) and let the viewers
+    receive it. A long-polling client needs a new request for its last packets, so
+    ``python -m server`` calls this before it closes the listener; the shutdown
+    handlers call it too (once only)."""
+    state = app[shutdown_key]
+    if state.drained is None:
+        state.started = asyncio.get_running_loop().time()
+        state.drained = asyncio.get_running_loop().create_task(_drain(app, state.started))
+    await asyncio.shield(state.drained)
+
+
+def _by(app: web.Application, start: float, share: float) -> contextlib.AbstractAsyncContextManager[None]:
+    """The part of the shutdown's graceful budget up to ``share`` of it."""
+    budget = app[settings_key].shutdown_timeout * SHUTDOWN_SHARE
+    return _within(start + budget * share)
+
+
+async def _drain(app: web.Application, start: float) -> None:
     app[draining_key].set()  # /readyz: 503 from now on
     manager = app[manager_key]
-    settings = app[settings_key]
+    manager.closing = True
     cluster = manager.cluster
+    async with _by(app, start, 0.25):
+        if cluster is not None:
+            # Streams another process can resume go on there; the rest end here.
+            await cluster.hand_over()
+        await manager.shutdown()
     if cluster is not None:
-        # Streams another process can resume go on there; the rest end here.
-        await cluster.hand_over()
-    await manager.shutdown()
-    sio = app[sio_key]
-    if cluster is not None:
-        await cluster.flushed(settings.shutdown_timeout / 2)
-        await cluster.leave()
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(settings.shutdown_timeout / 2):
-            await _flushed(app)
+        async with _by(app, start, 0.4):
+            await cluster.journal.flushed()
+        async with _by(app, start, 0.5):
+            await cluster.leave()
+    async with _by(app, start, 0.75):
+        await _flushed(app)
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    """Tell every viewer the stream ends with ``shutdown``, let it flush (:func:`drain`),
+    then disconnect.
+
+    Open connections would otherwise keep aiohttp waiting for the whole shutdown timeout.
+    Every step has its share of ``SHUTDOWN_TIMEOUT`` (a step late on 400 busy sessions
+    must not push the others past it): what is not done by then is dropped.
+    """
+    await drain(app)
+    started = app[shutdown_key].started
+    assert started is not None
+    settings = app[settings_key]
+    loop = asyncio.get_running_loop()
     hub = app.get(direct_hub_key)
     if hub is not None:
         hub.close_all()
+    sio = app[sio_key]
     websockets: set[web.WebSocketResponse] = app[websockets_key]
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(settings.shutdown_timeout / 2):
-            # One disconnect per Engine.IO socket: ``eio.disconnect()`` for all of them
-            # fails when the last client leaves by itself in the meantime.
-            await asyncio.gather(
-                *(ws.close(code=WSCloseCode.GOING_AWAY) for ws in tuple(websockets)),
-                *(sio.eio.disconnect(eio_sid) for eio_sid in tuple(sio.eio.sockets)),
-                return_exceptions=True,
-            )
-    await sio.shutdown()
+    async with _by(app, started, 1.0):
+        # One disconnect per Engine.IO socket: ``eio.disconnect()`` for all of them
+        # fails when the last client leaves by itself in the meantime.
+        await asyncio.gather(
+            *(ws.close(code=WSCloseCode.GOING_AWAY) for ws in tuple(websockets)),
+            *(sio.eio.disconnect(eio_sid) for eio_sid in tuple(sio.eio.sockets)),
+            return_exceptions=True,
+        )
+    async with _within(loop.time() + settings.shutdown_timeout * 0.05):
+        await sio.shutdown()
     # Engine.IO leaves its WebSocket handlers waiting for the client's close frame;
     # everything was said, so drop what is left rather than wait for aiohttp's timeout.
     upgrades: set[asyncio.Transport] = app[upgrades_key]
     for transport in tuple(upgrades):
         transport.abort()
+
+
+@contextlib.asynccontextmanager
+async def _within(deadline: float) -> AsyncIterator[None]:
+    """Run the block until ``deadline`` (the loop's clock), then go on without it."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            yield
+    except TimeoutError:
+        log.warning("shutdown: a step ran out of its share of SHUTDOWN_TIMEOUT; going on without it")
 
 
 async def _flushed(app: web.Application) -> None:

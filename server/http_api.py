@@ -1,8 +1,10 @@
-"""HTTP routes: create, start, inspect and cancel sessions; health; JSON errors and CORS."""
+"""HTTP routes: create, start, inspect and cancel sessions; health; JSON errors, CORS and
+the limits every connection is counted against (:mod:`server.ratelimit`)."""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,7 +25,7 @@ from server.auth import (
 )
 from server.commands import PERSIST_WAIT, Action, session_command, start_command
 from server.errors import StoreUnavailable
-from server.manager import ProviderUnavailable, StreamingSessionManager, TooManySessions
+from server.manager import ProviderUnavailable, StreamingSessionManager, TooManySessions, Unavailable
 from server.models import (
     CreateSessionIn,
     Resume,
@@ -33,6 +35,7 @@ from server.models import (
     parse_resume,
     parse_session_id,
 )
+from server.ratelimit import AddressCounter, limits_key
 from server.sessions import SessionFull, SessionView, StreamingSession, short_id
 from server.settings import Settings
 
@@ -44,6 +47,14 @@ authenticator_key = web.AppKey("authenticator", Authenticator)
 
 Model = TypeVar("Model", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Where python-socketio serves Engine.IO (``sio.attach(app)``'s default).
+ENGINEIO_PATH = "/socket.io/"
+#: ``Retry-After`` of a connection refused for its address's count: connections have no
+#: rate to compute a wait from, and a refusal costs the server next to nothing.
+CONNECTION_RETRY_AFTER = 1.0
+#: The longest ``Retry-After`` announced (a rate of 0 would make it infinite).
+MAX_RETRY_AFTER = 3600.0
 
 
 class ApiError(Exception):
@@ -63,6 +74,76 @@ def json_response(body: object, status: int = 200) -> web.Response:
 
 def error_response(status: int, message: str) -> web.Response:
     return json_response({"error": message}, status=status)
+
+
+def too_many(message: str, retry_after: float) -> ApiError:
+    """429 with ``Retry-After`` in whole seconds (rounded up, at least 1)."""
+    seconds = max(1, math.ceil(min(retry_after, MAX_RETRY_AFTER)))
+    return ApiError(429, f"{message}: retry in {seconds} s", {"Retry-After": str(seconds)})
+
+
+def client_address(request: web.Request) -> str:
+    """The client's address: the peer, or what a trusted proxy says (``TRUSTED_PROXIES``)."""
+    proxies = request.app[limits_key].proxies
+    return proxies.client_address(request.remote, request.headers.get("X-Forwarded-For"))
+
+
+class ConnectionSlot:
+    """One open connection counted against its client address (``MAX_CONNECTIONS_PER_ADDRESS``);
+    :meth:`release` gives it back, once however often it is called."""
+
+    __slots__ = ("_counter", "address")
+
+    def __init__(self, counter: AddressCounter, address: str) -> None:
+        self._counter: AddressCounter | None = counter
+        self.address = address
+
+    def release(self) -> None:
+        if self._counter is not None:
+            self._counter.release(self.address)
+            self._counter = None
+
+
+def acquire_connection(request: web.Request) -> ConnectionSlot:
+    """Count the connection ``request`` opens against its client address; 429 at the limit.
+    Called before the response is prepared (upgraded, handshaken), so that a refusal is an
+    ordinary HTTP answer."""
+    address = client_address(request)
+    counter = request.app[limits_key].connections
+    if not counter.acquire(address):
+        raise too_many(
+            f"Too many open connections from this address (MAX_CONNECTIONS_PER_ADDRESS {counter.limit})",
+            CONNECTION_RETRY_AFTER,
+        )
+    return ConnectionSlot(counter, address)
+
+
+#: The slot an Engine.IO handshake holds: taken (popped) by the Engine.IO session it opens,
+#: which releases it when it ends (:class:`server.socket_api.SocketAPI`), else released by
+#: :func:`engineio_handshakes` once the request is answered.
+engineio_slot_key = web.RequestKey("engineio_slot", ConnectionSlot)
+
+
+@web.middleware
+async def engineio_handshakes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """New Engine.IO sessions of python-socketio (a ``GET /socket.io/`` without ``sid``, over
+    long-polling or WebSocket) are limited per client address, in rate
+    (``HANDSHAKE_RATE_PER_ADDRESS``) and in number open (``MAX_CONNECTIONS_PER_ADDRESS``):
+    429 before python-engineio builds anything. Requests of an open session pass."""
+    if request.method != "GET" or request.path != ENGINEIO_PATH or "sid" in request.query:
+        return await handler(request)
+    wait = request.app[limits_key].handshakes_per_address.take(client_address(request))
+    if wait:
+        raise too_many(
+            "Too many new Socket.IO connections from this address (HANDSHAKE_RATE_PER_ADDRESS)", wait
+        )
+    request[engineio_slot_key] = acquire_connection(request)
+    try:
+        return await handler(request)
+    finally:
+        slot = request.pop(engineio_slot_key, None)
+        if slot is not None:
+            slot.release()
 
 
 @web.middleware
@@ -217,11 +298,23 @@ def _stream_config(manager: StreamingSessionManager, raw: StreamConfigIn | None)
 
 
 async def create_session(request: web.Request) -> web.Response:
-    """``POST /api/streaming/session`` → ``{sessionId, wsEndpoint}``."""
+    """``POST /api/streaming/session`` → ``{sessionId, wsEndpoint}``.
+
+    New sessions are limited in rate per client address (before the body is read) and per
+    user (the token's ``sub``, or the body's ``userId`` with access open): 429 with
+    ``Retry-After``.
+    """
     identity = identity_of(request)
+    limits = request.app[limits_key]
+    wait = limits.sessions_per_address.take(client_address(request))
+    if wait:
+        raise too_many("Too many new sessions from this address (SESSION_RATE_PER_ADDRESS)", wait)
     body = await read_body(request, CreateSessionIn)
     if identity is not None and body.user_id != identity.user:
         raise ApiError(403, FORBIDDEN)
+    wait = limits.sessions_per_user.take(body.user_id)
+    if wait:
+        raise too_many("Too many new sessions for this user (SESSION_RATE_PER_USER)", wait)
     manager = request.app[manager_key]
     try:
         config = _stream_config(manager, body.config)
@@ -230,6 +323,8 @@ async def create_session(request: web.Request) -> web.Response:
         raise ApiError(400, str(exc)) from None
     except TooManySessions as exc:
         raise ApiError(429, str(exc)) from None
+    except Unavailable as exc:
+        raise ApiError(503, str(exc)) from None
     return json_response({"sessionId": session.id, "wsEndpoint": f"/ws/stream/{session.id}"})
 
 

@@ -243,8 +243,12 @@ class _Paths:
                         403: f"`userId` is not the token's user, or {origin}",
                         413: f"body over `MAX_BODY_BYTES` ({settings.max_body_bytes} bytes)",
                         429: f"this user has `MAX_SESSIONS_PER_USER` ({settings.max_sessions_per_user}) "
-                        "live sessions",
-                        503: unavailable,
+                        "live sessions, or creates sessions faster than `SESSION_RATE_PER_USER` "
+                        f"({settings.session_rate_per_user:g}/s, burst {settings.session_burst_per_user:g}) "
+                        "or its address faster than `SESSION_RATE_PER_ADDRESS` "
+                        f"({settings.session_rate_per_address:g}/s, burst "
+                        f"{settings.session_burst_per_address:g}); the rates come with `Retry-After`",
+                        503: f"{unavailable}, or the chunk logs of this process hold `MAX_LOG_BYTES`",
                     },
                     body=CreateSessionIn,
                     security=open_or_bearer,
@@ -315,7 +319,9 @@ class _Paths:
                         401: unauthorized,
                         403: forbidden,
                         404: not_found,
-                        429: "the session has `MAX_VIEWERS_PER_SESSION` viewers",
+                        429: "the session has `MAX_VIEWERS_PER_SESSION` viewers, or the client's "
+                        f"address has `MAX_CONNECTIONS_PER_ADDRESS` ({settings.max_connections_per_address}) "
+                        "connections open (with `Retry-After`)",
                         503: unavailable,
                     },
                     parameters=[

@@ -19,6 +19,14 @@ CONNECT_ERROR ``{"message": ...}``, EVENT with ack ids, DISCONNECT both ways, an
 server ping every ``pingInterval``. Binary attachments are not part of our protocol:
 a binary event is answered with ``{ok: false, error}`` and its attachments skipped.
 
+What one client may cost (issue 12) is bounded here as on python-socketio's path: the
+connections and new Engine.IO sessions of its address (429 before the upgrade), its
+messages' rate (an event over it is acked ``{ok: false}`` at once, nothing spawned),
+``HANDSHAKE_TIMEOUT`` to connect a namespace, the packets handled per event loop turn
+(reading pauses meanwhile, so one flooding socket cannot starve the others) and, across
+all direct connections, the bytes held in unfinished fragmented messages. A client is
+alive while it answers Engine.IO pings: nothing else it sends counts.
+
 Handlers are named by direction: ``_on_*`` receive, ``_send_*`` send.
 """
 
@@ -26,15 +34,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
+import sys
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 
 from server.models import encode_json
-from server.ratelimit import Limits
+from server.ratelimit import Limits, TokenBucket
 from server.sessions import Payload
-from server.socket_api import ConnectRefused, SocketAPI
+from server.socket_api import TOO_MANY_MESSAGES, ConnectRefused, SocketAPI
 from server.socketio_viewer import DIRECT_WRITE_LIMIT
 from server.wire import socketio as sio_wire
 from server.wire import websocket as ws_wire
@@ -47,10 +57,29 @@ MAX_HANDSHAKE_BYTES = 16 * 1024
 #: How often the heartbeat task looks at the connections, at most, in seconds.
 HEARTBEAT_TICK = 1.0
 SOCKETIO_PATHS = ("/socket.io/", "/socket.io")
+#: Socket.IO packets counted against ``SOCKET_MESSAGE_RATE`` (as python-socketio's path
+#: counts events and namespace CONNECTs).
+_COUNTED = frozenset((sio_wire.SIO_CONNECT, sio_wire.SIO_EVENT, sio_wire.SIO_BINARY_EVENT))
 
 
-def websocket_accept(head: bytes, origins: ws_wire.OriginCheck | None) -> str | None:
-    """``Sec-WebSocket-Accept`` for a direct Engine.IO v4 WebSocket request, else ``None``.
+def too_many_connections(limit: int, retry_after: int) -> str:
+    """The refusal at ``MAX_CONNECTIONS_PER_ADDRESS``, in the words of the other paths."""
+    return (
+        f"Too many open connections from this address (MAX_CONNECTIONS_PER_ADDRESS {limit}): "
+        f"retry in {retry_after} s"
+    )
+
+
+#: ``Retry-After`` of a connection refused at ``MAX_CONNECTIONS_PER_ADDRESS``, in seconds.
+CONNECTION_RETRY_AFTER = 1
+#: The longest ``Retry-After`` announced (a rate of 0 would make it infinite).
+MAX_RETRY_AFTER = 3600.0
+
+Item = ws_wire.Frame | ws_wire.Violation
+
+
+def direct_handshake(head: bytes, origins: ws_wire.OriginCheck | None) -> ws_wire.Handshake | None:
+    """The opening handshake of a direct Engine.IO v4 WebSocket request, else ``None``.
 
     ``head`` is the request line and headers. Anything unusual (another path, a ``sid``
     from long-polling, a missing or odd handshake header, an origin not allowed) gets
@@ -64,7 +93,28 @@ def websocket_accept(head: bytes, origins: ws_wire.OriginCheck | None) -> str | 
         return None
     if not ws_wire.origin_allowed(handshake, origins):
         return None
-    return ws_wire.accept_key(handshake.headers["sec-websocket-key"])
+    return handshake
+
+
+def websocket_accept(head: bytes, origins: ws_wire.OriginCheck | None) -> str | None:
+    """``Sec-WebSocket-Accept`` for a direct Engine.IO v4 WebSocket request, else ``None``."""
+    handshake = direct_handshake(head, origins)
+    return None if handshake is None else ws_wire.accept_key(handshake.headers["sec-websocket-key"])
+
+
+class Refused(Exception):
+    """A direct WebSocket request refused by a limit; ``response`` is the HTTP answer."""
+
+    def __init__(self, response: bytes) -> None:
+        super().__init__("refused")
+        self.response = response
+
+
+def too_many_requests(message: str, retry_after: int) -> bytes:
+    """429 ``{"error": message}`` with ``Retry-After``, as the HTTP routes answer it."""
+    return ws_wire.refusal(
+        429, "Too Many Requests", encode_json({"error": message}).encode(), {"Retry-After": str(retry_after)}
+    )
 
 
 class DirectHub:
@@ -100,25 +150,73 @@ class DirectHub:
         self.handshakes: set[Handshake] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.open_fields = sio_wire.open_fields(ping_interval, ping_timeout, max_payload)
+        #: Bytes all connections hold in unfinished messages (``max_partial_total`` at most).
+        self.partial_bytes = 0
+        #: The heartbeat's period: connections are pinged on one tick of each interval.
+        self.tick = min(HEARTBEAT_TICK, ping_interval / 4, ping_timeout / 4)
+        #: Ticks per ping interval: each new connection gets the next one as its phase,
+        #: so that connections opened together are pinged on different ticks.
+        self._phases = max(1, int(ping_interval / self.tick))
+        self._next_phase = 0
 
     def protocol_factory(self, http: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.Protocol]:
         """Wrap aiohttp's protocol factory: each connection is looked at here first."""
         return lambda: Handshake(self, http)
 
+    def admit(self, transport: asyncio.BaseTransport, handshake: ws_wire.Handshake) -> str | None:
+        """Count a new direct connection against its client address: its handshake rate
+        and its open connections. Returns the address to release when it ends (``None``:
+        no limits); raises :class:`Refused` with the 429 to answer."""
+        limits = self.limits
+        if limits is None:
+            return None
+        peer = transport.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) and peer else None
+        # Interned: the connections of one address share one string (2 KiB per idle connection).
+        address = sys.intern(limits.proxies.client_address(host, handshake.headers.get("x-forwarded-for")))
+        wait = limits.handshakes_per_address.take(address)
+        if wait:
+            seconds = max(1, math.ceil(min(wait, MAX_RETRY_AFTER)))
+            raise Refused(
+                too_many_requests(
+                    "Too many new Socket.IO connections from this address (HANDSHAKE_RATE_PER_ADDRESS): "
+                    f"retry in {seconds} s",
+                    seconds,
+                )
+            )
+        if not limits.connections.acquire(address):
+            raise Refused(
+                too_many_requests(
+                    too_many_connections(limits.connections.limit, CONNECTION_RETRY_AFTER),
+                    CONNECTION_RETRY_AFTER,
+                )
+            )
+        return address
+
+    def first_ping(self, now: float) -> float:
+        """When a connection opened at ``now`` gets its first ping: within one interval,
+        on the phase after the previous connection's."""
+        phase = self._next_phase
+        self._next_phase = (phase + 1) % self._phases
+        return now + self.ping_interval * (phase + 1) / self._phases
+
     async def run_heartbeat(self) -> None:
-        """Ping every connection each ``ping_interval``; drop those silent for longer than
-        ``ping_interval + ping_timeout`` (python-engineio's rule)."""
+        """:meth:`heartbeat` every tick, for the app's lifetime."""
         loop = asyncio.get_running_loop()
-        tick = min(HEARTBEAT_TICK, self.ping_interval / 4, self.ping_timeout / 4)
         while True:
-            await asyncio.sleep(tick)
-            now = loop.time()
-            for connection in tuple(self.connections):
-                try:
-                    connection.heartbeat(now)
-                except Exception:
-                    log.exception("direct socket %s: heartbeat failed", connection.sid)
-                    connection.abort()
+            await asyncio.sleep(self.tick)
+            self.heartbeat(loop.time())
+
+    def heartbeat(self, now: float) -> None:
+        """Ping the connections whose turn it is; drop those that left a ping unanswered
+        for ``ping_timeout`` (python-engineio's rule) and close those that connected no
+        namespace within ``handshake_timeout``."""
+        for connection in tuple(self.connections):
+            try:
+                connection.heartbeat(now)
+            except Exception:
+                log.exception("direct socket %s: heartbeat failed", connection.sid)
+                connection.abort()
 
     def close_all(self) -> None:
         """Server shutdown: every connection gets Engine.IO's close, then a close frame;
@@ -145,8 +243,12 @@ class Handshake(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not registered as asyncio.Transport subclasses.
         self._transport = cast(asyncio.Transport, transport)
-        # aiohttp's own idle timeout starts only once it has the connection.
-        self._timer = asyncio.get_running_loop().call_later(self._hub.idle_timeout, self.close)
+        # aiohttp's own idle timeout starts only once it has the connection: until then a
+        # request head has HANDSHAKE_TIMEOUT to arrive (KEEPALIVE_TIMEOUT if shorter).
+        hub = self._hub
+        self._timer = asyncio.get_running_loop().call_later(
+            min(hub.handshake_timeout, hub.idle_timeout), self.close
+        )
         self._hub.handshakes.add(self)
 
     def close(self) -> None:
@@ -172,16 +274,24 @@ class Handshake(asyncio.Protocol):
             if len(self._buffer) > MAX_HANDSHAKE_BYTES:
                 self._hand_over(transport)
             return
-        accept = websocket_accept(self._buffer[:end], self._hub.origins)
-        if accept is None:
+        hub = self._hub
+        handshake = direct_handshake(self._buffer[:end], hub.origins)
+        if handshake is None:
             self._hand_over(transport)
             return
         rest = self._buffer[end + 4 :]
         self._buffer = b""
         self._done()
-        connection = SioConnection(self._hub, transport)
+        try:
+            address = hub.admit(transport, handshake)
+        except Refused as refused:
+            transport.write(refused.response)
+            transport.close()
+            return
+        connection = SioConnection(hub, transport, address)
         transport.set_protocol(connection)
-        connection.open(accept, rest)
+        accept = ws_wire.accept_key(handshake.headers["sec-websocket-key"])
+        connection.open(accept, rest, asyncio.get_running_loop().time())
 
     def _hand_over(self, transport: asyncio.Transport) -> None:
         protocol = cast(asyncio.Protocol, self._http())
@@ -237,12 +347,17 @@ class SioConnection(asyncio.Protocol):
     """One direct Engine.IO/Socket.IO WebSocket connection."""
 
     __slots__ = (
+        "_address",
+        "_backlog",
         "_closing",
+        "_connect_by",
+        "_deadline",
         "_hub",
-        "_last_seen",
+        "_messages",
         "_namespaces",
         "_next_ping",
         "_out",
+        "_partial",
         "_paused",
         "_reader",
         "_skip_binary",
@@ -251,9 +366,11 @@ class SioConnection(asyncio.Protocol):
         "sid",
     )
 
-    def __init__(self, hub: DirectHub, transport: asyncio.Transport) -> None:
+    def __init__(self, hub: DirectHub, transport: asyncio.Transport, address: str | None = None) -> None:
         self._hub = hub
         self._transport = transport
+        #: The client address counted in ``limits.connections`` until the connection ends.
+        self._address = address
         self.sid = secrets.token_urlsafe(12)
         self._reader = ws_wire.FrameReader(hub.max_payload)
         #: Connected namespaces: name -> the namespace's Socket.IO sid.
@@ -261,21 +378,30 @@ class SioConnection(asyncio.Protocol):
         self._viewers: dict[str, DirectViewer] = {}
         #: Frames waiting while the transport's buffer is over its high-water mark.
         self._out: deque[bytes] | None = None
+        #: What was read beyond this loop turn's ``max_packets_per_turn`` (reading paused).
+        self._backlog: deque[Item] | None = None
+        #: Bytes of unfinished messages counted in ``hub.partial_bytes``.
+        self._partial = 0
+        #: The rate of messages, made on the first one (an idle connection has none).
+        self._messages: TokenBucket | None = None
         self._paused = False
         self._closing = False
         self._skip_binary = 0
-        self._last_seen = 0.0
+        #: When the connection is closed unless a CONNECT is answered by then (``inf``:
+        #: one was).
+        self._connect_by = math.inf
+        #: When the unanswered ping expires (``inf``: no ping unanswered).
+        self._deadline = math.inf
         self._next_ping = 0.0
 
     # -- lifecycle -----------------------------------------------------------
 
-    def open(self, accept: str, rest: bytes) -> None:
+    def open(self, accept: str, rest: bytes, now: float) -> None:
         hub = self._hub
         transport = self._transport
         transport.set_write_buffer_limits(high=DIRECT_WRITE_LIMIT)
-        now = asyncio.get_running_loop().time()
-        self._last_seen = now
-        self._next_ping = now + hub.ping_interval
+        self._connect_by = now + hub.handshake_timeout
+        self._next_ping = hub.first_ping(now)
         hub.connections.add(self)
         transport.write(ws_wire.switching_protocols(accept))
         self.send_text(sio_wire.open_packet(self.sid, hub.open_fields))
@@ -285,7 +411,13 @@ class SioConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._out = None
-        self._hub.connections.discard(self)
+        self._backlog = None
+        hub = self._hub
+        hub.connections.discard(self)
+        self._release_partial()
+        address, self._address = self._address, None
+        if address is not None and hub.limits is not None:
+            hub.limits.connections.release(address)
         for namespace in tuple(self._namespaces):
             self._leave(namespace)
 
@@ -302,15 +434,28 @@ class SioConnection(asyncio.Protocol):
             self._transport.write(out.popleft())
         if out is not None and not out and not self._closing:
             self._out = None
+            self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        """Read again once neither the write queue nor the backlog holds reading back."""
+        if self._out is None and self._backlog is None and not self._closing:
             self._transport.resume_reading()
 
     def heartbeat(self, now: float) -> None:
         hub = self._hub
-        if now - self._last_seen > hub.ping_interval + hub.ping_timeout:
+        if now >= self._deadline:
             log.debug("direct socket %s: no pong, closing", self.sid)
             self.abort()
+        elif now >= self._connect_by:
+            log.info("direct socket %s: no namespace connected within HANDSHAKE_TIMEOUT, closing", self.sid)
+            self.close()
         elif now >= self._next_ping:
-            self._next_ping = now + hub.ping_interval
+            # Keep the connection's phase: its pings stay one interval apart and on
+            # their own tick, unless the loop fell a whole interval behind.
+            next_ping = self._next_ping + hub.ping_interval
+            self._next_ping = next_ping if next_ping > now else now + hub.ping_interval
+            if self._deadline == math.inf:
+                self._deadline = now + hub.ping_timeout
             self.send_text(sio_wire.EIO_PING)
 
     def close(self, code: int = ws_wire.CLOSE_NORMAL, *, announce: bool = True) -> None:
@@ -350,6 +495,7 @@ class SioConnection(asyncio.Protocol):
         """A close frame, then the TCP close once it is flushed."""
         self._write(ws_wire.close_frame(code))
         self._closing = True
+        self._backlog = None
         self._transport.close()
 
     def _send_packet(self, kind: str, namespace: str, body: str = "") -> None:
@@ -358,24 +504,74 @@ class SioConnection(asyncio.Protocol):
     def _send_ack(self, namespace: str, ack_id: int, ack: Ack) -> None:
         self.send_text(sio_wire.ack_packet(namespace, ack_id, ack))
 
+    def _send_connect_error(self, namespace: str, message: str) -> None:
+        self._connect_by = math.inf  # answered: the handshake is over
+        self._send_packet(sio_wire.SIO_CONNECT_ERROR, namespace, encode_json({"message": message}))
+
     def queued(self) -> int:
         return len(self._out) if self._out else 0
 
     # -- receiving: WebSocket ------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
         reader = self._reader
-        frames_before = reader.frames
         items = reader.feed(data)
-        if reader.frames != frames_before:
-            self._last_seen = asyncio.get_running_loop().time()
-        for item in items:
+        if reader.partial_bytes != self._partial and not self._hold_partial(reader.partial_bytes):
+            return
+        if self._backlog is not None:
+            self._backlog.extend(items)
+        elif items:
+            self._on_items(deque(items))
+
+    def _hold_partial(self, size: int) -> bool:
+        """Count ``size`` bytes of unfinished messages in the hub's total; ``False`` (and
+        closed with 1009) when that would pass ``max_partial_total``."""
+        hub = self._hub
+        grown = size > self._partial
+        hub.partial_bytes += size - self._partial
+        self._partial = size
+        if grown and hub.partial_bytes > hub.max_partial_total:
+            log.info("direct socket %s: unfinished messages over MAX_PARTIAL_MESSAGE_BYTES_TOTAL", self.sid)
+            self._release_partial()
+            self._send_close(ws_wire.CLOSE_TOO_BIG)
+            return False
+        return True
+
+    def _release_partial(self) -> None:
+        self._hub.partial_bytes -= self._partial
+        self._partial = 0
+
+    def _on_items(self, items: deque[Item]) -> None:
+        """Handle at most ``max_packets_per_turn`` of ``items``; the rest wait for the next
+        loop turn, and reading waits for them (other connections get their turn first)."""
+        for _ in range(self._hub.max_packets_per_turn):
+            if not items:
+                break
+            self._on_item(items.popleft())
             if self._closing:
                 return
-            if isinstance(item, ws_wire.Violation):
-                log.info("direct socket %s: %s, closing", self.sid, item.reason)
-                self._send_close(item.code)
-                return
+        if items:
+            if self._backlog is None:
+                self._backlog = items
+                self._transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._on_backlog)
+
+    def _on_backlog(self) -> None:
+        backlog = self._backlog
+        if backlog is None or self._closing:
+            return
+        self._on_items(backlog)
+        if not backlog and self._backlog is backlog:
+            self._backlog = None
+            self._resume_reading()
+
+    def _on_item(self, item: Item) -> None:
+        if isinstance(item, ws_wire.Violation):
+            log.info("direct socket %s: %s, closing", self.sid, item.reason)
+            self._send_close(item.code)
+        else:
             self._on_frame(item)
 
     def _on_frame(self, frame: ws_wire.Frame) -> None:
@@ -399,14 +595,25 @@ class SioConnection(asyncio.Protocol):
     # -- receiving: Engine.IO and Socket.IO ----------------------------------
 
     def _on_engineio_packet(self, text: str) -> None:
-        kind = text[:1]
+        kind = sio_wire.engineio_kind(text)
         if kind == sio_wire.EIO_MESSAGE:
             self._on_socketio_packet(text[1:])
+        elif kind == sio_wire.EIO_PONG:
+            # The only sign of life: WebSocket pings and fragments do not count.
+            self._deadline = math.inf
         elif kind == sio_wire.EIO_CLOSE:
             self.close(announce=False)
-        # A pong only refreshes _last_seen. A client ping belongs to a transport upgrade,
-        # which a direct WebSocket never has: ignored, as python-engineio does, like
-        # noop and anything else.
+        elif kind == sio_wire.EIO_UPGRADE:
+            self.send_text(sio_wire.EIO_NOOP)  # as python-engineio answers it
+        elif kind is None:
+            # python-engineio's reader dies on it (the packet cannot be decoded), and the
+            # session ends with a bare close frame at the next unanswered ping: the same
+            # end, at once.
+            log.info("direct socket %s: text message is no Engine.IO packet, closing", self.sid)
+            self.close(announce=False)
+        # A client ping belongs to a transport upgrade, which a direct WebSocket never
+        # has: ignored, as python-engineio does, like noop, open, other types and base64
+        # binary messages (no binary in our protocol).
 
     def _on_socketio_packet(self, text: str) -> None:
         try:
@@ -415,7 +622,9 @@ class SioConnection(asyncio.Protocol):
             log.debug("direct socket %s: malformed Socket.IO packet ignored", self.sid)
             return
         kind, namespace = packet.kind, packet.namespace
-        if kind == sio_wire.SIO_CONNECT:
+        if kind in _COUNTED and not self._within_rate():
+            self._on_over_rate(kind, namespace, packet.ack_id)
+        elif kind == sio_wire.SIO_CONNECT:
             self._on_connect(namespace, packet.data)
         elif kind == sio_wire.SIO_DISCONNECT:
             self._leave(namespace)
@@ -430,6 +639,24 @@ class SioConnection(asyncio.Protocol):
             ):
                 self._send_ack(namespace, packet.ack_id, error_ack("Binary payloads are not supported"))
 
+    def _within_rate(self) -> bool:
+        """One more message (``SOCKET_MESSAGE_RATE``): whether it is within the rate."""
+        limits = self._hub.limits
+        if limits is None:
+            return True
+        if self._messages is None:
+            self._messages = limits.message_bucket()
+        return limits.message_allowed(self._messages)
+
+    def _on_over_rate(self, kind: str, namespace: str, ack_id: int | None) -> None:
+        """A message over the rate does nothing but get its refusal, at once: an ack (when
+        it asked for one) or CONNECT_ERROR, as on python-socketio's path."""
+        if kind == sio_wire.SIO_CONNECT:
+            if namespace not in self._namespaces:
+                self._send_connect_error(namespace, TOO_MANY_MESSAGES)
+        elif ack_id is not None and namespace in self._namespaces:
+            self._send_ack(namespace, ack_id, error_ack(TOO_MANY_MESSAGES))
+
     def _on_connect(self, namespace: str, auth: object) -> None:
         if namespace in self._namespaces:
             return
@@ -438,7 +665,7 @@ class SioConnection(asyncio.Protocol):
             try:
                 self._hub.api.connect_root(sid, auth)
             except ConnectRefused as exc:
-                self._send_packet(sio_wire.SIO_CONNECT_ERROR, namespace, encode_json({"message": str(exc)}))
+                self._send_connect_error(namespace, str(exc))
                 return
             self._connected(namespace, sid, None)
             return
@@ -452,7 +679,7 @@ class SioConnection(asyncio.Protocol):
         try:
             await api.attach(namespace, auth, viewer)
         except ConnectRefused as exc:
-            self._send_packet(sio_wire.SIO_CONNECT_ERROR, namespace, encode_json({"message": str(exc)}))
+            self._send_connect_error(namespace, str(exc))
             return
         if self._closing or namespace in self._namespaces:
             api.detach(namespace, viewer.key)
@@ -460,6 +687,7 @@ class SioConnection(asyncio.Protocol):
         self._connected(namespace, sid, viewer)
 
     def _connected(self, namespace: str, sid: str, viewer: DirectViewer | None) -> None:
+        self._connect_by = math.inf  # answered: the handshake is over
         self._namespaces[namespace] = sid
         if viewer is not None:
             self._viewers[namespace] = viewer

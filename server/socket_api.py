@@ -2,6 +2,13 @@
 
 Every handler answers with an ack: ``{ok: true, ...}`` or ``{ok: false, error}``. A
 malformed payload changes nothing and never affects other clients.
+
+On python-socketio's path each Engine.IO session (long-polling, or WebSocket) also counts
+against its client's limits: one open connection for its address until it ends (taken
+over from :func:`server.http_api.engineio_handshakes`), a rate of messages
+(``SOCKET_MESSAGE_RATE``: an event or namespace CONNECT over it gets ``{ok: false,
+error}`` or CONNECT_ERROR and does nothing else), and ``HANDSHAKE_TIMEOUT`` to connect a
+namespace, after which it is closed.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import socketio
@@ -16,9 +24,18 @@ from pydantic import ValidationError
 
 from server.auth import FORBIDDEN, Authenticator, Identity, Unauthorized, may_control, may_view
 from server.commands import EVENT_ACTIONS, session_command
+from server.engineio_adapter import (
+    aiohttp_request,
+    close_engineio_session,
+    engineio_sid,
+    has_namespace,
+    on_engineio_sessions,
+)
 from server.errors import StoreUnavailable
+from server.http_api import ConnectionSlot, engineio_slot_key
 from server.manager import StreamingSessionManager
 from server.models import JoinIn, Resume, parse_resume, parse_session_id
+from server.ratelimit import Limits, TokenBucket
 from server.sessions import SessionFull, SessionView, Viewer
 from server.socketio_viewer import SocketIOViewer
 from server.wire.socketio import Ack, error_ack
@@ -27,6 +44,7 @@ log = logging.getLogger(__name__)
 
 STREAM_NAMESPACE_PREFIX = "/stream/"
 SESSION_NOT_FOUND = "Session not found"
+TOO_MANY_MESSAGES = "Too many messages on this connection (SOCKET_MESSAGE_RATE)"
 
 
 def _session_ref(data: object) -> tuple[str, Resume]:
@@ -73,6 +91,18 @@ class ConnectRefused(Exception):
     """A ``/stream/{id}`` namespace refuses the connection (sent as CONNECT_ERROR)."""
 
 
+@dataclass(slots=True)
+class _EngineIOSession:
+    """What one of python-socketio's Engine.IO sessions holds against its client's limits."""
+
+    #: Its messages' rate (``None``: unlimited).
+    messages: TokenBucket | None
+    #: Its place among its address's connections (``None``: not counted).
+    slot: ConnectionSlot | None
+    #: ``HANDSHAKE_TIMEOUT``: when it is closed unless it has connected a namespace.
+    deadline: asyncio.TimerHandle
+
+
 class SocketAPI:
     """The Socket.IO events, independent of the connection that carries them.
 
@@ -83,11 +113,22 @@ class SocketAPI:
     """
 
     def __init__(
-        self, sio: socketio.AsyncServer, manager: StreamingSessionManager, authenticator: Authenticator
+        self,
+        sio: socketio.AsyncServer,
+        manager: StreamingSessionManager,
+        authenticator: Authenticator,
+        limits: Limits | None = None,
     ) -> None:
         self.sio = sio
         self.manager = manager
         self.authenticator = authenticator
+        #: The app's rate limits (``None``: unlimited); python-socketio's path only, the
+        #: direct path applies them itself.
+        self.limits = limits
+        #: python-socketio's Engine.IO sessions, by Engine.IO sid.
+        self._engineio: dict[str, _EngineIOSession] = {}
+        #: Sessions being closed for ``HANDSHAKE_TIMEOUT`` (kept from the garbage collector).
+        self._closing: set[asyncio.Task[None]] = set()
         #: Namespace ``/``: each connection's identity (``None``: access is open).
         self._identities: dict[str, Identity | None] = {}
         #: Namespace ``/``: what each connection joined (connection key -> session id -> ...).
@@ -100,6 +141,7 @@ class SocketAPI:
         sio.on("connect", self._sio_connect, namespace="*")
         sio.on("disconnect", self._sio_disconnect, namespace="*")
         sio.on("*", _guarded(self._sio_stream_event), namespace="*")
+        on_engineio_sessions(sio, self._eio_opened, self._eio_closed)
 
     def _identity(self, auth: object) -> Identity | None:
         """The identity in a handshake's ``auth: {token}``; :class:`ConnectRefused` when a
@@ -240,7 +282,43 @@ class SocketAPI:
 
     # -- python-socketio's handlers -----------------------------------------
 
+    def _eio_opened(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        request = aiohttp_request(environ)
+        slot = request.pop(engineio_slot_key, None) if request is not None else None
+        deadline = asyncio.get_running_loop().call_later(
+            self.manager.settings.handshake_timeout, self._eio_handshake_expired, eio_sid
+        )
+        messages = self.limits.message_bucket() if self.limits is not None else None
+        self._engineio[eio_sid] = _EngineIOSession(messages, slot, deadline)
+
+    def _eio_closed(self, eio_sid: str) -> None:
+        session = self._engineio.pop(eio_sid, None)
+        if session is None:
+            return
+        session.deadline.cancel()
+        if session.slot is not None:
+            session.slot.release()
+
+    def _eio_handshake_expired(self, eio_sid: str) -> None:
+        if eio_sid not in self._engineio or has_namespace(self.sio, eio_sid):
+            return
+        log.debug("engine.io session closed: no namespace connected within HANDSHAKE_TIMEOUT")
+        task = asyncio.get_running_loop().create_task(close_engineio_session(self.sio, eio_sid))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _sio_over_rate(self, sid: str, namespace: str) -> bool:
+        """One more message on Socket.IO connection ``sid``: whether its Engine.IO session
+        is over ``SOCKET_MESSAGE_RATE`` (counted)."""
+        eio_sid = engineio_sid(self.sio, sid, namespace)
+        session = self._engineio.get(eio_sid) if eio_sid is not None else None
+        if session is None or session.messages is None or self.limits is None:
+            return False
+        return not self.limits.message_allowed(session.messages)
+
     async def _sio_root_event(self, event: str, sid: str, *args: object) -> Ack:
+        if self._sio_over_rate(sid, "/"):
+            return error_ack(TOO_MANY_MESSAGES)
         return await self.root_event(sid, event, args, lambda: SocketIOViewer(self.sio, sid, "/"))
 
     async def _sio_root_disconnect(self, sid: str, *args: object) -> None:
@@ -249,6 +327,8 @@ class SocketAPI:
     async def _sio_connect(
         self, namespace: str, sid: str, environ: dict[str, Any], auth: object = None
     ) -> bool:
+        if self._sio_over_rate(sid, namespace):
+            raise socketio.exceptions.ConnectionRefusedError(TOO_MANY_MESSAGES)
         try:
             if namespace == "/":
                 self.connect_root(sid, auth)
@@ -265,4 +345,6 @@ class SocketAPI:
         self.detach(namespace, f"sio:{namespace}:{sid}")
 
     async def _sio_stream_event(self, event: str, namespace: str, sid: str, *args: object) -> Ack:
+        if self._sio_over_rate(sid, namespace):
+            return error_ack(TOO_MANY_MESSAGES)
         return await self.stream_event(namespace, f"sio:{namespace}:{sid}", event)

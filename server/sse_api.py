@@ -6,6 +6,9 @@ JSON as Socket.IO), resumable with ``Last-Event-ID`` or ``?lastSeq=``, a comment
 while idle, and the end of the response after ``complete`` or ``stream-error``. Browsers'
 ``EventSource`` reconnects by itself and sends ``Last-Event-ID``.
 
+Each event stream counts as one open connection of its client's address
+(``MAX_CONNECTIONS_PER_ADDRESS``: 429 before the response starts at the limit).
+
 ``GET /api/streaming/{id}/chunks?after=N&limit=M`` returns one page of the chunk log.
 """
 
@@ -18,6 +21,7 @@ from aiohttp import web
 
 from server.http_api import (
     ApiError,
+    acquire_connection,
     ensure_viewer_room,
     json_response,
     session_of,
@@ -25,9 +29,9 @@ from server.http_api import (
     settled,
     viewer_resume,
 )
-from server.models import encode_json
+from server.models import Resume, encode_json
 from server.queued_viewer import QueuedViewer
-from server.sessions import Payload, SessionFull
+from server.sessions import Payload, SessionFull, SessionView
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,14 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     session = await session_of(request, query_token=True)
     resume = viewer_resume(request, request.headers.get("Last-Event-ID"))
     ensure_viewer_room(session)
+    slot = acquire_connection(request)
+    try:
+        return await _send_events(request, session, resume)
+    finally:
+        slot.release()
+
+
+async def _send_events(request: web.Request, session: SessionView, resume: Resume) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream; charset=utf-8",

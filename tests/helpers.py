@@ -30,6 +30,17 @@ def make_settings(**overrides: Any) -> Settings:
         "anthropic_base_url": None,
         "demo_tokens_per_second": 0,
         "log_level": "info",
+        # Rate limits far above what any test does by accident (hundreds of sessions and
+        # clients from one address in a second); tests/test_rate_limits.py sets small ones.
+        "session_rate_per_user": 10_000.0,
+        "session_burst_per_user": 10_000.0,
+        "session_rate_per_address": 10_000.0,
+        "session_burst_per_address": 10_000.0,
+        "socket_message_rate": 10_000.0,
+        "socket_message_burst": 10_000.0,
+        "max_connections_per_address": 100_000,
+        "handshake_rate_per_address": 10_000.0,
+        "handshake_burst_per_address": 10_000.0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -13,7 +13,14 @@ from typing import Any
 import socketio
 
 from server.app import sio_key
-from server.engineio_adapter import EngineIOSocket, websocket_transport
+from server.engineio_adapter import (
+    EngineIOSocket,
+    aiohttp_request,
+    close_engineio_session,
+    has_namespace,
+    on_engineio_sessions,
+    websocket_transport,
+)
 from tests.helpers import LiveServer, ServerFactory, create_session, record_events, wait_until
 
 
@@ -73,3 +80,33 @@ async def test_long_polling_has_no_websocket_transport(
     assert not EngineIOSocket(sio, sid, namespace).closed
     # python-socketio's polling client takes ~20 s to leave gracefully: drop it instead.
     await client.eio.disconnect(abort=True)
+
+
+async def test_engineio_session_hooks(start_server: ServerFactory, http: Any, sio_clients: Any) -> None:
+    server = await start_server(socketio_direct_websocket=False)
+    sio = server.app[sio_key]
+    version = f"python-engineio {dist_version('python-engineio')}"
+    assert {"connect", "disconnect"} <= set(sio.eio.handlers), f"{version}: eio.handlers"
+    opened: list[str] = []
+    closed: list[str] = []
+
+    def on_open(eio_sid: str, environ: dict[str, Any]) -> None:
+        assert aiohttp_request(environ) is not None, "environ['aiohttp.request']"
+        opened.append(eio_sid)
+
+    on_engineio_sessions(sio, on_open, closed.append)
+    client: socketio.AsyncClient = sio_clients()
+    await client.connect(server.url, transports=["websocket"])
+    (eio_sid,) = opened
+    assert has_namespace(sio, eio_sid), f"python-socketio {dist_version('python-socketio')}: sid_from_eio_sid"
+    await client.disconnect()
+    await wait_until(lambda: closed == [eio_sid])
+
+    async with http.get(f"{server.url}/socket.io/?EIO=4&transport=polling") as resp:
+        assert resp.status == 200
+    idle = opened[-1]
+    assert not has_namespace(sio, idle)
+    await close_engineio_session(sio, idle)
+    assert closed[-1] == idle and idle not in sio.eio.sockets, f"{version}: AsyncSocket.close(wait=False)"
+    async with http.get(f"{server.url}/socket.io/?EIO=4&transport=polling&sid={idle}") as resp:
+        assert resp.status == 400

@@ -28,6 +28,23 @@ SIO_CONNECT, SIO_DISCONNECT, SIO_EVENT, SIO_ACK, SIO_CONNECT_ERROR, SIO_BINARY_E
 Ack = dict[str, Any]
 
 
+def engineio_kind(text: str) -> str | None:
+    """The type of an Engine.IO packet received as a WebSocket text message, read as
+    python-engineio reads it (``int`` of the first character, ``b`` for a base64 binary
+    message); ``None`` when it is no packet at all (empty, or another first character),
+    which python-engineio does not survive."""
+    kind = text[:1]
+    if kind in _ASCII_DIGITS or kind == "b":
+        return kind
+    try:
+        return str(int(kind))  # other Unicode decimal digits are digits to int() too
+    except ValueError:
+        return None
+
+
+_ASCII_DIGITS = frozenset("0123456789")
+
+
 def error_ack(message: str) -> Ack:
     """The ack of an event that changed nothing: ``{ok: false, error}``."""
     return {"ok": False, "error": message}

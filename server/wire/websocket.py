@@ -12,7 +12,7 @@ import base64
 import binascii
 import hashlib
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -97,6 +97,15 @@ def accept_key(key: str) -> str:
     return base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
 
 
+def refusal(status: int, reason: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+    """An HTTP answer that refuses an opening handshake (``body`` is JSON); the
+    connection is closed after it."""
+    lines = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines += [f"Content-Length: {len(body)}", "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
 def switching_protocols(accept: str) -> bytes:
     """The server's 101 answer to an accepted opening handshake."""
     return (
@@ -127,7 +136,10 @@ def parse_handshake(head: bytes) -> Handshake | None:
         name, colon, value = line.partition(":")
         if not colon:
             return None
-        headers[name.strip().lower()] = value.strip()
+        name, value = name.strip().lower(), value.strip()
+        # A header sent twice is one comma-separated list (RFC 9110, section 5.3), as an
+        # ``X-Forwarded-For`` that two proxies each added a line to.
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
     connection = {token.strip().lower() for token in headers.get("connection", "").split(",")}
     if (
         headers.get("upgrade", "").lower() != "websocket"
@@ -183,6 +195,12 @@ class FrameReader:
     def in_message(self) -> bool:
         """A fragmented message has begun and not ended."""
         return self._fragments is not None
+
+    @property
+    def partial_bytes(self) -> int:
+        """Bytes held for messages not complete yet: the fragments read so far and the
+        frame that has only partly arrived."""
+        return len(self._buffer) + (self._fragment_size if self._fragments is not None else 0)
 
     def feed(self, data: bytes) -> list[Frame | Violation]:
         """Everything complete in what has arrived so far, in order; a :class:`Violation`
