@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 from collections.abc import Callable
 from typing import cast
 
 from aiohttp import web
 
-from server.app import direct_hub_key
+from server.app import HANDLERS_SHARE, direct_hub_key, drain
 from server.http_api import settings_key
 from server.ops_api import draining_key
+
+log = logging.getLogger(__name__)
 
 #: The cyclic garbage collector's thresholds for the serving process. CPython's default
 #: (700, 10, 10) ran 954 young and 8 full collections while 3,250 sessions streamed at
@@ -74,7 +77,8 @@ async def _serve(
     runner = StreamingAppRunner(
         app,
         handle_signals=True,
-        shutdown_timeout=shutdown_timeout,
+        # In-flight HTTP handlers get their share, after the graceful steps (server.app).
+        shutdown_timeout=shutdown_timeout * HANDLERS_SHARE,
         keepalive_timeout=app[settings_key].keepalive_timeout,
     )
     await runner.setup()
@@ -87,4 +91,13 @@ async def _serve(
         draining = app.get(draining_key)
         if draining is not None:
             draining.set()
-        await runner.cleanup()
+        try:
+            # The streams end while the listener still takes connections (a long-polling
+            # client comes back for its last packets); then it closes.
+            # SHUTDOWN_TIMEOUT holds, however busy the process was: what is not done by
+            # then is dropped (in Redis mode, the others take over what this one owned).
+            async with asyncio.timeout(shutdown_timeout):
+                await drain(app)
+                await runner.cleanup()
+        except TimeoutError:
+            log.warning("shutdown took SHUTDOWN_TIMEOUT (%gs): stopping now", shutdown_timeout)
