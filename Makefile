@@ -71,5 +71,13 @@ bench: install
 	bash bench/run.sh
 	cd frontend && npm run bench:render
 
+# Soak (issue 12): 500 concurrent demo sessions at 40 tokens/s for 5 minutes, with dropping,
+# long-polling and slow viewers; writes bench/soak.json and bench/soak.png, prints a section
+# for bench/RESULTS.md, fails if a chunk was lost, duplicated or out of order. Sizes:
+# SOAK_SESSIONS, SOAK_SECONDS, SOAK_SESSION_SECONDS, SOAK_WORKERS (or bench/soak.py --help).
+.PHONY: soak
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache frontend/node_modules frontend/dist frontend/dist-lib

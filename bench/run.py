@@ -54,6 +54,9 @@ PEER = BENCH / "peer-node" / "server.js"
 SERVERS = ("ours", "peer")
 ALL_SCENARIOS = "abcdefghij"
 
+#: RESULTS.md: what follows this line comes from other benches and runs, kept by a full run.
+KEPT_MARKER = "<!-- Sections below: other benches and partial runs (kept when run.py rewrites the above) -->"
+
 # Pass/fail thresholds (see the issue).
 THROUGHPUT_RATIO = 1.5  # (a), (b): our content throughput vs the peer's
 C_P99_MS = 50.0  # (c)
@@ -1347,7 +1350,12 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"machine": info, "quick": args.quick, "results": res, "serverLogs": logs}, indent=1)
     )
     report = render(res, info, args.quick, chart_name, notes)
-    (out_dir / "RESULTS.md").write_text(report)
+    results = out_dir / "RESULTS.md"
+    # Sections from other benches (soak, memory, flood, partial re-runs) follow the marker:
+    # a full run rewrites what is above it and keeps them.
+    if results.exists() and KEPT_MARKER in (previous := results.read_text()):
+        report = report.rstrip("\n") + "\n\n" + previous[previous.index(KEPT_MARKER) :]
+    results.write_text(report)
     log(f"wrote {out_dir / 'RESULTS.md'}")
     print("\n".join(f"{a}: {b} -> {c}" for a, b, c in targets(res)))
     return 0

@@ -1,8 +1,9 @@
 """A session's chunk log, kept compactly: its text and the chunk boundaries.
 
 A chunk as sent is a dict of five fields (about 600 bytes in CPython for a few words of
-text). The log keeps instead, for all chunks together, the UTF-8 text in one
-``bytearray``, and in ``array``\\ s each chunk's end offset, its timestamp (from the
+text). The log keeps instead, for all chunks together, the UTF-8 text in blocks of
+:data:`BLOCK_BYTES` (equal blocks do not leave the holes in the heap that one buffer
+growing by ``realloc`` does), and in ``array``\\ s each chunk's end offset, its timestamp (from the
 first one's) and its metadata's ``tokens`` (PROTOCOL.md: the count a provider reports,
 which the demo provider updates on every chunk): 12 bytes a chunk. The rest of the
 metadata is kept once per run of chunks that share it. A chunk's payload is built again
@@ -26,6 +27,8 @@ Payload = dict[str, Any]
 
 #: Bytes a chunk costs besides its text: its end offset, its timestamp and its tokens.
 PER_CHUNK_BYTES = 4 + 4 + 4
+#: The text is kept in ``bytes`` blocks of this size, and a tail that grows to it.
+BLOCK_BYTES = 16 * 1024
 #: ``tokens`` absent from a chunk's metadata.
 NO_TOKENS = -1
 _INT32 = range(-(2**31), 2**31)
@@ -49,13 +52,15 @@ class ChunkLog(Sequence[Payload]):
     """The chunks of one session, ``seq`` 0 to ``len - 1``; indexing builds payloads."""
 
     __slots__ = (
+        "_blocks",
         "_budget",
         "_ends",
         "_meta_starts",
         "_metas",
+        "_size",
         "_stamps",
         "_t0",
-        "_text",
+        "_tail",
         "_tokens",
         "session_id",
     )
@@ -63,7 +68,9 @@ class ChunkLog(Sequence[Payload]):
     def __init__(self, session_id: str, budget: LogBudget | None = None) -> None:
         self.session_id = session_id
         self._budget = budget
-        self._text: bytearray | bytes = bytearray()
+        self._blocks: list[bytes] = []
+        self._tail: bytearray | bytes = bytearray()
+        self._size = 0
         self._ends = array("I")
         #: Milliseconds after ``_t0`` (the first chunk's timestamp).
         self._t0: int | None = None
@@ -78,11 +85,15 @@ class ChunkLog(Sequence[Payload]):
     def append(self, chunk: Payload) -> None:
         """Log a chunk payload (its ``seq`` must be the next one)."""
         data = chunk["content"].encode()
-        text = self._text
-        if isinstance(text, bytes):  # sealed, and yet written to: make it growable again
-            text = self._text = bytearray(text)
-        text += data
-        self._ends.append(len(text))
+        tail = self._tail
+        if isinstance(tail, bytes):  # sealed, and yet written to: make it growable again
+            tail = self._tail = bytearray(tail)
+        tail += data
+        while len(tail) >= BLOCK_BYTES:
+            self._blocks.append(bytes(tail[:BLOCK_BYTES]))
+            del tail[:BLOCK_BYTES]
+        self._size += len(data)
+        self._ends.append(self._size)
         stamp: int = chunk["timestamp"]
         if self._t0 is None:
             self._t0 = stamp
@@ -105,9 +116,9 @@ class ChunkLog(Sequence[Payload]):
 
     def seal(self) -> None:
         """No more chunks are expected: keep the buffers at their exact size."""
-        if isinstance(self._text, bytes):
+        if isinstance(self._tail, bytes):
             return
-        self._text = bytes(self._text)
+        self._tail = bytes(self._tail)
         self._ends = array("I", self._ends)
         self._stamps = array("i", self._stamps)
         self._tokens = array("i", self._tokens)
@@ -134,11 +145,11 @@ class ChunkLog(Sequence[Payload]):
     @property
     def nbytes(self) -> int:
         """What the budget counts: the text's bytes and :data:`PER_CHUNK_BYTES` per chunk."""
-        return len(self._text) + PER_CHUNK_BYTES * len(self._ends)
+        return self._size + PER_CHUNK_BYTES * len(self._ends)
 
     @property
     def text(self) -> str:
-        return self._text.decode()
+        return (b"".join(self._blocks) + self._tail).decode()
 
     @property
     def chars(self) -> int:
@@ -147,7 +158,20 @@ class ChunkLog(Sequence[Payload]):
 
     def content(self, seq: int) -> str:
         start = self._ends[seq - 1] if seq > 0 else 0
-        return self._text[start : self._ends[seq]].decode()
+        return self._bytes(start, self._ends[seq]).decode()
+
+    def _bytes(self, start: int, end: int) -> bytes:
+        """The text's bytes from offset ``start`` to ``end``."""
+        blocks = self._blocks
+        first, start = divmod(start, BLOCK_BYTES)
+        last, end = divmod(end, BLOCK_BYTES)
+
+        def block(index: int) -> bytes | bytearray:
+            return blocks[index] if index < len(blocks) else self._tail
+
+        if first == last:
+            return bytes(block(first)[start:end])
+        return b"".join([block(first)[start:], *blocks[first + 1 : last], block(last)[:end]])
 
     def __len__(self) -> int:
         return len(self._ends)

@@ -77,6 +77,19 @@ def test_a_running_token_count_costs_no_dict_per_chunk() -> None:
     assert list(log) == [*sent, odd]
 
 
+def test_chunks_across_text_blocks() -> None:
+    """The text is kept in blocks: chunks that straddle them (multi-byte characters cut
+    between two) read back whole."""
+    log = ChunkLog("s-1")
+    sent = [chunk(seq, ("é" * (seq % 7) + "🙂 ") * (seq % 900 + 1)) for seq in range(300)]
+    for payload in sent:
+        log.append(payload)
+    assert len(log._blocks) > 10
+    assert list(log) == sent
+    assert log.text == "".join(c["content"] for c in sent)
+    assert log.nbytes == len(log.text.encode()) + PER_CHUNK_BYTES * 300
+
+
 def test_a_sealed_log_reads_the_same_and_may_still_grow() -> None:
     log = ChunkLog("s-1")
     sent = [chunk(seq, f"part {seq} ") for seq in range(10)]
@@ -98,7 +111,16 @@ def test_a_log_costs_about_its_text() -> None:
         log.append(chunk(seq, words, {"provider": "demo"}))
     text_bytes = len(words) * 5000
     log.seal()
-    parts = (log._text, log._ends, log._stamps, log._tokens, log._meta_starts, log._metas)
+    parts = (
+        *log._blocks,
+        log._blocks,
+        log._tail,
+        log._ends,
+        log._stamps,
+        log._tokens,
+        log._meta_starts,
+        log._metas,
+    )
     held = sum(sys.getsizeof(part) for part in parts)
     assert held <= 1.5 * text_bytes, (held, text_bytes)
     assert log.nbytes == text_bytes + PER_CHUNK_BYTES * 5000
