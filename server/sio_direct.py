@@ -44,7 +44,7 @@ from typing import Any, cast
 from server.models import encode_json
 from server.ratelimit import Limits, TokenBucket
 from server.sessions import Payload
-from server.socket_api import TOO_MANY_MESSAGES, ConnectRefused, SocketAPI
+from server.socket_api import MALFORMED_EVENT, TOO_MANY_MESSAGES, ConnectRefused, SocketAPI
 from server.socketio_viewer import DIRECT_WRITE_LIMIT
 from server.wire import socketio as sio_wire
 from server.wire import websocket as ws_wire
@@ -727,7 +727,7 @@ class SioConnection(asyncio.Protocol):
             return
         if not isinstance(data, list) or not data or not isinstance(data[0], str):
             if ack_id is not None:
-                self._send_ack(namespace, ack_id, error_ack("Malformed event"))
+                self._send_ack(namespace, ack_id, error_ack(MALFORMED_EVENT))
             return
         self._spawn(self._dispatch(namespace, sid, ack_id, data[0], data[1:]))
 

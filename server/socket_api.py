@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 STREAM_NAMESPACE_PREFIX = "/stream/"
 SESSION_NOT_FOUND = "Session not found"
+#: The ack of an event whose packet is no ``[name, ...args]`` with a string name.
+MALFORMED_EVENT = "Malformed event"
 TOO_MANY_MESSAGES = "Too many messages on this connection (SOCKET_MESSAGE_RATE)"
 
 
@@ -173,6 +175,8 @@ class SocketAPI:
         make_viewer: Callable[[], ReleasableViewer],
     ) -> Ack:
         """One event on namespace ``/`` from connection ``conn``; returns its ack."""
+        if not isinstance(event, str):  # python-socketio passes any JSON value as the name
+            return error_ack(MALFORMED_EVENT)
         payload = args[0] if args else None
         try:
             if event == "join-stream":
@@ -261,6 +265,8 @@ class SocketAPI:
     async def stream_event(self, namespace: str, key: str, event: str) -> Ack:
         """One event from viewer ``key`` on a ``/stream/{id}`` namespace; the namespace
         names the session."""
+        if not isinstance(event, str):
+            return error_ack(MALFORMED_EVENT)
         action = EVENT_ACTIONS.get(event)
         if action is None:
             return error_ack(f"Unknown event {event[:64]!r}")

@@ -197,6 +197,9 @@ NO_USE = [
     ('42{"a":1}', []),
     ('42-["a"]', []),
     ("4318[]", []),
+    # An event whose name is no string: python-socketio hands it to the handler as is.
+    ("427[1]", ['437[{"ok":false,"error":"Malformed event"}]']),
+    ('427[null,"x"]', ['437[{"ok":false,"error":"Malformed event"}]']),
 ]
 
 
