@@ -12,6 +12,11 @@ one write, then reads every ack. The flood window runs from the write to the las
     .venv/bin/python bench/flood.py                 # prints JSON, then a markdown snippet
     .venv/bin/python bench/flood.py --events 5000   # a quicker run
     .venv/bin/python bench/flood.py --path engineio # every socket on python-socketio
+    .venv/bin/python bench/flood.py --idle 5000     # the heartbeat instead: 5,000 idle sockets
+
+With ``--idle N`` there is no flood: the viewers' latency is measured alone, then beside N
+idle direct sockets that answer the server's pings (``SOCKETIO_PING_INTERVAL=2``, so a
+10 s stream sees five heartbeats of them all).
 
 Target: the viewers' p99 under 20 ms during the flood.
 """
@@ -33,7 +38,7 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import Server, log  # bench/run.py: the server process
+from run import Server, log, raise_nofile  # bench/run.py: the server process
 
 VIEWERS = 20
 TOKENS_PER_SECOND = 40.0
@@ -164,8 +169,74 @@ def flood_process(url: str, count: int, out: Any) -> None:
     out.put(asyncio.run(flood(url, count)))
 
 
-async def run_streams(url: str, tokens: int, events: int | None) -> dict[str, Any]:
-    """``VIEWERS`` streams watched; with ``events``, the flood runs from ``FLOOD_AFTER`` s in."""
+@dataclass
+class Idlers:
+    """The idle sockets of one process: how many are open, and when to stop."""
+
+    count: int
+    opened: int = 0
+    all_open: asyncio.Event = field(default_factory=asyncio.Event)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def idle_socket(url: str, idlers: Idlers) -> None:
+    """A direct socket connected to ``/`` that only answers pings, until ``stop``."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(struct.pack("!BB", 0x81, 0x82) + b"\0\0\0\0" + b"40")
+    idlers.opened += 1
+    if idlers.opened == idlers.count:
+        idlers.all_open.set()
+
+    async def answer() -> None:
+        while True:
+            _, second = await reader.readexactly(2)
+            text = await reader.readexactly(second & 0x7F)
+            if text == b"2":
+                writer.write(struct.pack("!BB", 0x81, 0x81) + b"\0\0\0\0" + b"3")
+
+    task = asyncio.ensure_future(answer())
+    await idlers.stop.wait()
+    task.cancel()
+    writer.close()
+
+
+def idle_process(url: str, count: int, ready: Any, done: Any) -> None:
+    """``count`` idle sockets, open from ``ready`` until ``done`` is set."""
+    raise_nofile()
+
+    async def run() -> None:
+        idlers = Idlers(count)
+        tasks = []
+        for _ in range(count):
+            tasks.append(asyncio.ensure_future(idle_socket(url, idlers)))
+            if len(tasks) % 200 == 0:
+                await asyncio.sleep(0.05)  # pacing the connects, not synchronisation
+        await idlers.all_open.wait()
+        ready.set()
+        await asyncio.get_running_loop().run_in_executor(None, done.wait)
+        idlers.stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(run())
+
+
+async def run_streams(url: str, tokens: int, events: int | None, idle: int = 0) -> dict[str, Any]:
+    """``VIEWERS`` streams watched; with ``events``, the flood runs from ``FLOOD_AFTER`` s in;
+    with ``idle``, that many idle sockets are open throughout."""
+    context = multiprocessing.get_context("spawn")
+    idlers = None
+    if idle:
+        ready, done = context.Event(), context.Event()
+        idlers = context.Process(target=idle_process, args=(url, idle, ready, done))
+        idlers.start()
+        await asyncio.get_running_loop().run_in_executor(None, ready.wait, 120)
     async with aiohttp.ClientSession() as http:
         viewers = [Viewer(await new_session(http, url, f"viewer-{i}", tokens)) for i in range(VIEWERS)]
         tasks = [asyncio.create_task(v.watch(http, url)) for v in viewers]
@@ -178,13 +249,15 @@ async def run_streams(url: str, tokens: int, events: int | None) -> dict[str, An
         flooded: dict[str, Any] | None = None
         if events is not None:
             await asyncio.sleep(FLOOD_AFTER)  # the streams are under way (pacing, not synchronisation)
-            context = multiprocessing.get_context("spawn")
             queue = context.Queue()
             process = context.Process(target=flood_process, args=(url, events, queue))
             process.start()
             flooded = await asyncio.get_running_loop().run_in_executor(None, queue.get)
             process.join()
         await asyncio.gather(*tasks)
+    if idlers is not None:
+        done.set()
+        idlers.join()
     latencies = [lat for v in viewers for _, lat in v.chunks]
     result: dict[str, Any] = {"all": summary(latencies)}
     if flooded is not None:
@@ -234,8 +307,20 @@ def main(argv: list[str] | None = None) -> int:
         help="which server code serves the WebSockets: the direct path, or python-socketio "
         "(SOCKETIO_DIRECT_WEBSOCKET=false)",
     )
+    parser.add_argument("--idle", type=int, default=0, help="idle sockets instead of a flood")
     args = parser.parse_args(argv)
     settings = SETTINGS | {"SOCKETIO_DIRECT_WEBSOCKET": str(args.path == "direct").lower()}
+    if args.idle:
+        raise_nofile()
+        settings |= {"SOCKETIO_PING_INTERVAL": "2", "MAX_CONNECTIONS_PER_ADDRESS": "100000"}
+        with tempfile.TemporaryDirectory() as scratch:
+            heartbeat: dict[str, Any] = {}
+            for label, idle in (("alone", 0), ("beside idle sockets", args.idle)):
+                log(f"heartbeat bench: {label}")
+                with Server("ours", args.pin, Path(scratch), settings) as server:
+                    heartbeat[label] = asyncio.run(run_streams(server.url, args.tokens, None, idle))["all"]
+        print(json.dumps({"idle": args.idle, **heartbeat}, indent=2))
+        return 0
     with tempfile.TemporaryDirectory() as scratch:
         result: dict[str, Any] = {}
         for label, events in (("baseline", None), ("flood", args.events)):
