@@ -12,6 +12,10 @@ Two measurements against a real ``python -m server`` process (demo provider, unt
     .venv/bin/python bench/memory.py                 # both; figures as JSON on stdout
     .venv/bin/python bench/memory.py --sessions 2000 --skip-kept
 
+- **handshakes**: one client opens long-polling Engine.IO sessions as fast as it can
+  (issue 12: 115,000 in 12 s added 1 GB); ``HANDSHAKE_RATE_PER_ADDRESS`` and
+  ``MAX_CONNECTIONS_PER_ADDRESS`` at their defaults.
+
 ``tests/test_memory.py`` runs the rounds in ``make test``.
 """
 
@@ -210,16 +214,51 @@ async def kept(process: ServerProcess, sessions: int = 100, max_tokens: int = 32
     return figures
 
 
+async def handshakes(process: ServerProcess, count: int = 115_000, concurrency: int = 64) -> dict[str, Any]:
+    """RSS before and after ``count`` long-polling handshakes from one address."""
+    assert process.process is not None
+    pid, url = process.process.pid, process.url
+    before = rss_bytes(pid)
+    statuses: dict[int, int] = {}
+    began = time.monotonic()
+    remaining = count
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                async with http.get(f"{url}/socket.io/?EIO=4&transport=polling") as resp:
+                    await resp.read()
+                    statuses[resp.status] = statuses.get(resp.status, 0) + 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.monotonic() - began
+    return {
+        "handshakes": count,
+        "seconds": round(seconds, 1),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "rss_before_mib": round(before / 1024 / 1024, 1),
+        "rss_after_mib": round(rss_bytes(pid) / 1024 / 1024, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-kept", action="store_true")
+    parser.add_argument("--handshakes", type=int, default=115_000)
     args = parser.parse_args()
     figures: dict[str, Any] = {}
     if not args.skip_kept:
         with server({"SESSION_TTL": "3600"}) as process:
             figures["kept"] = asyncio.run(kept(process))
+    if args.handshakes:
+        # Only this bench's own limits are at their defaults here.
+        with server({"HANDSHAKE_RATE_PER_ADDRESS": "20", "HANDSHAKE_BURST_PER_ADDRESS": "200"}) as process:
+            figures["handshakes"] = asyncio.run(handshakes(process, args.handshakes))
     with server({"SESSION_TTL": "2", "SWEEP_INTERVAL": "0.5"}) as process:
         figures["rounds"] = asyncio.run(rounds(process, args.sessions, args.rounds)).summary()
     json.dump(figures, sys.stdout, indent=2)
