@@ -255,10 +255,11 @@ async def _drain(app: web.Application, start: float) -> None:
     manager = app[manager_key]
     manager.closing = True
     cluster = manager.cluster
-    async with _by(app, start, 0.25):
-        if cluster is not None:
+    if cluster is not None:
+        async with _by(app, start, 0.2):
             # Streams another process can resume go on there; the rest end here.
             await cluster.hand_over()
+    async with _by(app, start, 0.3):
         await manager.shutdown()
     if cluster is not None:
         async with _by(app, start, 0.4):

@@ -85,7 +85,9 @@ def too_many(message: str, retry_after: float) -> ApiError:
 def client_address(request: web.Request) -> str:
     """The client's address: the peer, or what a trusted proxy says (``TRUSTED_PROXIES``)."""
     proxies = request.app[limits_key].proxies
-    return proxies.client_address(request.remote, request.headers.get("X-Forwarded-For"))
+    # Every X-Forwarded-For line, joined as one list (a proxy may add a line of its own).
+    forwarded = ", ".join(request.headers.getall("X-Forwarded-For", ())) or None
+    return proxies.client_address(request.remote, forwarded)
 
 
 class ConnectionSlot:
@@ -130,7 +132,8 @@ async def engineio_handshakes(request: web.Request, handler: Handler) -> web.Str
     long-polling or WebSocket) are limited per client address, in rate
     (``HANDSHAKE_RATE_PER_ADDRESS``) and in number open (``MAX_CONNECTIONS_PER_ADDRESS``):
     429 before python-engineio builds anything. Requests of an open session pass."""
-    if request.method != "GET" or request.path != ENGINEIO_PATH or "sid" in request.query:
+    # A blank ``sid=`` is no sid to python-engineio (it parses with parse_qs): a handshake.
+    if request.method != "GET" or request.path != ENGINEIO_PATH or request.query.get("sid"):
         return await handler(request)
     wait = request.app[limits_key].handshakes_per_address.take(client_address(request))
     if wait:

@@ -141,6 +141,22 @@ class AddressCounter:
         return self._counts.get(address, 0)
 
 
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address, an IPv4-mapped IPv6 one (a dual-stack listener's peers) as IPv4."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _normal(text: str) -> str:
+    address = _ip(text)
+    return text if address is None else str(address)
+
+
 class TrustedProxies:
     """Which peers may say, in ``X-Forwarded-For``, who the client is (``TRUSTED_PROXIES``:
     addresses or networks, e.g. ``127.0.0.1,10.0.0.0/8``). Others are the client."""
@@ -151,23 +167,20 @@ class TrustedProxies:
     def trusts(self, peer: str) -> bool:
         if not self._networks:
             return False
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        return any(address in network for network in self._networks)
+        address = _ip(peer)
+        return address is not None and any(address in network for network in self._networks)
 
     def client_address(self, peer: str | None, forwarded_for: str | None) -> str:
         """The client's address: the peer, or when the peer is a trusted proxy, the last
         address in ``X-Forwarded-For`` that is not itself a trusted proxy (the rightmost
         untrusted hop; the ones left of it are the client's own say)."""
-        address = peer or "unknown"
+        address = _normal(peer) if peer else "unknown"
         if forwarded_for is None or not self.trusts(address):
             return address
         hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
         for hop in reversed(hops):
-            address = hop
-            if not self.trusts(hop):
+            address = _normal(hop)
+            if not self.trusts(address):
                 break
         return address
 

@@ -381,6 +381,8 @@ class StreamingSession(SessionView):
     # -- commands ------------------------------------------------------------
 
     def start(self, prompt: str) -> None:
+        if self.handed_over:
+            raise SessionConflict("The session is moving to another process; try again")
         if self.state is not SessionState.CREATED:
             raise SessionConflict(f"Session already started (state: {self.state.value})")
         self._started_at = time.monotonic()
@@ -422,6 +424,8 @@ class StreamingSession(SessionView):
 
     def resume(self) -> None:
         self._require_started()
+        if self.handed_over:
+            raise SessionConflict("The session is moving to another process; try again")
         if self.state is SessionState.PAUSED:
             self._set_state(SessionState.STREAMING)
             self._pull_gate.set()

@@ -505,7 +505,8 @@ class SioConnection(asyncio.Protocol):
         self.send_text(sio_wire.ack_packet(namespace, ack_id, ack))
 
     def _send_connect_error(self, namespace: str, message: str) -> None:
-        self._connect_by = math.inf  # answered: the handshake is over
+        # Not the end of the handshake: a socket with no namespace connected is still
+        # closed at HANDSHAKE_TIMEOUT, as on python-socketio's path.
         self._send_packet(sio_wire.SIO_CONNECT_ERROR, namespace, encode_json({"message": message}))
 
     def queued(self) -> int:

@@ -298,6 +298,36 @@ async def test_a_polling_handshake_flood_is_refused_and_costs_nothing(
     assert server.app[limits_key].connections.count(LOCAL) == 0
 
 
+async def test_a_blank_sid_is_a_handshake_and_counts(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """python-engineio reads ``sid=`` (blank) as no sid: a new session, limited as one."""
+    server = await start_server(handshake_rate_per_address=0, handshake_burst_per_address=2)
+    url = f"{server.url}/socket.io/?EIO=4&transport=polling&sid="
+    statuses = []
+    for _ in range(4):
+        async with http.get(url) as resp:
+            statuses.append(resp.status)
+    assert statuses == [200, 200, 429, 429]
+
+
+async def test_every_x_forwarded_for_line_is_read(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """A proxy that adds its own line: the client's line cannot name another address."""
+    server = await start_server(
+        trusted_proxies=["127.0.0.1"], session_rate_per_address=0, session_burst_per_address=1
+    )
+    statuses = []
+    for spoof in ("1.1.1.1", "2.2.2.2"):
+        headers = [("X-Forwarded-For", spoof), ("X-Forwarded-For", "9.9.9.9")]
+        async with http.post(
+            f"{server.url}/api/streaming/session", json={"userId": spoof}, headers=headers
+        ) as resp:
+            statuses.append(resp.status)
+    assert statuses == [200, 429], "both count against 9.9.9.9, the hop the proxy added"
+
+
 async def test_an_engineio_session_without_a_namespace_is_closed_after_the_handshake_timeout(
     start_server: ServerFactory, http: aiohttp.ClientSession, sio_clients: Callable[[], socketio.AsyncClient]
 ) -> None:

@@ -232,3 +232,14 @@ async def test_idle_server_pulls_every_token_as_it_comes():
     session.start("p")
     await finished(session)
     assert provider.pulled >= 30, "an idle server does not batch"
+
+
+async def test_a_session_handed_over_takes_no_start_or_resume_here():
+    """Shutdown in Redis mode hands created and resumable sessions to the other processes
+    while the listener still takes requests: a start or resume arriving then is refused
+    (the client retries and reaches the new owner), not run here as well."""
+    created = make_session(ScriptedProvider(["never"]))
+    await created.hand_over()
+    with pytest.raises(SessionConflict, match="moving to another process"):
+        created.start("Explain streaming")
+    assert created.state is SessionState.CREATED
