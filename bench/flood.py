@@ -127,20 +127,26 @@ def event_frames(session_id: str, count: int) -> bytes:
     return b"".join(frames)
 
 
+async def open_socket(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw Socket.IO WebSocket, its CONNECT to ``/`` sent (frames masked with a zero key)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(struct.pack("!BB", 0x81, 0x82) + b"\0\0\0\0" + b"40")
+    return reader, writer
+
+
 async def flood(url: str, count: int) -> dict[str, Any]:
     """The flooding socket: a session of its own, the burst, then every ack read."""
     async with aiohttp.ClientSession() as http:
         session_id = await new_session(http, url, "flooder", 10_000)
         await request(http, url, f"/api/streaming/{session_id}/start", {"prompt": "Explain streaming"})
-        host, port = url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(
-            b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            b"Sec-WebSocket-Version: 13\r\n\r\n"
-        )
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(struct.pack("!BB", 0x81, 0x82) + b"\0\0\0\0" + b"40")
+        reader, writer = await open_socket(url)
         burst = event_frames(session_id, count)
         acks = refused = 0
         started = 0.0
@@ -181,15 +187,7 @@ class Idlers:
 
 async def idle_socket(url: str, idlers: Idlers) -> None:
     """A direct socket connected to ``/`` that only answers pings, until ``stop``."""
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n"
-    )
-    await reader.readuntil(b"\r\n\r\n")
-    writer.write(struct.pack("!BB", 0x81, 0x82) + b"\0\0\0\0" + b"40")
+    reader, writer = await open_socket(url)
     idlers.opened += 1
     if idlers.opened == idlers.count:
         idlers.all_open.set()

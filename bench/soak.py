@@ -57,7 +57,7 @@ import aiohttp
 import socketio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import ensure_matplotlib
+from bench.run import cpu_seconds, ensure_matplotlib
 
 SCRIPT = Path(__file__).resolve()
 BENCH = SCRIPT.parent
@@ -1034,14 +1034,6 @@ def proc_status(pid: int) -> dict[str, int]:
         if name in ("VmRSS", "VmHWM"):
             out[name] = int(value.split()[0])
     return out
-
-
-def cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pin(core: int, config: SoakConfig) -> list[str]:
