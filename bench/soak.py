@@ -47,6 +47,7 @@ import struct
 import sys
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -393,7 +394,7 @@ class WorkerStats:
 # ---- Engine.IO / Socket.IO text packets ------------------------------------------------
 
 
-class Viewer:
+class Viewer(ABC):
     """One session's viewer: joins ``/stream/<id>``, keeps what it receives in a
     :class:`Track`, and (when ``dropping``) drops its connection at random moments and
     rejoins with ``lastSeq`` and ``epoch``. Subclasses provide one connection's life."""
@@ -490,10 +491,10 @@ class Viewer:
             return None
         return asyncio.get_running_loop().time() + self.rng.uniform(*self.config.drop_after)
 
+    @abstractmethod
     async def connection(self) -> str:
         """Connect with :meth:`auth`, receive until the session ends (``"finished"``), the
         server closes (``"server-closed"``) or the drop deadline (``"dropped"``)."""
-        raise NotImplementedError
 
     async def run(self) -> None:
         failures = 0

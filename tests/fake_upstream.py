@@ -39,15 +39,16 @@ import json
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from providers.base import AIChunk, ProviderError
+from providers.base import AIChunk, ProviderError, ProviderSettings
 
 WAIT = 10.0
 """How long the ``wait_*`` helpers wait before failing the test."""
@@ -900,3 +901,30 @@ async def failure(stream: AsyncIterator[AIChunk]) -> ProviderError:
     with pytest.raises(ProviderError) as caught:
         await collect(stream)
     return caught.value
+
+
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+P = TypeVar("P", bound=_Closable)
+
+
+@asynccontextmanager
+async def providers_of(
+    kind: Callable[[ProviderSettings], P], **defaults: Any
+) -> AsyncIterator[Callable[..., P]]:
+    """A factory of ``kind`` providers with ``defaults`` (for the fake: no SDK retries and
+    a short timeout unless asked), each closed on the way out."""
+    made: list[P] = []
+
+    def make(**overrides: Any) -> P:
+        values = {"max_retries": 0, "request_timeout": 5.0, **defaults, **overrides}
+        made.append(kind(ProviderSettings(**values)))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for provider in made:
+            await provider.aclose()

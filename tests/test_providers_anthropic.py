@@ -10,7 +10,7 @@ import pytest
 
 from providers.anthropic import AnthropicStreamingProvider
 from providers.base import ProviderSettings, StreamConfig, Usage
-from tests.fake_upstream import FakeUpstream, Script, collect, failure
+from tests.fake_upstream import FakeUpstream, Script, collect, failure, providers_of
 
 KEY = "sk-ant-test-0123456789abcdef"
 PROMPT = "Write a haiku about streaming text"
@@ -28,22 +28,10 @@ async def fake() -> AsyncIterator[FakeUpstream]:
 @pytest.fixture
 async def make_provider(fake: FakeUpstream) -> AsyncIterator[MakeProvider]:
     """Providers aimed at the fake: no SDK retries and a short timeout unless asked."""
-    made: list[AnthropicStreamingProvider] = []
-
-    def make(**overrides: Any) -> AnthropicStreamingProvider:
-        values: dict[str, Any] = {
-            "anthropic_api_key": KEY,
-            "anthropic_base_url": fake.anthropic_base_url,
-            "max_retries": 0,
-            "request_timeout": 5.0,
-        }
-        values.update(overrides)
-        made.append(AnthropicStreamingProvider(ProviderSettings(**values)))
-        return made[-1]
-
-    yield make
-    for provider in made:
-        await provider.aclose()
+    async with providers_of(
+        AnthropicStreamingProvider, anthropic_api_key=KEY, anthropic_base_url=fake.anthropic_base_url
+    ) as make:
+        yield make
 
 
 def config(**overrides: Any) -> StreamConfig:

@@ -26,7 +26,7 @@ from providers.base import (
     is_resumable,
 )
 from providers.openai import OpenAIStreamingProvider
-from tests.fake_upstream import FakeUpstream, Script, collect, failure
+from tests.fake_upstream import FakeUpstream, Script, collect, failure, providers_of
 
 KEY = "sk-test-openai-0123456789abcdef"
 PROMPT = "Write a haiku about streaming text"
@@ -50,23 +50,13 @@ async def fake() -> AsyncIterator[FakeUpstream]:
 @pytest.fixture
 async def make_provider(fake: FakeUpstream) -> AsyncIterator[MakeProvider]:
     """Background-mode providers aimed at the fake: no SDK retries and a short timeout unless asked."""
-    made: list[OpenAIStreamingProvider] = []
-
-    def make(**overrides: Any) -> OpenAIStreamingProvider:
-        values: dict[str, Any] = {
-            "openai_api_key": KEY,
-            "openai_base_url": fake.openai_base_url,
-            "openai_background": True,
-            "max_retries": 0,
-            "request_timeout": 5.0,
-        }
-        values.update(overrides)
-        made.append(OpenAIStreamingProvider(ProviderSettings(**values)))
-        return made[-1]
-
-    yield make
-    for provider in made:
-        await provider.aclose()
+    async with providers_of(
+        OpenAIStreamingProvider,
+        openai_api_key=KEY,
+        openai_base_url=fake.openai_base_url,
+        openai_background=True,
+    ) as make:
+        yield make
 
 
 def config(**overrides: Any) -> StreamConfig:
