@@ -58,10 +58,12 @@ test-frontend: $(FRONTEND_STAMP)
 test-python: $(STAMP) $(FRONTEND_BUILD)
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(STAMP) $(FRONTEND_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check server providers tests bench deploy
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	cd frontend && npm run lint:cycles
 
 format: $(STAMP)
 	$(BIN)/ruff format server providers tests bench deploy

@@ -210,7 +210,7 @@ async def _cancel(http: Any, proc: Process, session_id: str) -> None:
 
 async def _log_end(store: Any, session_id: str) -> tuple[str | None, int]:
     """The session's owner and its last logged chunk ``seq`` (-1: none), read at once."""
-    from server.redis_store import log_key, meta_key
+    from server.cluster.redis_store import log_key, meta_key
 
     pipe = store.pipeline(transaction=True)
     pipe.hget(meta_key(session_id), "owner")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from providers.registry import PROVIDERS
 from server.app import create_app
-from server.logs import configure_logging
+from server.guards.logs import configure_logging
 from server.runner import run_app
 from server.settings import Settings
 

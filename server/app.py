@@ -13,8 +13,13 @@ import socketio
 from aiohttp import WSCloseCode, web
 
 from providers.base import AIProvider
-from server.auth import Authenticator, OriginPolicy
-from server.http_api import (
+from server.core.manager import StreamingSessionManager
+from server.core.registry import InMemorySessionRegistry
+from server.guards.auth import Authenticator, OriginPolicy
+from server.guards.metrics import build_registry
+from server.guards.ratelimit import Limits, limits_key
+from server.settings import Settings
+from server.transports.http_api import (
     Handler,
     add_routes,
     authenticator_key,
@@ -24,18 +29,13 @@ from server.http_api import (
     manager_key,
     settings_key,
 )
-from server.manager import StreamingSessionManager
-from server.metrics import build_registry
-from server.openapi import add_openapi_route
-from server.ops_api import add_routes as add_ops_routes
-from server.ops_api import draining_key, request_ids
-from server.ratelimit import Limits, limits_key
-from server.registry import InMemorySessionRegistry
-from server.settings import Settings
-from server.sio_direct import DirectHub
-from server.socket_api import SocketAPI
-from server.sse_api import add_routes as add_sse_routes
-from server.ws_api import stream_socket, websockets_key
+from server.transports.openapi import add_openapi_route
+from server.transports.ops_api import add_routes as add_ops_routes
+from server.transports.ops_api import draining_key, request_ids
+from server.transports.sio_direct import DirectHub
+from server.transports.socket_api import SocketAPI
+from server.transports.sse_api import add_routes as add_sse_routes
+from server.transports.ws_api import stream_socket, websockets_key
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ sio_key = web.AppKey("sio", socketio.AsyncServer)
 #: Transports of upgraded (WebSocket) requests still being handled, aborted on shutdown.
 upgrades_key = web.AppKey("upgrades", set[asyncio.Transport])
 socket_api_key = web.AppKey("socket_api", SocketAPI)
-#: Direct Socket.IO WebSockets (``server.sio_direct``), when ``SOCKETIO_DIRECT_WEBSOCKET`` is on.
+#: Direct Socket.IO WebSockets (``server.transports.sio_direct``), when ``SOCKETIO_DIRECT_WEBSOCKET`` is on.
 direct_hub_key = web.AppKey("direct_hub", DirectHub)
 
 _NOT_BUILT = """<!doctype html><meta charset="utf-8"><title>Streaming server</title>
@@ -118,7 +118,7 @@ def create_app(
 
     if settings.redis_url:
         # Imported here: without REDIS_URL nothing of Redis is loaded.
-        from server.cluster import Cluster
+        from server.cluster.coordinator import Cluster
 
         manager.cluster = Cluster(settings, manager)
         app.cleanup_ctx.append(_cluster_ctx)
@@ -127,7 +127,7 @@ def create_app(
     add_routes(app)
     add_sse_routes(app)
     add_openapi_route(app)
-    add_ops_routes(app, build_registry(manager, sio.transport))
+    add_ops_routes(app, build_registry(manager))
     app.router.add_get("/ws/stream/{session_id}", stream_socket)
     _add_frontend(app, settings)
     app.on_shutdown.append(_on_shutdown)
@@ -263,7 +263,7 @@ async def _drain(app: web.Application, start: float) -> None:
         await manager.shutdown()
     if cluster is not None:
         async with _by(app, start, 0.4):
-            await cluster.journal.flushed()
+            await cluster.written()
         async with _by(app, start, 0.5):
             await cluster.leave()
     async with _by(app, start, 0.75):

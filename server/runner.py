@@ -1,4 +1,4 @@
-"""Serving the app: an ``AppRunner`` that lets :mod:`server.sio_direct` see each
+"""Serving the app: an ``AppRunner`` that lets :mod:`server.transports.sio_direct` see each
 connection first, and the process's run loop (``python -m server``)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import cast
 from aiohttp import web
 
 from server.app import HANDLERS_SHARE, direct_hub_key, drain
-from server.http_api import settings_key
-from server.ops_api import draining_key
+from server.transports.http_api import settings_key
+from server.transports.ops_api import draining_key
 
 log = logging.getLogger(__name__)
 

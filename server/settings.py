@@ -17,6 +17,17 @@ from providers.base import ProviderSettings
 from providers.registry import default_provider_name
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The demo page inside an installed wheel (``make wheel`` copies ``frontend/dist`` here).
+PACKAGED_STATIC = Path(__file__).resolve().parent / "static"
+
+
+def _default_static_dir() -> Path:
+    """The built demo page: ``frontend/dist`` in a source checkout, else the copy the
+    wheel carries as package data."""
+    checkout = ROOT / "frontend" / "dist"
+    if checkout.is_dir() or not PACKAGED_STATIC.is_dir():
+        return checkout
+    return PACKAGED_STATIC
 
 
 def _memory_share(share: float) -> int:
@@ -41,7 +52,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: ``text`` (human-readable lines) or ``json`` (one JSON object per line).
     log_format: Literal["text", "json"] = "text"
-    static_dir: Path = ROOT / "frontend" / "dist"
+    static_dir: Path = Field(default_factory=_default_static_dir)
 
     # Providers.
     default_provider: str | None = None

@@ -25,7 +25,7 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 
 @pytest.fixture(params=["direct", "engineio"])
 def sio_path(request: pytest.FixtureRequest) -> str:
-    """Which server code serves Socket.IO WebSockets: ``server.sio_direct`` or python-socketio.
+    """Which server code serves Socket.IO WebSockets: ``server.transports.sio_direct`` or python-socketio.
 
     Modules that use it (``pytestmark = pytest.mark.usefixtures("sio_path")``) run each
     test against both.

@@ -12,10 +12,10 @@ import socketio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from server.http_api import manager_key
-from server.manager import StreamingSessionManager
+from server.core.manager import StreamingSessionManager
 from server.runner import StreamingAppRunner
 from server.settings import Settings
+from server.transports.http_api import manager_key
 
 WAIT = 15.0
 

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server.chunklog import PER_CHUNK_BYTES, ChunkLog, LogBudget
+from server.core.chunklog import PER_CHUNK_BYTES, ChunkLog, LogBudget
 from tests.helpers import (
     WAIT,
     LiveServer,

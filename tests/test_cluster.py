@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from server.redis_store import RedisStore
+from server.cluster.redis_store import RedisStore
 from tests.cluster_nodes import OPENAI_KEY, assert_contiguous, create, post, start, status_of
 from tests.fake_upstream import FakeUpstream, Script
 from tests.helpers import WAIT
@@ -207,7 +207,7 @@ def test_nothing_of_redis_is_loaded_in_memory_mode():
 
     code = (
         "import sys, server.app; server.app.create_app(); "
-        "print(any(m in sys.modules for m in ('server.cluster', 'server.redis_store', 'server.relay')))"
+        "print(any(m in sys.modules for m in ('server.cluster.coordinator', 'server.cluster.redis_store', 'server.cluster.relay')))"
     )
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

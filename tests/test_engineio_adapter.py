@@ -1,4 +1,4 @@
-"""python-engineio's internals that ``server.engineio_adapter`` relies on.
+"""python-engineio's internals that ``server.transports.engineio_adapter`` relies on.
 
 If a new python-engineio or python-socketio release changes any of them, this fails
 first and says which, instead of viewers silently losing events.
@@ -13,7 +13,7 @@ from typing import Any
 import socketio
 
 from server.app import sio_key
-from server.engineio_adapter import (
+from server.transports.engineio_adapter import (
     EngineIOSocket,
     aiohttp_request,
     close_engineio_session,

@@ -12,7 +12,7 @@ from typing import Any
 import socketio
 
 from providers.demo import demo_tokens
-from server.redis_store import RedisStore
+from server.cluster.redis_store import RedisStore
 from tests.cluster_nodes import Node, assert_contiguous, create, start, status_of
 from tests.helpers import WAIT, Recorder, record_events, wait_until
 from tests.redis_server import RedisServer

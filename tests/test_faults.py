@@ -29,7 +29,7 @@ from aiohttp import web
 
 from providers.base import AIChunk, AIProvider, ProviderError
 from server.app import direct_hub_key
-from server.ws_api import websockets_key
+from server.transports.ws_api import websockets_key
 from tests.fake_providers import BrokenFactoryProvider, RawProvider, ScriptedProvider, SteadyProvider
 from tests.helpers import (
     WAIT,
@@ -277,7 +277,7 @@ async def test_provider_fault_ends_its_session_and_spares_the_others(
     await finish_healthy(http, server, steady, healthy)
     await serves_a_new_session(http, server, sio_clients)
     # The session reports a provider's bug with its traceback; nothing else fails.
-    assert_no_crash(caplog, expected_logger="server.sessions")
+    assert_no_crash(caplog, expected_logger="server.core.sessions")
 
 
 # -- viewers that come and go --------------------------------------------------------------------

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import socketio
 
-from server.logs import REQUEST_ID, SESSION, JsonFormatter, TextFormatter, secret_values
+from server.guards.logs import REQUEST_ID, SESSION, JsonFormatter, TextFormatter, secret_values
 from tests.fake_providers import ScriptedProvider
 from tests.fake_upstream import FakeUpstream, Script
 from tests.helpers import (

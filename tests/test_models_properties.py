@@ -1,4 +1,4 @@
-"""Property-based tests of the wire models (``server/models.py``), alone and behind the live
+"""Property-based tests of the wire models (``server/core/models.py``), alone and behind the live
 server.
 
 - Valid HTTP bodies and Socket.IO payloads parse, and round-trip (Python and JSON).
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from pydantic import BaseModel, ValidationError
 
-from server.models import (
+from server.core.models import (
     ChunksPageOut,
     CreateSessionIn,
     CreateSessionOut,

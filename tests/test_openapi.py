@@ -27,7 +27,7 @@ import uvloop
 from openapi_spec_validator import validate
 
 from server.app import create_app
-from server.openapi import OPENAPI_PATH, add_openapi_route, build_openapi, has_route
+from server.transports.openapi import OPENAPI_PATH, add_openapi_route, build_openapi, has_route
 from tests.helpers import StreamingTestServer, make_settings
 
 #: Small enough that every run stays well under a minute.

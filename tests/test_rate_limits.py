@@ -22,10 +22,10 @@ from multidict import CIMultiDictProxy
 
 from providers.base import StreamConfig
 from server.app import sio_key, socket_api_key
-from server.manager import LogsFull
-from server.ratelimit import limits_key
-from server.sessions import StreamingSession
-from server.socket_api import TOO_MANY_MESSAGES
+from server.core.manager import LogsFull
+from server.core.sessions import StreamingSession
+from server.guards.ratelimit import limits_key
+from server.transports.socket_api import TOO_MANY_MESSAGES
 from tests.helpers import (
     WAIT,
     LiveServer,

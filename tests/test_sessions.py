@@ -10,9 +10,9 @@ import pytest
 
 from providers.base import ProviderError, StreamConfig
 from providers.demo import demo_tokens
-from server.manager import StreamingSessionManager
-from server.registry import InMemorySessionRegistry
-from server.sessions import FlowLimits, Pacer, SessionConflict, SessionState, StreamingSession
+from server.core.manager import StreamingSessionManager
+from server.core.registry import InMemorySessionRegistry
+from server.core.sessions import FlowLimits, Pacer, SessionConflict, SessionState, StreamingSession
 from tests.fake_providers import CountingProvider, ScriptedProvider
 from tests.helpers import make_settings, wait_until
 

@@ -1,4 +1,4 @@
-"""The direct Socket.IO WebSocket path (``server.sio_direct``) at the frame level: a raw
+"""The direct Socket.IO WebSocket path (``server.transports.sio_direct``) at the frame level: a raw
 client speaks RFC 6455, Engine.IO v4 and Socket.IO v5 to the real server.
 
 What every Socket.IO client sees is covered by the suites that run against both paths

@@ -1,4 +1,4 @@
-"""What one client may cost on the direct Socket.IO WebSocket path (``server.sio_direct``,
+"""What one client may cost on the direct Socket.IO WebSocket path (``server.transports.sio_direct``,
 issue 12): liveness, the budget of unfinished messages, ``HANDSHAKE_TIMEOUT``, messages
 that are no packet, the heartbeat's spread, event floods and connections per address.
 
@@ -22,11 +22,16 @@ from urllib.parse import urlsplit
 import pytest
 
 from server.app import direct_hub_key
-from server.ratelimit import Limits, limits_key
-from server.sio_direct import CONNECTION_RETRY_AFTER, DirectHub, SioConnection, too_many_connections
-from server.socket_api import TOO_MANY_MESSAGES, SocketAPI
-from server.wire import websocket as ws_wire
-from server.wire.socketio import error_ack
+from server.guards.ratelimit import Limits, limits_key
+from server.transports.sio_direct import (
+    CONNECTION_RETRY_AFTER,
+    DirectHub,
+    SioConnection,
+    too_many_connections,
+)
+from server.transports.socket_api import TOO_MANY_MESSAGES, SocketAPI
+from server.transports.wire import websocket as ws_wire
+from server.transports.wire.socketio import error_ack
 from tests.helpers import (
     WAIT,
     LiveServer,

@@ -1,4 +1,4 @@
-"""The wire codecs (``server.wire``) byte by byte: frames and packets in, frames and packets
+"""The wire codecs (``server.transports.wire``) byte by byte: frames and packets in, frames and packets
 out, with no socket, as aiohttp's ``test_websocket_parser.py`` tests its reader."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import struct
 
 import pytest
 
-from server.auth import OriginPolicy
-from server.sio_direct import websocket_accept
-from server.wire import socketio as sio_wire
-from server.wire import websocket as ws_wire
-from server.wire.websocket import Frame, FrameReader, Violation
+from server.guards.auth import OriginPolicy
+from server.transports.sio_direct import websocket_accept
+from server.transports.wire import socketio as sio_wire
+from server.transports.wire import websocket as ws_wire
+from server.transports.wire.websocket import Frame, FrameReader, Violation
 
 TEXT, BINARY, CLOSE, PING, PONG, CONT = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
 

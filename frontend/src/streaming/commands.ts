@@ -19,8 +19,8 @@ import {
   settleStream,
   triggerChunkAnimation,
   writeText,
-} from './streaming-plugin'
-import type { StreamingOptions, StreamingStorage } from './streaming-extension'
+} from './stream-document'
+import type { StreamingOptions, StreamingStorage } from './streaming-options'
 import type { StreamAck, StreamConfig, StreamFormat } from './types'
 
 /** What every command function gets: the transaction, whether it runs for real, this editor's streams. */

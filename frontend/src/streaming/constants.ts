@@ -1,7 +1,7 @@
 /** Names and keys shared by the streaming extension, its node, its plugin and its commands. */
 import { PluginKey } from '@tiptap/pm/state'
 
-import type { StreamingPluginState } from './streaming-plugin'
+import type { StreamingPluginState } from './plugin-types'
 import type { AnimationType } from './types'
 
 /** The name of the streaming node type in the schema. */

@@ -20,50 +20,9 @@ import {
 } from './commands'
 import { ANIMATION_TYPES, STREAMING_EXTENSION_NAME, STREAMING_NODE_NAME, streamingPluginKey } from './constants'
 import { splitIntoPieces, StreamManager } from './stream-manager'
+import type { StreamingOptions, StreamingStorage } from './streaming-options'
 import { createStreamingPlugins } from './streaming-plugin'
-import type { AnimationType, StreamConfig, StreamContentOptions, StreamFormat, StreamingTransport } from './types'
-
-export interface StreamingOptions {
-  /**
-   * The transport that carries pause, resume, cancel and regenerate to the server; streams
-   * started with a `sessionId` use it. The hook sets it on `editor.storage.streaming.transport`.
-   * @default null
-   * @example { pause: () => service.pause(), resume: () => service.resume(), cancel: () => service.cancel() }
-   */
-  transport: StreamingTransport | null
-  /**
-   * The animation of newly arrived chunks when a stream's config names none.
-   * @default 'wave'
-   * @example 'fade'
-   */
-  animationType: AnimationType
-  /**
-   * How a stream's text is shown when its config names no format: Markdown rendered as it
-   * arrives, or the plain text as it arrived.
-   * @default 'markdown'
-   * @example 'text'
-   */
-  format: StreamFormat
-  /**
-   * Milliseconds between two chunks of locally streamed text (streamContent, streamWithAnimation).
-   * @default 50
-   * @example 20
-   */
-  speed: number
-  /**
-   * Whether a finished response waits for acceptStream / rejectStream when its config does not say.
-   * @default false
-   * @example true
-   */
-  review: boolean
-}
-
-export interface StreamingStorage {
-  /** This editor's streams. */
-  streamManager: StreamManager
-  /** The transport given to streams started from now on. */
-  transport: StreamingTransport | null
-}
+import type { AnimationType, StreamConfig, StreamContentOptions } from './types'
 
 declare module '@tiptap/core' {
   interface Commands<ReturnType> {

@@ -12,7 +12,7 @@ from collections import deque
 
 from aiohttp import web
 
-from server.sessions import Payload
+from server.core.sessions import Payload
 
 
 class QueuedViewer(ABC):

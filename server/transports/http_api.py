@@ -1,5 +1,5 @@
 """HTTP routes: create, start, inspect and cancel sessions; health; JSON errors, CORS and
-the limits every connection is counted against (:mod:`server.ratelimit`)."""
+the limits every connection is counted against (:mod:`server.guards.ratelimit`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,20 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from providers.base import StreamConfig
-from server.auth import (
+from server.core.commands import PERSIST_WAIT, Action, session_command, start_command
+from server.core.errors import StoreUnavailable
+from server.core.manager import ProviderUnavailable, StreamingSessionManager, TooManySessions, Unavailable
+from server.core.models import (
+    CreateSessionIn,
+    Resume,
+    StartIn,
+    StreamConfigIn,
+    encode_json,
+    parse_resume,
+    parse_session_id,
+)
+from server.core.sessions import SessionFull, SessionView, StreamingSession, short_id
+from server.guards.auth import (
     FORBIDDEN,
     Authenticator,
     Identity,
@@ -23,20 +36,7 @@ from server.auth import (
     may_control,
     may_view,
 )
-from server.commands import PERSIST_WAIT, Action, session_command, start_command
-from server.errors import StoreUnavailable
-from server.manager import ProviderUnavailable, StreamingSessionManager, TooManySessions, Unavailable
-from server.models import (
-    CreateSessionIn,
-    Resume,
-    StartIn,
-    StreamConfigIn,
-    encode_json,
-    parse_resume,
-    parse_session_id,
-)
-from server.ratelimit import AddressCounter, limits_key
-from server.sessions import SessionFull, SessionView, StreamingSession, short_id
+from server.guards.ratelimit import AddressCounter, limits_key
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def acquire_connection(request: web.Request) -> ConnectionSlot:
 
 
 #: The slot an Engine.IO handshake holds: taken (popped) by the Engine.IO session it opens,
-#: which releases it when it ends (:class:`server.socket_api.SocketAPI`), else released by
+#: which releases it when it ends (:class:`server.transports.socket_api.SocketAPI`), else released by
 #: :func:`engineio_handshakes` once the request is answered.
 engineio_slot_key = web.RequestKey("engineio_slot", ConnectionSlot)
 

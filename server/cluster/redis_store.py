@@ -29,7 +29,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from server.errors import StoreUnavailable
+from server.core.errors import StoreUnavailable
 
 # Appends one entry if the caller holds the session's fencing token, then updates the
 # meta hash and the keys' TTL. KEYS: meta, log. ARGV: fence, entry id, ttl ms, n, then n

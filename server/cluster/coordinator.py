@@ -1,10 +1,10 @@
 """Several processes as one server, through Redis (``REDIS_URL``).
 
 Each process owns the sessions it creates: it runs their providers, keeps them in memory
-like a single process does, and writes their logs to Redis (:mod:`server.redis_journal`).
+like a single process does, and writes their logs to Redis (:mod:`server.cluster.redis_journal`).
 Any other process can serve any request for them:
 
-- viewers anywhere read the log through this process's relay (:mod:`server.relay`);
+- viewers anywhere read the log through this process's relay (:mod:`server.cluster.relay`);
 - ``start``, ``pause``, ``resume`` and ``cancel`` are sent to the owner over its pub/sub
   inbox, and the ack comes back only once the owner has acted;
 - ``GET`` and chunk pages read the session from Redis.
@@ -34,20 +34,19 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from server.commands import Action, session_command, start_command
-from server.errors import StoreUnavailable
-from server.logs import REQUEST_ID, well_formed_request_id
-from server.metrics import TAKEOVERS
-from server.models import encode_json
-from server.redis_journal import RedisJournal
-from server.redis_store import CLUSTER_CHANNEL, RedisStore, now_ms, raise_if_cancelling
-from server.relay import Entry, Relay, RelayedSession, config_from_meta
-from server.sessions import SessionState, StreamingSession, short_id
+from server.cluster.redis_journal import RedisJournal
+from server.cluster.redis_store import CLUSTER_CHANNEL, RedisStore, now_ms, raise_if_cancelling
+from server.cluster.relay import Entry, Relay, RelayedSession, config_from_meta
+from server.core.commands import Ack, Action, error_ack, session_command, start_command
+from server.core.errors import StoreUnavailable
+from server.core.models import encode_json
+from server.core.sessions import SessionState, StreamingSession, short_id
+from server.guards.logs import REQUEST_ID, well_formed_request_id
+from server.guards.metrics import TAKEOVERS
 from server.settings import Settings
-from server.wire.socketio import Ack, error_ack
 
 if TYPE_CHECKING:
-    from server.manager import StreamingSessionManager
+    from server.core.manager import StreamingSessionManager
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +119,21 @@ class Cluster:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within):
                 await self.journal.flushed()
+
+    async def written(self) -> None:
+        """Wait until every log entry of this process is written."""
+        await self.journal.flushed()
+
+    async def not_ready(self, ping_within: float) -> str | None:
+        """Why this process cannot take sessions now (``/readyz``), or ``None`` when it can."""
+        if not self.listening.is_set():
+            return "Not subscribed to the cluster's command channel (Redis)"
+        try:
+            async with asyncio.timeout(ping_within):
+                await self.store.ping()
+        except (StoreUnavailable, TimeoutError):
+            return "The session store (Redis) does not answer"
+        return None
 
     # -- sessions ------------------------------------------------------------
 

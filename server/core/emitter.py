@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from server.metrics import TALLY
+from server.guards.metrics import TALLY
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class ChunkEmitter(ViewerSet):
     """Viewers, pending text and the flush schedule of one stream.
 
     ``make_chunk(content, metadata)`` logs a chunk and sends it on (now, or once it is
-    written, see :meth:`server.sessions.StreamingSession.deliver`); ``may_emit()``
+    written, see :meth:`server.core.sessions.StreamingSession.deliver`); ``may_emit()``
     says whether chunks may leave now (not while paused); ``on_emitted()`` is called
     after each chunk, so the producer can read more.
     """

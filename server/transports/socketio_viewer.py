@@ -6,11 +6,11 @@ import asyncio
 
 import socketio
 
-from server.engineio_adapter import EngineIOSocket, websocket_transport
-from server.models import encode_json
-from server.sessions import Payload
-from server.wire.socketio import EIO_MESSAGE, event_prefix
-from server.wire.websocket import websocket_text_frame
+from server.core.models import encode_json
+from server.core.sessions import Payload
+from server.transports.engineio_adapter import EngineIOSocket, websocket_transport
+from server.transports.wire.socketio import EIO_MESSAGE, event_prefix
+from server.transports.wire.websocket import websocket_text_frame
 
 #: Events are written straight to a WebSocket only while less than this is buffered for it.
 DIRECT_WRITE_LIMIT = 64 * 1024
@@ -40,6 +40,15 @@ class SocketIOViewer:
         self._transport = websocket_transport(sio.get_environ(sid, namespace))
         self._held: list[str] | None = []
         self._closing: asyncio.Task[None] | None = None
+
+    @property
+    def transport_label(self) -> str:
+        """The ``transport`` label of ``/metrics``: the connection's current transport."""
+        try:
+            current = self._sio.transport(self._sid, self._namespace)
+        except (KeyError, ValueError):
+            return "other"
+        return "socketio_websocket" if current == "websocket" else "socketio_polling"
 
     def send(self, event: str, payload: Payload) -> None:
         data = self._prefix + encode_json([event, payload])

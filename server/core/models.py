@@ -1,7 +1,7 @@
 """Pydantic models for what crosses the wire: HTTP bodies and Socket.IO payloads.
 
 The request models validate what clients send; the response models (``...Out``) describe
-what the server answers. ``server.openapi`` turns both into the OpenAPI document served at
+what the server answers. ``server.transports.openapi`` turns both into the OpenAPI document served at
 ``/api/openapi.json``, so a field's docstring here is its description there.
 """
 

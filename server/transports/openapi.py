@@ -1,7 +1,7 @@
 """``GET /api/openapi.json``: the HTTP API as an OpenAPI 3.1 document.
 
 The schemas are pydantic's JSON Schemas (draft 2020-12, the dialect OpenAPI 3.1 uses as
-it is) of the models in :mod:`server.models`: the request bodies' are those of the very
+it is) of the models in :mod:`server.core.models`: the request bodies' are those of the very
 models that validate them (``read_body``), the query strings' and the responses' those of
 the models that describe them. What pydantic cannot know is in the small table of paths
 below: routes, statuses, parameters, links. What the handlers check beyond the models
@@ -25,8 +25,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
 
 from providers.registry import PROVIDERS
-from server.http_api import settings_key
-from server.models import (
+from server.core.models import (
     CancelledOut,
     ChunksPageOut,
     ChunksQuery,
@@ -43,6 +42,7 @@ from server.models import (
     encode_json,
 )
 from server.settings import Settings
+from server.transports.http_api import settings_key
 
 OPENAPI_PATH = "/api/openapi.json"
 OPENAPI_VERSION = "3.1.0"

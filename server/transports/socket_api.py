@@ -5,7 +5,7 @@ malformed payload changes nothing and never affects other clients.
 
 On python-socketio's path each Engine.IO session (long-polling, or WebSocket) also counts
 against its client's limits: one open connection for its address until it ends (taken
-over from :func:`server.http_api.engineio_handshakes`), a rate of messages
+over from :func:`server.transports.http_api.engineio_handshakes`), a rate of messages
 (``SOCKET_MESSAGE_RATE``: an event or namespace CONNECT over it gets ``{ok: false,
 error}`` or CONNECT_ERROR and does nothing else), and ``HANDSHAKE_TIMEOUT`` to connect a
 namespace, after which it is closed.
@@ -22,23 +22,23 @@ from typing import Any, Protocol
 import socketio
 from pydantic import ValidationError
 
-from server.auth import FORBIDDEN, Authenticator, Identity, Unauthorized, may_control, may_view
-from server.commands import EVENT_ACTIONS, session_command
-from server.engineio_adapter import (
+from server.core.commands import EVENT_ACTIONS, session_command
+from server.core.errors import StoreUnavailable
+from server.core.manager import StreamingSessionManager
+from server.core.models import JoinIn, Resume, parse_resume, parse_session_id
+from server.core.sessions import SessionFull, SessionView, Viewer
+from server.guards.auth import FORBIDDEN, Authenticator, Identity, Unauthorized, may_control, may_view
+from server.guards.ratelimit import Limits, TokenBucket
+from server.transports.engineio_adapter import (
     aiohttp_request,
     close_engineio_session,
     engineio_sid,
     has_namespace,
     on_engineio_sessions,
 )
-from server.errors import StoreUnavailable
-from server.http_api import ConnectionSlot, engineio_slot_key
-from server.manager import StreamingSessionManager
-from server.models import JoinIn, Resume, parse_resume, parse_session_id
-from server.ratelimit import Limits, TokenBucket
-from server.sessions import SessionFull, SessionView, Viewer
-from server.socketio_viewer import SocketIOViewer
-from server.wire.socketio import Ack, error_ack
+from server.transports.http_api import ConnectionSlot, engineio_slot_key
+from server.transports.socketio_viewer import SocketIOViewer
+from server.transports.wire.socketio import Ack, error_ack
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class SocketAPI:
     """The Socket.IO events, independent of the connection that carries them.
 
     Two transports feed it: python-socketio (long-polling, and WebSockets upgraded from
-    it) through the handlers registered here, and :mod:`server.sio_direct` for clients
+    it) through the handlers registered here, and :mod:`server.transports.sio_direct` for clients
     that open a WebSocket straight away. Both call the same methods, so both behave
     the same on the wire.
     """

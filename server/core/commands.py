@@ -9,9 +9,17 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Protocol
 
-from server.errors import StoreUnavailable
-from server.sessions import SessionConflict, SessionView, StreamingSession
-from server.wire.socketio import Ack, error_ack
+from server.core.errors import StoreUnavailable
+from server.core.sessions import SessionConflict, SessionView, StreamingSession
+
+#: What a command answers, in PROTOCOL.md's ack shape (``{ok, state?, lastSeq?, error?}``);
+#: each transport frames it as its own ack (Socket.IO ack, WebSocket message, HTTP body).
+Ack = dict[str, Any]
+
+
+def error_ack(message: str) -> Ack:
+    """The answer of a command that changed nothing: ``{ok: false, error}``."""
+    return {"ok": False, "error": message}
 
 
 class Action(StrEnum):
@@ -33,7 +41,7 @@ PERSIST_WAIT = 3.0
 
 
 class RemoteSession(Protocol):
-    """A session whose provider runs in another process (``server.relay.RelayedSession``)."""
+    """A session whose provider runs in another process (``server.cluster.relay.RelayedSession``)."""
 
     async def forward(self, action: str, **extra: Any) -> Ack: ...
 

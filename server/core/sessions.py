@@ -1,7 +1,7 @@
 """The streaming session and its state machine (the seed's ``StreamingSession``).
 
 A session pulls its provider's async iterator in one task and hands the text to its
-:class:`~server.emitter.ChunkEmitter`, which logs every chunk with a contiguous ``seq``
+:class:`~server.core.emitter.ChunkEmitter`, which logs every chunk with a contiguous ``seq``
 and sends it to the viewers. It knows nothing of aiohttp or Socket.IO: a viewer is
 anything with ``send``/``backlog``/``close``.
 
@@ -34,10 +34,10 @@ from providers.base import (
     Usage,
     is_resumable,
 )
-from server.chunklog import ChunkLog, LogBudget
-from server.emitter import ChunkEmitter, FlowLimits, Pacer, Payload, SessionFull, Viewer, ViewerSet
-from server.logs import SESSION
-from server.metrics import JOINS, STREAM_ERRORS, TALLY, TIME_TO_FIRST_TOKEN
+from server.core.chunklog import ChunkLog, LogBudget
+from server.core.emitter import ChunkEmitter, FlowLimits, Pacer, Payload, SessionFull, Viewer, ViewerSet
+from server.guards.logs import SESSION
+from server.guards.metrics import JOINS, STREAM_ERRORS, TALLY, TIME_TO_FIRST_TOKEN
 
 __all__ = [
     "TERMINAL_STATES",

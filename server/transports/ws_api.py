@@ -17,15 +17,21 @@ import logging
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from server.auth import FORBIDDEN, may_control
-from server.commands import Action, session_command
-from server.http_api import acquire_connection, ensure_viewer_room, identity_of, session_of, viewer_resume
-from server.models import Resume, encode_json
-from server.queued_viewer import QueuedViewer
-from server.ratelimit import limits_key
-from server.sessions import Payload, SessionFull, SessionView
-from server.socket_api import TOO_MANY_MESSAGES
-from server.wire.socketio import error_ack
+from server.core.commands import Action, session_command
+from server.core.models import Resume, encode_json
+from server.core.sessions import Payload, SessionFull, SessionView
+from server.guards.auth import FORBIDDEN, may_control
+from server.guards.ratelimit import limits_key
+from server.transports.http_api import (
+    acquire_connection,
+    ensure_viewer_room,
+    identity_of,
+    session_of,
+    viewer_resume,
+)
+from server.transports.queued_viewer import QueuedViewer
+from server.transports.socket_api import TOO_MANY_MESSAGES
+from server.transports.wire.socketio import error_ack
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,9 @@ MAX_CLIENT_FRAME_BYTES = 4096
 
 class WebSocketViewer(QueuedViewer):
     """One plain WebSocket watching one session: each event is a JSON text frame."""
+
+    #: The ``transport`` label of ``/metrics``.
+    transport_label = "websocket"
 
     __slots__ = ("_ws",)
 

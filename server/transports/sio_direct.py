@@ -6,7 +6,7 @@ that one connection. python-engineio serves it with an aiohttp request handler a
 ``WebSocketResponse``, an Engine.IO socket with two asyncio queues, and three tasks:
 about 36 KiB per idle client (``bench/RESULTS.md``, scenario e). Here such a
 connection is one asyncio protocol object: bytes are fed to the codecs of
-:mod:`server.wire` as they arrive, events are written straight to the transport, and
+:mod:`server.transports.wire` as they arrive, events are written straight to the transport, and
 one task pings every connection.
 
 Every other request (HTTP, long-polling, a WebSocket upgraded from long-polling, a
@@ -41,14 +41,14 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 
-from server.models import encode_json
-from server.ratelimit import Limits, TokenBucket
-from server.sessions import Payload
-from server.socket_api import MALFORMED_EVENT, TOO_MANY_MESSAGES, ConnectRefused, SocketAPI
-from server.socketio_viewer import DIRECT_WRITE_LIMIT
-from server.wire import socketio as sio_wire
-from server.wire import websocket as ws_wire
-from server.wire.socketio import Ack, error_ack
+from server.core.models import encode_json
+from server.core.sessions import Payload
+from server.guards.ratelimit import Limits, TokenBucket
+from server.transports.socket_api import MALFORMED_EVENT, TOO_MANY_MESSAGES, ConnectRefused, SocketAPI
+from server.transports.socketio_viewer import DIRECT_WRITE_LIMIT
+from server.transports.wire import socketio as sio_wire
+from server.transports.wire import websocket as ws_wire
+from server.transports.wire.socketio import Ack, error_ack
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +314,9 @@ class DirectViewer:
     Like ``SocketIOViewer``, events sent before :meth:`release` (the replay on connect
     or join) wait until the CONNECT packet or the join's ack is written.
     """
+
+    #: The ``transport`` label of ``/metrics``.
+    transport_label = "direct"
 
     __slots__ = ("_connection", "_held", "_namespace", "_prefix", "key")
 

@@ -16,7 +16,10 @@ from typing import Any
 import orjson
 from socketio import packet as sio_packet
 
-from server.models import encode_json
+# The core's command answers, framed here as Socket.IO acks.
+from server.core.commands import Ack as Ack
+from server.core.commands import error_ack as error_ack
+from server.core.models import encode_json
 
 # Engine.IO v4 packet types.
 EIO_OPEN, EIO_CLOSE, EIO_PING, EIO_PONG, EIO_MESSAGE, EIO_UPGRADE, EIO_NOOP = "0123456"
@@ -24,8 +27,6 @@ EIO_OPEN, EIO_CLOSE, EIO_PING, EIO_PONG, EIO_MESSAGE, EIO_UPGRADE, EIO_NOOP = "0
 SIO_CONNECT, SIO_DISCONNECT, SIO_EVENT, SIO_ACK, SIO_CONNECT_ERROR, SIO_BINARY_EVENT, SIO_BINARY_ACK = (
     "0123456"
 )
-
-Ack = dict[str, Any]
 
 
 def engineio_kind(text: str) -> str | None:
@@ -43,11 +44,6 @@ def engineio_kind(text: str) -> str | None:
 
 
 _ASCII_DIGITS = frozenset("0123456789")
-
-
-def error_ack(message: str) -> Ack:
-    """The ack of an event that changed nothing: ``{ok: false, error}``."""
-    return {"ok": False, "error": message}
 
 
 def namespace_prefix(namespace: str) -> str:

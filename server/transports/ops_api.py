@@ -11,15 +11,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from server.errors import StoreUnavailable
-from server.http_api import Handler, error_response, json_response, manager_key, settings_key
-from server.logs import REQUEST_ID, SESSION, new_request_id, well_formed_request_id
-from server.models import parse_session_id
-from server.sessions import short_id
+from server.core.models import parse_session_id
+from server.core.sessions import short_id
+from server.guards.logs import REQUEST_ID, SESSION, new_request_id, well_formed_request_id
+from server.transports.http_api import Handler, error_response, json_response, manager_key, settings_key
 
 #: Set once shutdown has begun: ``/readyz`` answers 503 from then on.
 draining_key = web.AppKey("draining", asyncio.Event)
-#: What ``GET /metrics`` reads (:func:`server.metrics.build_registry`).
+#: What ``GET /metrics`` reads (:func:`server.guards.metrics.build_registry`).
 registry_key = web.AppKey("metrics_registry", CollectorRegistry)
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -65,14 +64,7 @@ async def not_ready(app: web.Application) -> str | None:
     cluster = manager.cluster
     if cluster is None:
         return None
-    if not cluster.listening.is_set():
-        return "Not subscribed to the cluster's command channel (Redis)"
-    try:
-        async with asyncio.timeout(app[settings_key].redis_timeout):
-            await cluster.store.ping()
-    except (StoreUnavailable, TimeoutError):
-        return "The session store (Redis) does not answer"
-    return None
+    return await cluster.not_ready(app[settings_key].redis_timeout)
 
 
 async def readyz(request: web.Request) -> web.Response:

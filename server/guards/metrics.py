@@ -24,8 +24,9 @@ Labels are low-cardinality only: never a session id, user id, prompt or token.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from enum import Enum
+from typing import Protocol, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.metrics_core import (
@@ -38,8 +39,34 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from server.manager import StreamingSessionManager
+
+class _SessionView(Protocol):
+    @property
+    def viewers(self) -> Mapping[str, object]: ...
+
+
+class _StateView(_SessionView, Protocol):
+    @property
+    def state(self) -> Enum: ...
+
+
+class _ClusterView(Protocol):
+    def mirrors(self) -> Iterable[_SessionView]: ...
+
+
+class ManagerView(Protocol):
+    """What the gauges read of a session manager (``server.core.manager``); metrics sit
+    below the core and import none of it."""
+
+    @property
+    def registry(self) -> Iterable[_StateView]: ...
+
+    @property
+    def cluster(self) -> _ClusterView | None: ...
+
+    @property
+    def loop_lag(self) -> float: ...
+
 
 __all__ = [
     "JOINS",
@@ -198,70 +225,36 @@ _PROCESS_COLLECTORS: tuple[Collector, ...] = (
 
 # -- per app: read at scrape time ------------------------------------------------
 
-#: The ``transport`` label of a viewer (the class names are resolved on first use: the
-#: viewer modules import the session modules, which import this one).
+#: The ``transport`` label of a viewer: each viewer class names its own
+#: (``transport_label``); anything else counts as ``other``.
 TRANSPORTS = ("direct", "socketio_websocket", "socketio_polling", "websocket", "sse", "other")
 SESSION_STATES = ("created", "streaming", "paused", "completed", "failed", "cancelled")
 
-Classify = Callable[[object], str]
 
-
-def _viewer_classifier(sio_transport: Callable[[str, str], str] | None) -> Classify:
-    from server.sio_direct import DirectViewer
-    from server.socketio_viewer import SocketIOViewer
-    from server.sse_api import SSEViewer
-    from server.ws_api import WebSocketViewer
-
-    fixed: dict[type, str] = {DirectViewer: "direct", WebSocketViewer: "websocket", SSEViewer: "sse"}
-
-    def classify(viewer: object) -> str:
-        kind = type(viewer)
-        label = fixed.get(kind)
-        if label is not None:
-            return label
-        if isinstance(viewer, SocketIOViewer):
-            # The key is ``sio:{namespace}:{sid}``; python-socketio knows the transport.
-            try:
-                _, namespace, sid = viewer.key.split(":", 2)
-                if sio_transport is not None and sio_transport(sid, namespace) == "websocket":
-                    return "socketio_websocket"
-            except (KeyError, ValueError):
-                return "other"
-            return "socketio_polling"
-        for cls, name in fixed.items():
-            if isinstance(viewer, cls):
-                return name
-        return "other"
-
-    return classify
+def _label(viewer: object) -> str:
+    label = getattr(viewer, "transport_label", "other")
+    return label if label in TRANSPORTS else "other"
 
 
 class _AppCollector(Collector):
     """The gauges of one app, computed from its session manager when scraped."""
 
-    def __init__(
-        self, manager: StreamingSessionManager, sio_transport: Callable[[str, str], str] | None
-    ) -> None:
+    def __init__(self, manager: ManagerView) -> None:
         self._manager = manager
-        self._sio_transport = sio_transport
-        self._classify: Classify | None = None
 
     def collect(self) -> Iterator[Metric]:
         manager = self._manager
         states = dict.fromkeys(SESSION_STATES, 0)
         viewers = {(t, via): 0 for t in TRANSPORTS for via in ("local", "relay")}
-        classify = self._classify
-        if classify is None:
-            classify = self._classify = _viewer_classifier(self._sio_transport)
         for session in manager.registry:
             states[session.state.value] = states.get(session.state.value, 0) + 1
             for viewer in session.viewers.values():
-                viewers[classify(viewer), "local"] += 1
+                viewers[_label(viewer), "local"] += 1
         cluster = manager.cluster
         if cluster is not None:
             for mirror in cluster.mirrors():
                 for viewer in mirror.viewers.values():
-                    viewers[classify(viewer), "relay"] += 1
+                    viewers[_label(viewer), "relay"] += 1
 
         sessions = GaugeMetricFamily(
             "streaming_sessions",
@@ -289,16 +282,13 @@ class _AppCollector(Collector):
         )
 
 
-def build_registry(
-    manager: StreamingSessionManager, sio_transport: Callable[[str, str], str] | None = None
-) -> CollectorRegistry:
+def build_registry(manager: ManagerView) -> CollectorRegistry:
     """The registry ``GET /metrics`` of one app reads: the process-wide metrics, that app's
-    gauges and the process's CPU, memory and file descriptors. ``sio_transport(sid,
-    namespace)`` is python-socketio's ``AsyncServer.transport``."""
+    gauges and the process's CPU, memory and file descriptors."""
     registry = CollectorRegistry()
     for collector in _PROCESS_COLLECTORS:
         registry.register(collector)
-    registry.register(_AppCollector(manager, sio_transport))
+    registry.register(_AppCollector(manager))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry

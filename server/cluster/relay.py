@@ -6,7 +6,7 @@ what the :class:`Relay` reads. The relay is one task and one blocking ``XREAD`` 
 log this process's viewers watch, so a thousand remote sessions cost one loop, not a
 thousand. A relayed session whose viewer lags is left out of the read until the viewer
 catches up (or is dropped after ``VIEWER_STALL_TIMEOUT``), with the same
-:class:`~server.emitter.ViewerSet` rules as the owner's; what it has not read waits in
+:class:`~server.core.emitter.ViewerSet` rules as the owner's; what it has not read waits in
 Redis, not in this process.
 """
 
@@ -22,12 +22,12 @@ from typing import Any
 import orjson
 
 from providers.base import StreamConfig, Usage
-from server.chunklog import LogBudget
-from server.emitter import FlowLimits, ViewerSet
-from server.errors import StoreUnavailable
-from server.redis_store import RedisStore, log_key, parse_id
-from server.sessions import SessionState, SessionView, Viewer, short_id
-from server.wire.socketio import Ack
+from server.cluster.redis_store import RedisStore, log_key, parse_id
+from server.core.chunklog import LogBudget
+from server.core.commands import Ack
+from server.core.emitter import FlowLimits, ViewerSet
+from server.core.errors import StoreUnavailable
+from server.core.sessions import SessionState, SessionView, Viewer, short_id
 
 log = logging.getLogger(__name__)
 

@@ -6,24 +6,52 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Protocol
 
 from providers.base import AIProvider, StreamConfig
 from providers.registry import PROVIDERS
-from server.chunklog import LogBudget
-from server.metrics import RATE_LIMITED
-from server.registry import SessionRegistry
-from server.sessions import FlowLimits, Pacer, SessionState, SessionView, StreamingSession, short_id
+from server.core.chunklog import LogBudget
+from server.core.registry import SessionRegistry
+from server.core.sessions import FlowLimits, Pacer, SessionState, SessionView, StreamingSession, short_id
+from server.guards.metrics import RATE_LIMITED
 from server.settings import Settings
-
-if TYPE_CHECKING:
-    from server.cluster import Cluster
 
 log = logging.getLogger(__name__)
 
 #: How often the event loop's lateness is measured for the pacer.
 LAG_PROBE_SECONDS = 0.02
+
+
+class SharedSessions(Protocol):
+    """Sessions shared with other processes (Redis mode): what the manager and the app
+    need of ``server.cluster.coordinator.Cluster``, which the app hands in. The core
+    imports nothing of the cluster."""
+
+    async def register(self, session: StreamingSession) -> bool:
+        """Record a new session in the shared store; ``False`` when its user is at
+        ``MAX_SESSIONS_PER_USER`` across the cluster."""
+
+    async def find(self, session_id: str) -> SessionView | None:
+        """A session that another process owns, mirrored here."""
+
+    def mirrors(self) -> Iterable[SessionView]:
+        """The mirrors of other processes' sessions this process holds."""
+
+    def run(self) -> AsyncIterator[None]:
+        """The cluster's loops, for ``app.cleanup_ctx``."""
+
+    async def hand_over(self) -> None:
+        """Shutdown: stop the live streams another process can resume."""
+
+    async def written(self) -> None:
+        """Wait until every log entry of this process is in the store."""
+
+    async def leave(self) -> None:
+        """Let the other processes claim what this one still owns."""
+
+    async def not_ready(self, ping_within: float) -> str | None:
+        """Why this process cannot take sessions now (``/readyz``), or ``None``."""
 
 
 class TooManySessions(Exception):
@@ -73,8 +101,8 @@ class StreamingSessionManager:
         self.closing = False
         #: What every chunk log of this process holds, against ``MAX_LOG_BYTES``.
         self.log_budget = LogBudget(settings.max_log_bytes)
-        #: The Redis side, when ``REDIS_URL`` is set (see :mod:`server.cluster`).
-        self.cluster: Cluster | None = None
+        #: The Redis side, when ``REDIS_URL`` is set (see :mod:`server.cluster.coordinator`).
+        self.cluster: SharedSessions | None = None
         #: How late the event loop wakes up, smoothed, in seconds (:meth:`run_pacer`).
         self.loop_lag = 0.0
 

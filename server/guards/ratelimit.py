@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from server.metrics import RATE_LIMITED
+from server.guards.metrics import RATE_LIMITED
 
 if TYPE_CHECKING:
     from server.settings import Settings

@@ -20,10 +20,10 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from server.errors import StoreUnavailable
-from server.models import encode_json
-from server.redis_store import Append, Fenced, RedisStore, chunk_id, event_id
-from server.sessions import MAX_JOURNAL_BACKLOG, Payload, StreamingSession, short_id
+from server.cluster.redis_store import Append, Fenced, RedisStore, chunk_id, event_id
+from server.core.errors import StoreUnavailable
+from server.core.models import encode_json
+from server.core.sessions import MAX_JOURNAL_BACKLOG, Payload, StreamingSession, short_id
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _resume_meta(session: StreamingSession) -> tuple[str, ...]:
 
 
 class RedisJournal:
-    """:class:`server.sessions.Journal` on Redis, with one writer task per process."""
+    """:class:`server.core.sessions.Journal` on Redis, with one writer task per process."""
 
     def __init__(
         self,

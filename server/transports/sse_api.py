@@ -19,7 +19,9 @@ import logging
 
 from aiohttp import web
 
-from server.http_api import (
+from server.core.models import Resume, encode_json
+from server.core.sessions import Payload, SessionFull, SessionView
+from server.transports.http_api import (
     ApiError,
     acquire_connection,
     ensure_viewer_room,
@@ -29,9 +31,7 @@ from server.http_api import (
     settled,
     viewer_resume,
 )
-from server.models import Resume, encode_json
-from server.queued_viewer import QueuedViewer
-from server.sessions import Payload, SessionFull, SessionView
+from server.transports.queued_viewer import QueuedViewer
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ def sse_event(event: str, payload: Payload) -> bytes:
 
 class SSEViewer(QueuedViewer):
     """One ``text/event-stream`` response watching one session."""
+
+    #: The ``transport`` label of ``/metrics``.
+    transport_label = "sse"
 
     __slots__ = ("_response",)
 

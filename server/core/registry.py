@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from server.sessions import StreamingSession
+from server.core.sessions import StreamingSession
 
 
 class SessionRegistry(Protocol):

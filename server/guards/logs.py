@@ -2,7 +2,7 @@
 about, and what must never be logged.
 
 Two context variables say what a line is about: :data:`REQUEST_ID` (set for each HTTP
-request by :func:`server.ops_api.request_ids`, and carried with a command to the process
+request by :func:`server.transports.ops_api.request_ids`, and carried with a command to the process
 that owns the session in Redis mode) and :data:`SESSION` (the short 8-character prefix of
 a session id, never the whole id: set for requests whose route names a session, and in a
 session's own task). A session's task starts with a copy of the context it was started

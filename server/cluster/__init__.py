@@ -1,0 +1,1 @@
+"""Redis mode: store, journal, relay, lease and takeover; plugs into the core."""

@@ -1,0 +1,1 @@
+"""The streaming core: sessions, chunk log, emitter, commands, manager, registry; no transport."""

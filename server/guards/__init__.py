@@ -1,0 +1,1 @@
+"""Guards and operations: access, rate limits, metrics, logs."""

@@ -1,0 +1,1 @@
+"""The transports: HTTP, Socket.IO (both paths), plain WebSocket, SSE, operations routes."""
