@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -39,96 +39,262 @@ def _memory_share(share: float) -> int:
     return max(int(total * share), 64 * 1024 * 1024)
 
 
+def setting(default: Any, meaning: str, issue: int, *, shown: str | None = None, **constraints: Any) -> Any:
+    """A settings field with its documentation: ``meaning`` and the ``issue`` that added it
+    go to ``docs/configuration.md``; ``shown`` replaces a default that is computed (a
+    callable ``default`` is a factory)."""
+    extra: dict[str, Any] = {"issue": issue}
+    if shown is not None:
+        extra["shown"] = shown
+    if callable(default):
+        return Field(default_factory=default, description=meaning, json_schema_extra=extra, **constraints)
+    return Field(default, description=meaning, json_schema_extra=extra, **constraints)
+
+
 class Settings(BaseSettings):
-    """Server configuration; see the README's configuration table."""
+    """Server configuration. ``docs/configuration.md`` is generated from these fields
+    (``make docs``): each one's ``description`` is its meaning there, and ``issue`` names
+    the issue that introduced it."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
-    host: str = "127.0.0.1"
-    port: int = Field(3001, ge=0, le=65535)
-    #: Browser origins allowed besides the server's own (``*``: any). The default is Vite's
-    #: dev server, for the frontend's ``npm run dev``.
-    cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:5173"]
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    #: ``text`` (human-readable lines) or ``json`` (one JSON object per line).
-    log_format: Literal["text", "json"] = "text"
-    static_dir: Path = Field(default_factory=_default_static_dir)
+    host: str = setting("127.0.0.1", "address to bind", 2)
+    port: int = setting(3001, "port (the seed's client expects 3001)", 2, ge=0, le=65535)
+    cors_origins: Annotated[list[str], NoDecode] = setting(
+        ["http://localhost:5173"],
+        "comma-separated browser origins allowed besides the server's own (Vite's dev server by"
+        " default); a request from any other `Origin` gets 403 on every path (HTTP, SSE, both"
+        " WebSockets, long-polling); `*` allows any",
+        2,
+        shown="http://localhost:5173",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = setting(
+        "info", "`debug`, `info`, `warning`, `error`; prompts are never logged", 2
+    )
+    log_format: Literal["text", "json"] = setting(
+        "text", "`text`, or `json` (one JSON object per line, with a request id; docs/operations.md)", 12
+    )
+    static_dir: Path = setting(
+        _default_static_dir,
+        "the built demo page served at `/`",
+        2,
+        shown="`frontend/dist` in a checkout, else the copy the installed package carries",
+    )
 
     # Providers.
-    default_provider: str | None = None
-    openai_api_key: SecretStr | None = None
-    openai_base_url: str | None = None
-    openai_model: str = "gpt-5.4-mini"
-    openai_background: bool = False
-    anthropic_api_key: SecretStr | None = None
-    anthropic_base_url: str | None = None
-    anthropic_model: str = "claude-sonnet-4-6"
-    anthropic_max_tokens: int = Field(4000, ge=1)
-    provider_timeout: float = Field(60.0, gt=0)
-    provider_max_retries: int = Field(2, ge=0)
-    first_token_timeout: float = Field(30.0, gt=0)
-    token_idle_timeout: float = Field(30.0, gt=0)
-    demo_tokens_per_second: float = Field(40.0, ge=0)
+    default_provider: str | None = setting(
+        None,
+        "provider when a session's config names none",
+        2,
+        shown="`openai` if `OPENAI_API_KEY` or `OPENAI_BASE_URL`, else `anthropic` if"
+        " `ANTHROPIC_API_KEY`, else `demo`",
+    )
+    openai_api_key: SecretStr | None = setting(None, "OpenAI API key (never logged)", 2)
+    openai_base_url: str | None = setting(
+        None, "an OpenAI-compatible server instead of OpenAI (Ollama, vLLM, llama.cpp, LM Studio)", 2
+    )
+    openai_model: str = setting("gpt-5.4-mini", "OpenAI model when the session names none", 2)
+    openai_background: bool = setting(
+        False,
+        "stream OpenAI answers through the Responses API in background mode, so that another"
+        " process can resume them (docs/providers.md)",
+        11,
+    )
+    anthropic_api_key: SecretStr | None = setting(None, "Anthropic API key (never logged)", 2)
+    anthropic_base_url: str | None = setting(None, "another Anthropic endpoint", 2)
+    anthropic_model: str = setting("claude-sonnet-4-6", "Anthropic model when the session names none", 2)
+    anthropic_max_tokens: int = setting(
+        4000, "`max_tokens` sent to Anthropic when the session sets none", 2, ge=1
+    )
+    provider_timeout: float = setting(60.0, "seconds for one upstream request (SDK timeout)", 2, gt=0)
+    provider_max_retries: int = setting(2, "SDK retries on 429/5xx/connection errors", 2, ge=0)
+    first_token_timeout: float = setting(
+        30.0, "seconds to wait for the first token before `stream-error` `timeout`", 2, gt=0
+    )
+    token_idle_timeout: float = setting(30.0, "seconds to wait for each further token", 2, gt=0)
+    demo_tokens_per_second: float = setting(
+        40.0, "demo provider pace when the session sets none (0 = as fast as possible)", 2, ge=0
+    )
 
     # Limits.
-    max_body_bytes: int = Field(256 * 1024, ge=1024)
-    max_prompt_chars: int = Field(100_000, ge=1)
-    max_tokens_limit: int = Field(32_000, ge=1)
-    max_sessions_per_user: int = Field(20, ge=1)
-    max_viewers_per_session: int = Field(32, ge=1)
-    max_socket_message_bytes: int = Field(2 * 1024 * 1024, ge=1024)
-    session_ttl: float = Field(3600.0, gt=0)
-    session_idle_timeout: float = Field(900.0, gt=0)
-    viewer_max_lag: int = Field(64, ge=1)
-    viewer_stall_timeout: float = Field(10.0, gt=0)
-    max_pending_chars: int = Field(64 * 1024, ge=1)
-    coalesce_ms: float = Field(5.0, ge=0, le=1000)
-    coalesce_max_ms: float = Field(50.0, ge=0, le=1000)
-    keepalive_timeout: float = Field(75.0, gt=0)
-    socketio_direct_websocket: bool = True
-    socketio_ping_interval: float = Field(25.0, gt=0)
-    socketio_ping_timeout: float = Field(20.0, gt=0)
-    sse_keepalive_interval: float = Field(15.0, gt=0)
-    chunks_page_limit: int = Field(1000, ge=1, le=100_000)
-    sweep_interval: float = Field(30.0, gt=0)
-    #: Bytes of chunk text all sessions' logs of this process may hold; past it new
-    #: sessions get 503 and ``/readyz`` says not ready. Default: a quarter of the memory.
-    max_log_bytes: int = Field(default_factory=lambda: _memory_share(0.25), ge=1024)
-    #: A connection that completes no Socket.IO / Engine.IO handshake by then is closed.
-    handshake_timeout: float = Field(10.0, gt=0)
-    #: Bytes all direct-path connections together may hold in unfinished (fragmented)
-    #: WebSocket messages; a connection that would pass it is closed (1009).
-    max_partial_message_bytes_total: int = Field(64 * 1024 * 1024, ge=1024)
-    #: Engine.IO/Socket.IO packets one direct-path connection may have handled per event
-    #: loop turn; the rest wait for the next turn (reading pauses meanwhile).
-    max_packets_per_turn: int = Field(32, ge=1)
+    max_body_bytes: int = setting(256 * 1024, "largest HTTP body (413 above)", 2, ge=1024)
+    max_prompt_chars: int = setting(100_000, "longest prompt (413 above)", 2, ge=1)
+    max_tokens_limit: int = setting(32_000, "largest `config.maxTokens` accepted", 2, ge=1)
+    max_sessions_per_user: int = setting(20, "live sessions per `userId` (429 above)", 2, ge=1)
+    max_viewers_per_session: int = setting(32, "viewers connected to one session", 2, ge=1)
+    max_socket_message_bytes: int = setting(
+        2 * 1024 * 1024, "largest Socket.IO message accepted from a client", 2, ge=1024
+    )
+    session_ttl: float = setting(3600.0, "seconds a finished session stays readable and replayable", 2, gt=0)
+    session_idle_timeout: float = setting(
+        900.0,
+        "a session created but never started, or paused, this long is ended (`stream-error` `idle`)",
+        2,
+        gt=0,
+    )
+    viewer_max_lag: int = setting(64, "events queued for one viewer before the session waits for it", 2, ge=1)
+    viewer_stall_timeout: float = setting(
+        10.0,
+        "seconds a viewer may stay behind before it is disconnected (it may reconnect with `lastSeq`)",
+        2,
+        gt=0,
+    )
+    max_pending_chars: int = setting(
+        64 * 1024, "received-but-unsent characters before the provider stops being read", 2, ge=1
+    )
+    coalesce_ms: float = setting(
+        5.0,
+        "a session sends at most one chunk per this interval, joining the tokens that arrived"
+        " meanwhile; an idle session sends each token at once",
+        5,
+        ge=0,
+        le=1000,
+    )
+    coalesce_max_ms: float = setting(
+        50.0,
+        "how far that interval stretches while the event loop runs late (a busy server sends"
+        " fewer, larger chunks)",
+        5,
+        ge=0,
+        le=1000,
+    )
+    keepalive_timeout: float = setting(
+        75.0, "seconds a connection may stay idle before its first request or between two", 5, gt=0
+    )
+    socketio_direct_websocket: bool = setting(
+        True,
+        "serve Socket.IO clients that connect with the `websocket` transport with the server's"
+        " own lean connection handler (about 3 KiB per idle client instead of 36); `false`"
+        " leaves every Socket.IO request to python-socketio",
+        5,
+    )
+    socketio_ping_interval: float = setting(25.0, "Engine.IO heartbeat interval, seconds", 5, gt=0)
+    socketio_ping_timeout: float = setting(
+        20.0,
+        "Engine.IO heartbeat timeout, seconds: a client silent for interval plus timeout is disconnected",
+        5,
+        gt=0,
+    )
+    sse_keepalive_interval: float = setting(
+        15.0, "seconds between keep-alive comments on an idle Server-Sent Events stream", 14, gt=0
+    )
+    chunks_page_limit: int = setting(
+        1000, "most chunks one `GET /api/streaming/{id}/chunks` returns", 14, ge=1, le=100_000
+    )
+    sweep_interval: float = setting(30.0, "seconds between expiry sweeps", 2, gt=0)
+    max_log_bytes: int = setting(
+        lambda: _memory_share(0.25),
+        "bytes of chunk text all sessions' logs of this process may hold; past it new sessions"
+        " get 503 and `/readyz` says not ready until some expire",
+        12,
+        ge=1024,
+        shown="a quarter of the machine's memory",
+    )
+    handshake_timeout: float = setting(
+        10.0,
+        "seconds a connection has to send its request head and connect a Socket.IO namespace,"
+        " else it is closed",
+        12,
+        gt=0,
+    )
+    max_partial_message_bytes_total: int = setting(
+        64 * 1024 * 1024,
+        "bytes all direct WebSocket connections together may hold in unfinished (fragmented)"
+        " messages; the one that would pass it is closed (1009)",
+        12,
+        ge=1024,
+    )
+    max_packets_per_turn: int = setting(
+        32,
+        "packets one direct WebSocket connection has handled per event-loop turn (the rest"
+        " wait, so one client cannot starve the others)",
+        12,
+        ge=1,
+    )
 
     # Rate limits (token buckets: a rate per second and a burst).
-    #: Peers whose ``X-Forwarded-For`` names the client (addresses or networks, comma-separated).
-    trusted_proxies: Annotated[list[str], NoDecode] = []
-    session_rate_per_user: float = Field(1.0, ge=0)
-    session_burst_per_user: float = Field(30.0, ge=1)
-    session_rate_per_address: float = Field(5.0, ge=0)
-    session_burst_per_address: float = Field(100.0, ge=1)
-    socket_message_rate: float = Field(50.0, ge=0)
-    socket_message_burst: float = Field(200.0, ge=1)
-    max_connections_per_address: int = Field(1000, ge=1)
-    handshake_rate_per_address: float = Field(20.0, ge=0)
-    handshake_burst_per_address: float = Field(200.0, ge=1)
+    trusted_proxies: Annotated[list[str], NoDecode] = setting(
+        [],
+        "comma-separated addresses or networks (e.g. `127.0.0.1,10.0.0.0/8`) whose"
+        " `X-Forwarded-For` names the client; otherwise the peer is the client",
+        12,
+        shown="",
+    )
+    session_rate_per_user: float = setting(
+        1.0, "new sessions per second per user (429 with `Retry-After` above)", 12, ge=0
+    )
+    session_burst_per_user: float = setting(30.0, "burst of new sessions per user", 12, ge=1)
+    session_rate_per_address: float = setting(5.0, "new sessions per second per client address", 12, ge=0)
+    session_burst_per_address: float = setting(100.0, "burst of new sessions per client address", 12, ge=1)
+    socket_message_rate: float = setting(
+        50.0,
+        "Socket.IO or WebSocket messages per second per connection; over it an event is acked"
+        " `{ok: false, error}` and does nothing",
+        12,
+        ge=0,
+    )
+    socket_message_burst: float = setting(200.0, "burst of messages per connection", 12, ge=1)
+    max_connections_per_address: int = setting(
+        1000,
+        "open connections (WebSockets, SSE streams, Engine.IO sessions) per client address (429 above)",
+        12,
+        ge=1,
+    )
+    handshake_rate_per_address: float = setting(
+        20.0, "new Socket.IO connections per second per client address (429 above)", 12, ge=0
+    )
+    handshake_burst_per_address: float = setting(
+        200.0, "burst of new Socket.IO connections per client address", 12, ge=1
+    )
 
     # Access (off unless a secret or a public key is set; see docs/protocol.md "Access").
-    auth_jwt_secret: SecretStr | None = None
-    auth_jwt_public_key: SecretStr | None = None
-    auth_jwt_audience: str | None = None
-    auth_jwt_issuer: str | None = None
-    auth_jwt_leeway: float = Field(30.0, ge=0)
+    auth_jwt_secret: SecretStr | None = setting(
+        None, "turns access control on: HS256 bearer tokens signed with this secret", 12
+    )
+    auth_jwt_public_key: SecretStr | None = setting(
+        None, "instead: a PEM public key, for RS256/ES256 tokens", 12
+    )
+    auth_jwt_audience: str | None = setting(None, "when set, tokens must carry this `aud`", 12)
+    auth_jwt_issuer: str | None = setting(None, "when set, tokens must carry this `iss`", 12)
+    auth_jwt_leeway: float = setting(30.0, "seconds of clock skew allowed on `exp`", 12, ge=0)
 
     # Several processes.
-    redis_url: str | None = None
-    owner_lease_seconds: float = Field(5.0, gt=0)
-    owner_lost_after: float = Field(600.0, gt=0)
-    redis_timeout: float = Field(3.0, gt=0)
-    shutdown_timeout: float = Field(5.0, gt=0)
+    redis_url: str | None = setting(
+        None,
+        "run several processes as one server on this Redis (or Valkey); unset, everything stays"
+        " in this process's memory (docs/scaling.md)",
+        10,
+    )
+    owner_lease_seconds: float = setting(
+        5.0,
+        "Redis mode: a process that stops renewing its lease for this long is taken for dead;"
+        " another process takes its live streams over (resumable providers) or ends them with"
+        " `owner_lost`",
+        10,
+        gt=0,
+    )
+    owner_lost_after: float = setting(
+        600.0,
+        "Redis mode: seconds a stream whose process died may wait for another process to take"
+        " it over; later it ends with `owner_lost`",
+        11,
+        gt=0,
+    )
+    redis_timeout: float = setting(
+        3.0,
+        "Redis mode: seconds one Redis call may take before the store counts as unavailable"
+        " (HTTP 503, ack `{ok: false}`)",
+        10,
+        gt=0,
+    )
+    shutdown_timeout: float = setting(
+        5.0,
+        "seconds from SIGTERM/SIGINT to exit, however busy the process: live streams end with"
+        " `shutdown` (or are handed over in Redis mode) while the listener still takes"
+        " connections; what is not done in time is dropped",
+        2,
+        gt=0,
+    )
 
     @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod

@@ -17,6 +17,25 @@ from tests.cluster_nodes import nodes, viewers  # noqa: F401  (fixtures)
 from tests.helpers import LiveServer, ServerFactory, StreamingTestServer, make_settings
 from tests.redis_server import RedisServer
 
+#: Suites that measure time or memory against a bound: ``make test`` runs them after the
+#: others, alone, so that the parallel workers (pytest-xdist) cannot skew their clocks.
+SERIAL = {
+    "test_shutdown.py",
+    "test_memory.py",
+    "test_load.py",
+    "test_soak.py",
+    "test_render_cost.py",
+    "test_faults.py",
+    "test_sessions.py",
+    "test_wheel.py",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SERIAL:
+            item.add_marker(pytest.mark.serial)
+
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     """Tests run on uvloop, as ``python -m server`` does."""

@@ -24,7 +24,13 @@ class ServerProcess:
     """Starts the server with the demo provider and no API keys; ready once it prints that it
     listens. Its output is drained by a thread (a full pipe would block the server)."""
 
-    def __init__(self, env: dict[str, str] | None = None, startup_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 30.0,
+        command: list[str] | None = None,
+        cwd: Path = ROOT,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")} | (env or {})
@@ -32,12 +38,15 @@ class ServerProcess:
         self._lines: list[str] = []
         self._ready = threading.Event()
         self.process: subprocess.Popen[str] | None = None
+        #: What starts the server (``python -m server`` from the checkout unless given).
+        self._command = command or [sys.executable, "-m", "server"]
+        self._cwd = cwd
 
     def __enter__(self) -> ServerProcess:
-        command = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [*self._command, "--host", "127.0.0.1", "--port", str(self.port)]
         self.process = subprocess.Popen(
             [*command, "--provider", "demo"],
-            cwd=ROOT,
+            cwd=self._cwd,
             env=self._env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -55,12 +55,14 @@ async def test_killed_owner_another_process_reattaches_to_the_response(nodes, ht
     assert_contiguous(on_b, final["chunks"])
     assert on_b.text == on_c.text == final["text"] == "".join(TOKENS)
     assert final["usage"]["completionTokens"] == len(TOKENS)
-    # One process re-attached, after the logged position, to the same response: nothing
-    # was asked of the model twice.
+    # Another process re-attached, after the logged position, to the same response: nothing
+    # was asked of the model twice. (On a loaded machine a successor can itself miss its
+    # 1 s lease and be fenced off by a third process, which re-attaches once more: each
+    # re-attachment reads on from the log, never from the start.)
     (created,) = fake.requests_to("POST", "/v1/responses")
     assert created.body["background"] is True
-    (resumed,) = fake.requests_to("GET", f"/v1/responses/{response.id}")
-    assert int(resumed.query["starting_after"]) > 0
+    resumed = fake.requests_to("GET", f"/v1/responses/{response.id}")
+    assert resumed and all(int(r.query["starting_after"]) > 0 for r in resumed)
     assert response.cancel_calls == 0
 
 

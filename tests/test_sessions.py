@@ -12,7 +12,8 @@ from providers.base import ProviderError, StreamConfig
 from providers.demo import demo_tokens
 from server.core.manager import StreamingSessionManager
 from server.core.registry import InMemorySessionRegistry
-from server.core.sessions import FlowLimits, Pacer, SessionConflict, SessionState, StreamingSession
+from server.core.session_view import SessionConflict, SessionState
+from server.core.sessions import FlowLimits, Pacer, StreamingSession
 from tests.fake_providers import CountingProvider, ScriptedProvider
 from tests.helpers import make_settings, wait_until
 

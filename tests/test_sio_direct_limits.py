@@ -23,12 +23,8 @@ import pytest
 
 from server.app import direct_hub_key
 from server.guards.ratelimit import Limits, limits_key
-from server.transports.sio_direct import (
-    CONNECTION_RETRY_AFTER,
-    DirectHub,
-    SioConnection,
-    too_many_connections,
-)
+from server.transports.sio_direct import DirectHub, SioConnection
+from server.transports.sio_direct_limits import CONNECTION_RETRY_AFTER, too_many_connections
 from server.transports.socket_api import TOO_MANY_MESSAGES, SocketAPI
 from server.transports.wire import websocket as ws_wire
 from server.transports.wire.socketio import error_ack

@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from server.guards.auth import OriginPolicy
-from server.transports.sio_direct import websocket_accept
+from server.transports.sio_direct_handshake import websocket_accept
 from server.transports.wire import socketio as sio_wire
 from server.transports.wire import websocket as ws_wire
 from server.transports.wire.websocket import Frame, FrameReader, Violation

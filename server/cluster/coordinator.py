@@ -40,7 +40,8 @@ from server.cluster.relay import Entry, Relay, RelayedSession, config_from_meta
 from server.core.commands import Ack, Action, error_ack, session_command, start_command
 from server.core.errors import StoreUnavailable
 from server.core.models import encode_json
-from server.core.sessions import SessionState, StreamingSession, short_id
+from server.core.session_view import SessionState, short_id
+from server.core.sessions import StreamingSession
 from server.guards.logs import REQUEST_ID, well_formed_request_id
 from server.guards.metrics import TAKEOVERS
 from server.settings import Settings
@@ -274,7 +275,7 @@ class Cluster:
             finally:
                 self.listening.clear()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             await asyncio.sleep(delay)
             delay = min(2.0, delay * 2)
 

@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable
 from server.cluster.redis_store import Append, Fenced, RedisStore, chunk_id, event_id
 from server.core.errors import StoreUnavailable
 from server.core.models import encode_json
-from server.core.sessions import MAX_JOURNAL_BACKLOG, Payload, StreamingSession, short_id
+from server.core.session_view import short_id
+from server.core.sessions import MAX_JOURNAL_BACKLOG, Payload, StreamingSession
 
 log = logging.getLogger(__name__)
 

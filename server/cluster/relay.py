@@ -27,7 +27,8 @@ from server.core.chunklog import LogBudget
 from server.core.commands import Ack
 from server.core.emitter import FlowLimits, ViewerSet
 from server.core.errors import StoreUnavailable
-from server.core.sessions import SessionState, SessionView, Viewer, short_id
+from server.core.session_view import SessionState, SessionView, short_id
+from server.core.sessions import Viewer
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from server.core.errors import StoreUnavailable
-from server.core.sessions import SessionConflict, SessionView, StreamingSession
+from server.core.session_view import SessionConflict, SessionView
+from server.core.sessions import StreamingSession
 
 #: What a command answers, in PROTOCOL.md's ack shape (``{ok, state?, lastSeq?, error?}``);
 #: each transport frames it as its own ack (Socket.IO ack, WebSocket message, HTTP body).

@@ -13,7 +13,8 @@ from providers.base import AIProvider, StreamConfig
 from providers.registry import PROVIDERS
 from server.core.chunklog import LogBudget
 from server.core.registry import SessionRegistry
-from server.core.sessions import FlowLimits, Pacer, SessionState, SessionView, StreamingSession, short_id
+from server.core.session_view import SessionState, SessionView, short_id
+from server.core.sessions import FlowLimits, Pacer, StreamingSession
 from server.guards.metrics import RATE_LIMITED
 from server.settings import Settings
 

@@ -25,7 +25,8 @@ from server.core.models import (
     parse_resume,
     parse_session_id,
 )
-from server.core.sessions import SessionFull, SessionView, StreamingSession, short_id
+from server.core.session_view import SessionView, short_id
+from server.core.sessions import SessionFull, StreamingSession
 from server.guards.auth import (
     FORBIDDEN,
     Authenticator,

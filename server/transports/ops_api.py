@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from server.core.models import parse_session_id
-from server.core.sessions import short_id
+from server.core.session_view import short_id
 from server.guards.logs import REQUEST_ID, SESSION, new_request_id, well_formed_request_id
 from server.transports.http_api import Handler, error_response, json_response, manager_key, settings_key
 

@@ -19,13 +19,10 @@ CONNECT_ERROR ``{"message": ...}``, EVENT with ack ids, DISCONNECT both ways, an
 server ping every ``pingInterval``. Binary attachments are not part of our protocol:
 a binary event is answered with ``{ok: false, error}`` and its attachments skipped.
 
-What one client may cost (issue 12) is bounded here as on python-socketio's path: the
-connections and new Engine.IO sessions of its address (429 before the upgrade), its
-messages' rate (an event over it is acked ``{ok: false}`` at once, nothing spawned),
-``HANDSHAKE_TIMEOUT`` to connect a namespace, the packets handled per event loop turn
-(reading pauses meanwhile, so one flooding socket cannot starve the others) and, across
-all direct connections, the bytes held in unfinished fragmented messages. A client is
-alive while it answers Engine.IO pings: nothing else it sends counts.
+Around this connection protocol: every connection's request head is read by
+:mod:`server.transports.sio_direct_handshake`; what one client may cost (issue 12), and
+its refusals, is :mod:`server.transports.sio_direct_limits`; the pings, and who is dropped
+for not answering them, are :mod:`server.transports.sio_direct_heartbeat`.
 
 Handlers are named by direction: ``_on_*`` receive, ``_send_*`` send.
 """
@@ -36,15 +33,17 @@ import asyncio
 import logging
 import math
 import secrets
-import sys
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, cast
+from typing import Any
 
 from server.core.models import encode_json
-from server.core.sessions import Payload
 from server.guards.ratelimit import Limits, TokenBucket
-from server.transports.socket_api import MALFORMED_EVENT, TOO_MANY_MESSAGES, ConnectRefused, SocketAPI
+from server.transports.sio_direct_handshake import Handshake
+from server.transports.sio_direct_heartbeat import Heartbeat, Pinged
+from server.transports.sio_direct_limits import COUNTED, ConnectionLimits, Item
+from server.transports.sio_direct_viewer import DirectViewer
+from server.transports.socket_api import MALFORMED_EVENT, ConnectRefused, SocketAPI
 from server.transports.socketio_viewer import DIRECT_WRITE_LIMIT
 from server.transports.wire import socketio as sio_wire
 from server.transports.wire import websocket as ws_wire
@@ -52,73 +51,10 @@ from server.transports.wire.socketio import Ack, error_ack
 
 log = logging.getLogger(__name__)
 
-#: A request head longer than this is not ours: aiohttp gets it (and answers it).
-MAX_HANDSHAKE_BYTES = 16 * 1024
-#: How often the heartbeat task looks at the connections, at most, in seconds.
-HEARTBEAT_TICK = 1.0
-SOCKETIO_PATHS = ("/socket.io/", "/socket.io")
-#: Socket.IO packets counted against ``SOCKET_MESSAGE_RATE`` (as python-socketio's path
-#: counts events and namespace CONNECTs).
-_COUNTED = frozenset((sio_wire.SIO_CONNECT, sio_wire.SIO_EVENT, sio_wire.SIO_BINARY_EVENT))
 
-
-def too_many_connections(limit: int, retry_after: int) -> str:
-    """The refusal at ``MAX_CONNECTIONS_PER_ADDRESS``, in the words of the other paths."""
-    return (
-        f"Too many open connections from this address (MAX_CONNECTIONS_PER_ADDRESS {limit}): "
-        f"retry in {retry_after} s"
-    )
-
-
-#: ``Retry-After`` of a connection refused at ``MAX_CONNECTIONS_PER_ADDRESS``, in seconds.
-CONNECTION_RETRY_AFTER = 1
-#: The longest ``Retry-After`` announced (a rate of 0 would make it infinite).
-MAX_RETRY_AFTER = 3600.0
-
-Item = ws_wire.Frame | ws_wire.Violation
-
-
-def direct_handshake(head: bytes, origins: ws_wire.OriginCheck | None) -> ws_wire.Handshake | None:
-    """The opening handshake of a direct Engine.IO v4 WebSocket request, else ``None``.
-
-    ``head`` is the request line and headers. Anything unusual (another path, a ``sid``
-    from long-polling, a missing or odd handshake header, an origin not allowed) gets
-    ``None``: aiohttp and python-engineio then serve or refuse it as they always do.
-    """
-    handshake = ws_wire.parse_handshake(head)
-    if handshake is None or handshake.path not in SOCKETIO_PATHS:
-        return None
-    query = handshake.query
-    if query.get("EIO") != ["4"] or query.get("transport") != ["websocket"] or "sid" in query:
-        return None
-    if not ws_wire.origin_allowed(handshake, origins):
-        return None
-    return handshake
-
-
-def websocket_accept(head: bytes, origins: ws_wire.OriginCheck | None) -> str | None:
-    """``Sec-WebSocket-Accept`` for a direct Engine.IO v4 WebSocket request, else ``None``."""
-    handshake = direct_handshake(head, origins)
-    return None if handshake is None else ws_wire.accept_key(handshake.headers["sec-websocket-key"])
-
-
-class Refused(Exception):
-    """A direct WebSocket request refused by a limit; ``response`` is the HTTP answer."""
-
-    def __init__(self, response: bytes) -> None:
-        super().__init__("refused")
-        self.response = response
-
-
-def too_many_requests(message: str, retry_after: int) -> bytes:
-    """429 ``{"error": message}`` with ``Retry-After``, as the HTTP routes answer it."""
-    return ws_wire.refusal(
-        429, "Too Many Requests", encode_json({"error": message}).encode(), {"Retry-After": str(retry_after)}
-    )
-
-
-class DirectHub:
-    """The direct connections of one app, their heartbeat and their shutdown."""
+class DirectHub(Heartbeat):
+    """The direct connections of one app, their heartbeat (:class:`Heartbeat`) and their
+    shutdown."""
 
     def __init__(
         self,
@@ -134,6 +70,7 @@ class DirectHub:
         max_partial_total: int = 64 * 1024 * 1024,
         max_packets_per_turn: int = 32,
     ) -> None:
+        super().__init__(ping_interval, ping_timeout)
         self.api = api
         #: The app's rate limits and counts per address (``None``: unlimited, in unit tests).
         self.limits = limits
@@ -141,8 +78,6 @@ class DirectHub:
         self.max_partial_total = max_partial_total
         self.max_packets_per_turn = max_packets_per_turn
         self.idle_timeout = idle_timeout
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
         self.max_payload = max_payload
         self.origins = origins
         self.connections: set[SioConnection] = set()
@@ -152,71 +87,19 @@ class DirectHub:
         self.open_fields = sio_wire.open_fields(ping_interval, ping_timeout, max_payload)
         #: Bytes all connections hold in unfinished messages (``max_partial_total`` at most).
         self.partial_bytes = 0
-        #: The heartbeat's period: connections are pinged on one tick of each interval.
-        self.tick = min(HEARTBEAT_TICK, ping_interval / 4, ping_timeout / 4)
-        #: Ticks per ping interval: each new connection gets the next one as its phase,
-        #: so that connections opened together are pinged on different ticks.
-        self._phases = max(1, int(ping_interval / self.tick))
-        self._next_phase = 0
 
     def protocol_factory(self, http: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.Protocol]:
         """Wrap aiohttp's protocol factory: each connection is looked at here first."""
         return lambda: Handshake(self, http)
 
-    def admit(self, transport: asyncio.BaseTransport, handshake: ws_wire.Handshake) -> str | None:
-        """Count a new direct connection against its client address: its handshake rate
-        and its open connections. Returns the address to release when it ends (``None``:
-        no limits); raises :class:`Refused` with the 429 to answer."""
-        limits = self.limits
-        if limits is None:
-            return None
-        peer = transport.get_extra_info("peername")
-        host = peer[0] if isinstance(peer, tuple) and peer else None
-        # Interned: the connections of one address share one string (2 KiB per idle connection).
-        address = sys.intern(limits.proxies.client_address(host, handshake.headers.get("x-forwarded-for")))
-        wait = limits.handshakes_per_address.take(address)
-        if wait:
-            seconds = max(1, math.ceil(min(wait, MAX_RETRY_AFTER)))
-            raise Refused(
-                too_many_requests(
-                    "Too many new Socket.IO connections from this address (HANDSHAKE_RATE_PER_ADDRESS): "
-                    f"retry in {seconds} s",
-                    seconds,
-                )
-            )
-        if not limits.connections.acquire(address):
-            raise Refused(
-                too_many_requests(
-                    too_many_connections(limits.connections.limit, CONNECTION_RETRY_AFTER),
-                    CONNECTION_RETRY_AFTER,
-                )
-            )
-        return address
-
-    def first_ping(self, now: float) -> float:
-        """When a connection opened at ``now`` gets its first ping: within one interval,
-        on the phase after the previous connection's."""
-        phase = self._next_phase
-        self._next_phase = (phase + 1) % self._phases
-        return now + self.ping_interval * (phase + 1) / self._phases
-
-    async def run_heartbeat(self) -> None:
-        """:meth:`heartbeat` every tick, for the app's lifetime."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.tick)
-            self.heartbeat(loop.time())
-
-    def heartbeat(self, now: float) -> None:
-        """Ping the connections whose turn it is; drop those that left a ping unanswered
-        for ``ping_timeout`` (python-engineio's rule) and close those that connected no
-        namespace within ``handshake_timeout``."""
-        for connection in tuple(self.connections):
-            try:
-                connection.heartbeat(now)
-            except Exception:
-                log.exception("direct socket %s: heartbeat failed", connection.sid)
-                connection.abort()
+    def open_connection(
+        self, transport: asyncio.Transport, handshake: ws_wire.Handshake, address: str | None, rest: bytes
+    ) -> None:
+        """Serve an admitted direct request (``rest``: what followed its head) on ``transport``."""
+        connection = SioConnection(self, transport, address)
+        transport.set_protocol(connection)
+        accept = ws_wire.accept_key(handshake.headers["sec-websocket-key"])
+        connection.open(accept, rest, asyncio.get_running_loop().time())
 
     def close_all(self) -> None:
         """Server shutdown: every connection gets Engine.IO's close, then a close frame;
@@ -227,127 +110,12 @@ class DirectHub:
             handshake.close()
 
 
-class Handshake(asyncio.Protocol):
-    """The first protocol of every connection: reads the request head, then either
-    serves a direct Socket.IO WebSocket or hands the connection to aiohttp."""
+class SioConnection(ConnectionLimits, Pinged, asyncio.Protocol):
+    """One direct Engine.IO/Socket.IO WebSocket connection.
 
-    __slots__ = ("_buffer", "_http", "_hub", "_timer", "_transport")
-
-    def __init__(self, hub: DirectHub, http: Callable[[], asyncio.BaseProtocol]) -> None:
-        self._hub = hub
-        self._http = http
-        self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._buffer = b""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not registered as asyncio.Transport subclasses.
-        self._transport = cast(asyncio.Transport, transport)
-        # aiohttp's own idle timeout starts only once it has the connection: until then a
-        # request head has HANDSHAKE_TIMEOUT to arrive (KEEPALIVE_TIMEOUT if shorter).
-        hub = self._hub
-        self._timer = asyncio.get_running_loop().call_later(
-            min(hub.handshake_timeout, hub.idle_timeout), self.close
-        )
-        self._hub.handshakes.add(self)
-
-    def close(self) -> None:
-        """Give up on a connection that never sent a whole request head."""
-        if self._transport is not None:
-            self._transport.close()
-        self._done()
-
-    def _done(self) -> None:
-        self._transport = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._hub.handshakes.discard(self)
-
-    def data_received(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is None:
-            return
-        self._buffer += data
-        end = self._buffer.find(b"\r\n\r\n")
-        if end == -1:
-            if len(self._buffer) > MAX_HANDSHAKE_BYTES:
-                self._hand_over(transport)
-            return
-        hub = self._hub
-        handshake = direct_handshake(self._buffer[:end], hub.origins)
-        if handshake is None:
-            self._hand_over(transport)
-            return
-        rest = self._buffer[end + 4 :]
-        self._buffer = b""
-        self._done()
-        try:
-            address = hub.admit(transport, handshake)
-        except Refused as refused:
-            transport.write(refused.response)
-            transport.close()
-            return
-        connection = SioConnection(hub, transport, address)
-        transport.set_protocol(connection)
-        accept = ws_wire.accept_key(handshake.headers["sec-websocket-key"])
-        connection.open(accept, rest, asyncio.get_running_loop().time())
-
-    def _hand_over(self, transport: asyncio.Transport) -> None:
-        protocol = cast(asyncio.Protocol, self._http())
-        buffered, self._buffer = self._buffer, b""
-        self._done()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        protocol.data_received(buffered)
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._done()
-
-
-class DirectViewer:
-    """One namespace of a direct connection watching one session (see ``Viewer``).
-
-    Like ``SocketIOViewer``, events sent before :meth:`release` (the replay on connect
-    or join) wait until the CONNECT packet or the join's ack is written.
+    Its bounds are :class:`ConnectionLimits`, its heartbeat :class:`Pinged`: mixins
+    whose state is held here.
     """
-
-    #: The ``transport`` label of ``/metrics``.
-    transport_label = "direct"
-
-    __slots__ = ("_connection", "_held", "_namespace", "_prefix", "key")
-
-    def __init__(self, connection: SioConnection, namespace: str, sid: str) -> None:
-        self.key = f"sio:{namespace}:{sid}"
-        self._connection = connection
-        self._namespace = namespace
-        self._prefix = sio_wire.EIO_MESSAGE + sio_wire.event_prefix(namespace)
-        self._held: list[str] | None = []
-
-    def send(self, event: str, payload: Payload) -> None:
-        data = self._prefix + encode_json([event, payload])
-        if self._held is not None:
-            self._held.append(data)
-        else:
-            self._connection.send_text(data)
-
-    def release(self) -> None:
-        held, self._held = self._held, None
-        for data in held or ():
-            self._connection.send_text(data)
-
-    def backlog(self) -> int:
-        return (len(self._held) if self._held else 0) + self._connection.queued()
-
-    def close(self, reason: str) -> None:
-        self._connection.drop_namespace(self._namespace, stalled=reason == "stalled")
-
-
-class SioConnection(asyncio.Protocol):
-    """One direct Engine.IO/Socket.IO WebSocket connection."""
 
     __slots__ = (
         "_address",
@@ -418,9 +186,7 @@ class SioConnection(asyncio.Protocol):
         hub = self._hub
         hub.connections.discard(self)
         self._release_partial()
-        address, self._address = self._address, None
-        if address is not None and hub.limits is not None:
-            hub.limits.connections.release(address)
+        self._release_address()
         for namespace in tuple(self._namespaces):
             self._leave(namespace)
 
@@ -443,23 +209,6 @@ class SioConnection(asyncio.Protocol):
         """Read again once neither the write queue nor the backlog holds reading back."""
         if self._out is None and self._backlog is None and not self._closing:
             self._transport.resume_reading()
-
-    def heartbeat(self, now: float) -> None:
-        hub = self._hub
-        if now >= self._deadline:
-            log.debug("direct socket %s: no pong, closing", self.sid)
-            self.abort()
-        elif now >= self._connect_by:
-            log.info("direct socket %s: no namespace connected within HANDSHAKE_TIMEOUT, closing", self.sid)
-            self.close()
-        elif now >= self._next_ping:
-            # Keep the connection's phase: its pings stay one interval apart and on
-            # their own tick, unless the loop fell a whole interval behind.
-            next_ping = self._next_ping + hub.ping_interval
-            self._next_ping = next_ping if next_ping > now else now + hub.ping_interval
-            if self._deadline == math.inf:
-                self._deadline = now + hub.ping_timeout
-            self.send_text(sio_wire.EIO_PING)
 
     def close(self, code: int = ws_wire.CLOSE_NORMAL, *, announce: bool = True) -> None:
         """Engine.IO ``close`` (unless the client sent it), a close frame, then the TCP
@@ -529,48 +278,6 @@ class SioConnection(asyncio.Protocol):
         elif items:
             self._on_items(deque(items))
 
-    def _hold_partial(self, size: int) -> bool:
-        """Count ``size`` bytes of unfinished messages in the hub's total; ``False`` (and
-        closed with 1009) when that would pass ``max_partial_total``."""
-        hub = self._hub
-        grown = size > self._partial
-        hub.partial_bytes += size - self._partial
-        self._partial = size
-        if grown and hub.partial_bytes > hub.max_partial_total:
-            log.info("direct socket %s: unfinished messages over MAX_PARTIAL_MESSAGE_BYTES_TOTAL", self.sid)
-            self._release_partial()
-            self._send_close(ws_wire.CLOSE_TOO_BIG)
-            return False
-        return True
-
-    def _release_partial(self) -> None:
-        self._hub.partial_bytes -= self._partial
-        self._partial = 0
-
-    def _on_items(self, items: deque[Item]) -> None:
-        """Handle at most ``max_packets_per_turn`` of ``items``; the rest wait for the next
-        loop turn, and reading waits for them (other connections get their turn first)."""
-        for _ in range(self._hub.max_packets_per_turn):
-            if not items:
-                break
-            self._on_item(items.popleft())
-            if self._closing:
-                return
-        if items:
-            if self._backlog is None:
-                self._backlog = items
-                self._transport.pause_reading()
-            asyncio.get_running_loop().call_soon(self._on_backlog)
-
-    def _on_backlog(self) -> None:
-        backlog = self._backlog
-        if backlog is None or self._closing:
-            return
-        self._on_items(backlog)
-        if not backlog and self._backlog is backlog:
-            self._backlog = None
-            self._resume_reading()
-
     def _on_item(self, item: Item) -> None:
         if isinstance(item, ws_wire.Violation):
             log.info("direct socket %s: %s, closing", self.sid, item.reason)
@@ -626,7 +333,7 @@ class SioConnection(asyncio.Protocol):
             log.debug("direct socket %s: malformed Socket.IO packet ignored", self.sid)
             return
         kind, namespace = packet.kind, packet.namespace
-        if kind in _COUNTED and not self._within_rate():
+        if kind in COUNTED and not self._within_rate():
             self._on_over_rate(kind, namespace, packet.ack_id)
         elif kind == sio_wire.SIO_CONNECT:
             self._on_connect(namespace, packet.data)
@@ -642,24 +349,6 @@ class SioConnection(asyncio.Protocol):
                 and namespace in self._namespaces
             ):
                 self._send_ack(namespace, packet.ack_id, error_ack("Binary payloads are not supported"))
-
-    def _within_rate(self) -> bool:
-        """One more message (``SOCKET_MESSAGE_RATE``): whether it is within the rate."""
-        limits = self._hub.limits
-        if limits is None:
-            return True
-        if self._messages is None:
-            self._messages = limits.message_bucket()
-        return limits.message_allowed(self._messages)
-
-    def _on_over_rate(self, kind: str, namespace: str, ack_id: int | None) -> None:
-        """A message over the rate does nothing but get its refusal, at once: an ack (when
-        it asked for one) or CONNECT_ERROR, as on python-socketio's path."""
-        if kind == sio_wire.SIO_CONNECT:
-            if namespace not in self._namespaces:
-                self._send_connect_error(namespace, TOO_MANY_MESSAGES)
-        elif ack_id is not None and namespace in self._namespaces:
-            self._send_ack(namespace, ack_id, error_ack(TOO_MANY_MESSAGES))
 
     def _on_connect(self, namespace: str, auth: object) -> None:
         if namespace in self._namespaces:

@@ -26,7 +26,8 @@ from server.core.commands import EVENT_ACTIONS, session_command
 from server.core.errors import StoreUnavailable
 from server.core.manager import StreamingSessionManager
 from server.core.models import JoinIn, Resume, parse_resume, parse_session_id
-from server.core.sessions import SessionFull, SessionView, Viewer
+from server.core.session_view import SessionView
+from server.core.sessions import SessionFull, Viewer
 from server.guards.auth import FORBIDDEN, Authenticator, Identity, Unauthorized, may_control, may_view
 from server.guards.ratelimit import Limits, TokenBucket
 from server.transports.engineio_adapter import (

@@ -20,7 +20,8 @@ import logging
 from aiohttp import web
 
 from server.core.models import Resume, encode_json
-from server.core.sessions import Payload, SessionFull, SessionView
+from server.core.session_view import SessionView
+from server.core.sessions import Payload, SessionFull
 from server.transports.http_api import (
     ApiError,
     acquire_connection,

@@ -19,7 +19,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from server.core.commands import Action, session_command
 from server.core.models import Resume, encode_json
-from server.core.sessions import Payload, SessionFull, SessionView
+from server.core.session_view import SessionView
+from server.core.sessions import Payload, SessionFull
 from server.guards.auth import FORBIDDEN, may_control
 from server.guards.ratelimit import limits_key
 from server.transports.http_api import (
