@@ -13,7 +13,7 @@ from typing import Any
 import anthropic
 import httpx2
 from anthropic import AsyncAnthropic, omit
-from anthropic.types import Message
+from anthropic.types import Message, MessageParam
 
 from providers.base import AIChunk, ErrorCode, ProviderError, ProviderSettings, StreamConfig, Usage
 from providers.errors import TRANSPORT_ERRORS, ErrorTranslator
@@ -75,7 +75,7 @@ class AnthropicStreamingProvider:
             model=model,
             max_tokens=config.max_tokens or self._max_tokens,
             system=config.system_prompt or omit,
-            messages=[{"role": "user", "content": prompt}],
+            messages=_messages(prompt, config),
         )
         metadata: dict[str, Any] = {"provider": self.name, "model": model}
         final: Message | None = None
@@ -124,3 +124,15 @@ def _translate(errors: ErrorTranslator, exc: Exception, *, streaming: bool) -> P
         # Broken JSON or an event that does not fit the schema.
         return errors.malformed()
     return errors.unexpected(exc)
+
+
+def _messages(prompt: str, config: StreamConfig) -> list[MessageParam]:
+    """The conversation so far (a follow-up's earlier turns), then the prompt."""
+    turns: list[MessageParam] = []
+    for turn in config.history:
+        if turn.role == "assistant":
+            turns.append({"role": "assistant", "content": turn.content})
+        else:
+            turns.append({"role": "user", "content": turn.content})
+    turns.append({"role": "user", "content": prompt})
+    return turns

@@ -58,8 +58,39 @@ class AIChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class Turn:
+    """One earlier message of a conversation (a follow-up's history)."""
+
+    role: Literal["user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """What the writer asked for, as the editor sent it (PROTOCOL.md "Document context").
+
+    Real models get it through the messages the server built from a template; a provider
+    that answers without a model (the demo) reads it here."""
+
+    action: str = "custom"
+    instruction: str = ""
+    selection: str | None = None
+    before: str | None = None
+    after: str | None = None
+    options: tuple[tuple[str, str], ...] = ()
+
+    def option(self, name: str) -> str | None:
+        return dict(self.options).get(name)
+
+
+@dataclass(frozen=True, slots=True)
 class StreamConfig:
-    """A session's generation settings, snake_case (the wire uses camelCase)."""
+    """A session's generation settings, snake_case (the wire uses camelCase).
+
+    ``system_prompt`` is the system message (the action's template and the client's own,
+    joined); ``history`` the conversation before the prompt (a follow-up: the earlier
+    request and answer, as alternating user and assistant turns); ``task`` the action and
+    context the prompt was built from."""
 
     provider: str
     model: str
@@ -69,6 +100,8 @@ class StreamConfig:
     tokens_per_second: float | None = None
     animation_type: str | None = None
     speed: float | None = None
+    history: tuple[Turn, ...] = ()
+    task: Task | None = None
 
 
 class ProviderError(Exception):

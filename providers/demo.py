@@ -7,13 +7,15 @@ with no API key and no network; every chunk's metadata says ``demo: True``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import random
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from providers.base import AIChunk, StreamConfig, Usage
+from providers.base import AIChunk, StreamConfig, Task, Usage
+from providers.demo_actions import answer
 
 DEFAULT_TOKENS_PER_SECOND = 40.0
 
@@ -89,8 +91,15 @@ def _sections(prompt: str) -> Iterator[str]:
 _END = "\x00end"
 
 
-def demo_tokens(prompt: str, max_tokens: int | None) -> Iterator[str]:
-    """The demo answer as tokens: the natural answer, or exactly ``max_tokens`` tokens."""
+def demo_tokens(prompt: str, max_tokens: int | None, task: Task | None = None) -> Iterator[str]:
+    """The demo answer as tokens: the natural answer, or exactly ``max_tokens`` tokens; for
+    an editor action (``task``), that action done to the selection or the text before the
+    cursor (:mod:`providers.demo_actions`), at most ``max_tokens`` tokens of it."""
+    done = answer(task) if task is not None else None
+    if done is not None:
+        tokens = _TOKEN.findall(done)
+        yield from tokens if max_tokens is None else tokens[:max_tokens]
+        return
     count = 0
     for block in _sections(prompt):
         if block == _END:
@@ -120,7 +129,10 @@ class DemoProvider:
         return True
 
     def start_checkpoint(self, prompt: str, config: StreamConfig) -> dict[str, Any]:
-        return {"prompt": prompt}
+        checkpoint: dict[str, Any] = {"prompt": prompt}
+        if config.task is not None:
+            checkpoint["task"] = dataclasses.asdict(config.task)
+        return checkpoint
 
     def create_stream(self, prompt: str, config: StreamConfig) -> AsyncIterator[AIChunk]:
         return self._stream(prompt, config, 0)
@@ -128,6 +140,10 @@ class DemoProvider:
     def resume_stream(
         self, config: StreamConfig, checkpoint: dict[str, Any], skip: int
     ) -> AsyncIterator[AIChunk]:
+        task = checkpoint.get("task")
+        if isinstance(task, dict):
+            options = tuple((str(k), str(v)) for k, v in task.get("options", ()))
+            config = dataclasses.replace(config, task=Task(**{**task, "options": options}))
         return self._stream(str(checkpoint["prompt"]), config, skip)
 
     async def cancel(self, checkpoint: dict[str, Any]) -> None:
@@ -139,7 +155,7 @@ class DemoProvider:
         tps = config.tokens_per_second
         if tps is None:
             tps = self._tokens_per_second
-        tokens = demo_tokens(prompt, config.max_tokens)
+        tokens = demo_tokens(prompt, config.max_tokens, config.task)
         count = 0
         head: list[str] = []
         while skip > 0:

@@ -28,6 +28,7 @@ from openai.types.responses import (
     ResponseErrorEvent,
     ResponseFailedEvent,
     ResponseIncompleteEvent,
+    ResponseInputParam,
     ResponseStreamEvent,
     ResponseTextDeltaEvent,
 )
@@ -93,7 +94,7 @@ class OpenAIStreamingProvider:
         async def open_events() -> AsyncStream[ResponseStreamEvent]:
             return await self._client.responses.create(
                 model=model,
-                input=prompt,
+                input=_response_input(prompt, config),
                 instructions=config.system_prompt or omit,
                 background=True,
                 stream=True,
@@ -160,6 +161,11 @@ class OpenAIStreamingProvider:
         messages: list[ChatCompletionMessageParam] = []
         if config.system_prompt:
             messages.append({"role": "system", "content": config.system_prompt})
+        for turn in config.history:
+            if turn.role == "assistant":
+                messages.append({"role": "assistant", "content": turn.content})
+            else:
+                messages.append({"role": "user", "content": turn.content})
         messages.append({"role": "user", "content": prompt})
 
         metadata: dict[str, Any] = {"provider": self.name, "model": model}
@@ -278,6 +284,16 @@ class OpenAIStreamingProvider:
             reason = ended.incomplete_details.reason if ended.incomplete_details is not None else None
             finish_reason = INCOMPLETE_REASONS.get(reason or "", reason or "length")
         yield AIChunk("", metadata, usage=usage, finish_reason=finish_reason, checkpoint=checkpoint)
+
+
+def _response_input(prompt: str, config: StreamConfig) -> str | ResponseInputParam:
+    """The Responses API's ``input``: the prompt alone, as before, or the conversation so far
+    (a follow-up) as messages ending with it."""
+    if not config.history:
+        return prompt
+    items: ResponseInputParam = [{"role": turn.role, "content": turn.content} for turn in config.history]
+    items.append({"role": "user", "content": prompt})
+    return items
 
 
 def _checkpoint(response_id: str | None, event: ResponseStreamEvent) -> dict[str, Any] | None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import Sequence
 
 from providers.registry import PROVIDERS
 from server.app import create_app
+from server.core.actions import PromptsFileError
 from server.guards.logs import configure_logging
 from server.runner import run_app
 from server.settings import Settings
@@ -50,7 +52,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     settings = Settings(**overrides)
     configure_logging(settings)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except PromptsFileError as exc:
+        sys.exit(f"PROMPTS_FILE: {exc}")
     provider = settings.resolved_default_provider()
     ready = f"Streaming server on http://{settings.host}:{settings.port} (default provider: {provider})"
     run_app(

@@ -117,7 +117,12 @@ class Settings(BaseSettings):
     )
 
     # Limits.
-    max_body_bytes: int = setting(256 * 1024, "largest HTTP body (413 above)", 2, ge=1024)
+    max_body_bytes: int = setting(
+        1024 * 1024,
+        "largest HTTP body (413 above); room for a start body whose context fills `MAX_CONTEXT_CHARS`",
+        2,
+        ge=1024,
+    )
     max_prompt_chars: int = setting(100_000, "longest prompt (413 above)", 2, ge=1)
     max_tokens_limit: int = setting(32_000, "largest `config.maxTokens` accepted", 2, ge=1)
     max_sessions_per_user: int = setting(20, "live sessions per `userId` (429 above)", 2, ge=1)
@@ -210,6 +215,29 @@ class Settings(BaseSettings):
         " wait, so one client cannot starve the others)",
         12,
         ge=1,
+    )
+
+    # The model sees the document (issue 19).
+    max_context_chars: int = setting(
+        200_000,
+        "characters of editor context (selection, before, after, document) sent upstream, about"
+        " 50k tokens, which fits a 128k-token model with room for the answer; `before` is cut"
+        " from its start and `after` and `document` from their end, and a longer selection is 413",
+        19,
+        ge=1,
+    )
+    max_follow_ups: int = setting(20, "earlier exchanges one follow-up chain may carry (400 above)", 19, ge=1)
+    complete_max_tokens: int = setting(
+        48,
+        "`maxTokens` of the `complete` (autocomplete) action when the session's config sets none",
+        19,
+        ge=1,
+    )
+    prompts_file: Path | None = setting(
+        None,
+        "a TOML file of prompt templates that overrides built-in actions and adds new ones"
+        " (docs/prompts.md); a problem in it stops the server at startup",
+        19,
     )
 
     # Rate limits (token buckets: a rate per second and a burst).

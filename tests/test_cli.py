@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -22,6 +23,23 @@ def test_help_lists_the_flags():
     ).stdout
     for flag in ("--host", "--port", "--provider", "--log-level"):
         assert flag in out
+
+
+def test_a_bad_prompts_file_stops_the_server_at_startup(tmp_path):
+    path = tmp_path / "prompts.toml"
+    path.write_text("[actions.shorten]\nuser = 'Shorter: {selected}'\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "--port", "0"],
+        cwd=ROOT,
+        env={**os.environ, "PROMPTS_FILE": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    message = done.stderr.strip().splitlines()[-1]
+    assert str(path) in message and "'shorten'" in message and "{selected}" in message
+    assert "Traceback" not in done.stderr
 
 
 @pytest.fixture

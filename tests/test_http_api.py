@@ -152,8 +152,11 @@ async def test_body_too_large_is_413(start_server, http):
     assert status == 413
 
 
-async def test_default_body_limit_is_256_kib(server, http):
-    status, _ = await post(http, f"{server.url}/api/streaming/session", {"userId": "u", "pad": "x" * 300_000})
+async def test_default_body_limit_is_1_mib(server, http):
+    # 1 MiB since issue 19: room for a start body whose context fills MAX_CONTEXT_CHARS.
+    status, _ = await post(
+        http, f"{server.url}/api/streaming/session", {"userId": "u", "pad": "x" * 1_100_000}
+    )
     assert status == 413
 
 

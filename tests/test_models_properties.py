@@ -151,11 +151,14 @@ def _known(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Equal as JSON values; an int read into a float field stays that number."""
+    """Equal as JSON values; an int read into a float field stays that number (as exactly
+    as a float holds it: 2**53 + 1 comes back as 2**53, as in any JSON parser)."""
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
+    if (isinstance(a, float) and isinstance(b, int)) or (isinstance(a, int) and isinstance(b, float)):
+        return float(a) == float(b)
     return bool(a == b)
 
 

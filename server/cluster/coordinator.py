@@ -40,6 +40,7 @@ from server.cluster.relay import Entry, Relay, RelayedSession, config_from_meta
 from server.core.commands import Ack, Action, error_ack, session_command, start_command
 from server.core.errors import StoreUnavailable
 from server.core.models import encode_json
+from server.core.prompting import Conversation
 from server.core.session_view import SessionState, short_id
 from server.core.sessions import StreamingSession
 from server.guards.logs import REQUEST_ID, well_formed_request_id
@@ -188,6 +189,11 @@ class Cluster:
         self._mirrors[session_id] = mirror
         return mirror
 
+    async def conversation(self, session_id: str) -> Conversation | None:
+        meta = await self.store.meta(session_id)
+        raw = meta.get("request") if meta else None
+        return Conversation.from_json(raw) if raw else None
+
     def mirrors(self) -> Iterable[RelayedSession]:
         """This process's views of sessions owned elsewhere (their viewers are here)."""
         return tuple(self._mirrors.values())
@@ -218,6 +224,8 @@ class Cluster:
         )
         mirror = self._mirror(session_id, meta, entries)
         session.restore(mirror.chunks, mirror.state, mirror.usage)
+        if mirror.conversation is not None:
+            session.adopt(mirror.conversation)
         return session
 
     # -- commands between processes ------------------------------------------
@@ -251,7 +259,9 @@ class Cluster:
 
     async def _apply(self, session: StreamingSession, action: str, extra: dict[str, Any]) -> Ack:
         if action == "start":
-            return await start_command(session, str(extra.get("prompt", "")))
+            raw = extra.get("conversation")
+            conversation = Conversation.from_json(raw) if isinstance(raw, str) else None
+            return await start_command(session, str(extra.get("prompt", "")), conversation)
         return await session_command(session, Action(action))
 
     async def _inbox(self) -> None:

@@ -86,6 +86,9 @@ class RedisJournal:
         meta: tuple[str, ...] = ()
         if event == "stream-state":
             meta = ("state", payload["state"])
+            if payload["state"] == "streaming" and session.conversation is not None:
+                # What the provider was asked: for follow-ups and takeovers on any process.
+                meta = (*meta, "request", session.conversation.to_json())
         elif event == "complete":
             meta = ("finishReason", payload["finishReason"] or "", "usage", encode_json(payload["usage"]))
         elif event == "stream-error":

@@ -27,6 +27,7 @@ from server.core.chunklog import LogBudget
 from server.core.commands import Ack
 from server.core.emitter import FlowLimits, ViewerSet
 from server.core.errors import StoreUnavailable
+from server.core.prompting import Conversation
 from server.core.session_view import SessionState, SessionView, short_id
 from server.core.sessions import Viewer
 
@@ -41,7 +42,11 @@ Forward = Callable[["RelayedSession", str, dict[str, Any]], Awaitable[Ack]]
 
 
 def config_from_meta(raw: str) -> StreamConfig:
+    """The session's config as registered; what a start asked (system, history, task)
+    comes from the ``request`` field instead (:class:`Conversation`)."""
     fields = orjson.loads(raw)
+    fields.pop("history", None)
+    fields.pop("task", None)
     return StreamConfig(**fields)
 
 
@@ -81,6 +86,8 @@ class RelayedSession(SessionView):
         )
         self.state = SessionState(meta.get("state", "created"))
         self.owner = meta.get("owner", "")
+        if "request" in meta:
+            self.conversation = Conversation.from_json(meta["request"])
         self.cursor = "0-0"
         self._relay = relay
         self._forward = forward

@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from server.core.errors import StoreUnavailable
+from server.core.prompting import Conversation
 from server.core.session_view import SessionConflict, SessionView
 from server.core.sessions import StreamingSession
 
@@ -47,17 +48,19 @@ class RemoteSession(Protocol):
     async def forward(self, action: str, **extra: Any) -> Ack: ...
 
 
-async def start_command(session: SessionView, prompt: str) -> Ack:
-    """Start the stream where the session lives; ``{ok: false, error, conflict: true}``
-    when it was started already (HTTP 409)."""
+async def start_command(session: SessionView, prompt: str, conversation: Conversation | None = None) -> Ack:
+    """Start the stream where the session lives, asking ``conversation`` (or ``prompt``
+    alone); ``{ok: false, error, conflict: true}`` when it was started already (HTTP 409)."""
     if isinstance(session, StreamingSession):
         try:
-            session.start(prompt)
+            session.start(prompt, conversation)
         except SessionConflict as exc:
             return {**error_ack(str(exc)), "conflict": True}
         return {"ok": True}
     remote: RemoteSession = session  # type: ignore[assignment]
-    return await remote.forward("start", prompt=prompt)
+    if conversation is None:
+        return await remote.forward("start", prompt=prompt)
+    return await remote.forward("start", prompt=prompt, conversation=conversation.to_json())
 
 
 async def session_command(session: SessionView, action: Action) -> Ack:

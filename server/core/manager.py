@@ -11,7 +11,9 @@ from typing import Protocol
 
 from providers.base import AIProvider, StreamConfig
 from providers.registry import PROVIDERS
+from server.core.actions import load_actions
 from server.core.chunklog import LogBudget
+from server.core.prompting import Conversation, PromptLimits
 from server.core.registry import SessionRegistry
 from server.core.session_view import SessionState, SessionView, short_id
 from server.core.sessions import FlowLimits, Pacer, StreamingSession
@@ -53,6 +55,9 @@ class SharedSessions(Protocol):
 
     async def not_ready(self, ping_within: float) -> str | None:
         """Why this process cannot take sessions now (``/readyz``), or ``None``."""
+
+    async def conversation(self, session_id: str) -> Conversation | None:
+        """What a session another process started asked its provider, as stored now."""
 
 
 class TooManySessions(Exception):
@@ -106,6 +111,15 @@ class StreamingSessionManager:
         self.cluster: SharedSessions | None = None
         #: How late the event loop wakes up, smoothed, in seconds (:meth:`run_pacer`).
         self.loop_lag = 0.0
+        #: The editor actions: built-in, and the operator's ``PROMPTS_FILE`` (a problem in
+        #: it raises :class:`server.core.actions.PromptsFileError` here, at startup).
+        self.actions = load_actions(settings.prompts_file)
+        self.prompt_limits = PromptLimits(
+            max_prompt_chars=settings.max_prompt_chars,
+            max_context_chars=settings.max_context_chars,
+            max_follow_ups=settings.max_follow_ups,
+            complete_max_tokens=settings.complete_max_tokens,
+        )
 
     def provider(self, name: str) -> AIProvider:
         """The provider called ``name``, built once; raises :class:`ProviderUnavailable`."""
@@ -184,6 +198,16 @@ class StreamingSessionManager:
         if local is not None or self.cluster is None:
             return local
         return await self.cluster.find(session_id)
+
+    async def conversation_of(self, session: SessionView) -> Conversation | None:
+        """What ``session`` asked its provider, wherever it ran (a mirror made before the
+        session started reads it from the store)."""
+        if session.conversation is not None or self.cluster is None or isinstance(session, StreamingSession):
+            return session.conversation
+        if session.state is SessionState.CREATED:
+            return None
+        session.conversation = await self.cluster.conversation(session.id)
+        return session.conversation
 
     async def sweep(self, now: float | None = None) -> None:
         """Drop finished sessions past their TTL; end sessions idle too long."""

@@ -59,11 +59,49 @@ class CreateSessionIn(WireModel):
     config: StreamConfigIn | None = None
 
 
-class StartIn(WireModel):
-    """``POST /api/streaming/{sessionId}/start``."""
+class ContextIn(WireModel):
+    """The document around the cursor, as the editor saw it when the action started."""
 
-    prompt: StrictStr
-    """Must not be blank; at most ``MAX_PROMPT_CHARS`` characters (413 above)."""
+    selection: StrictStr | None = None
+    """The text the action works on (rewrites need it); more than ``MAX_CONTEXT_CHARS``
+    characters is a 413."""
+    before: StrictStr | None = None
+    """The text before the cursor or selection; cut from its start to fit."""
+    after: StrictStr | None = None
+    """The text after it; cut from its end to fit."""
+    document: StrictStr | None = None
+    """The whole document; cut from its end to fit."""
+    format: Literal["markdown", "text"] = "markdown"
+    """How the strings are written."""
+
+
+ActionOption = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+
+
+class OptionsIn(WireModel):
+    """Per-action options."""
+
+    language: ActionOption | None = None
+    """The language ``translate`` writes in (required there)."""
+    tone: ActionOption | None = None
+    """The tone ``tone`` writes in (default: professional)."""
+
+
+class StartIn(WireModel):
+    """``POST /api/streaming/{sessionId}/start``. Only ``prompt`` given: the model gets the
+    prompt alone, as in the seed."""
+
+    prompt: StrictStr = ""
+    """The instruction: required (not blank) for ``custom``, an optional extra instruction
+    for the other actions; at most ``MAX_PROMPT_CHARS`` characters (413 above)."""
+    action: Annotated[StrictStr, Field(min_length=1, max_length=64)] | None = None
+    """``custom`` (the default), a built-in action (``GET /api/streaming/actions``) or one
+    of the operator's prompts file; unknown: 400."""
+    context: ContextIn | None = None
+    options: OptionsIn | None = None
+    follow_up: StrictStr | None = None
+    """The ``sessionId`` of an earlier session of the same user whose request and answer the
+    model gets as the conversation so far; unknown: 404, another user's: 403."""
 
 
 def encode_json(value: object) -> str:
@@ -245,6 +283,28 @@ class SessionStatusOut(WireModel):
     """``null`` until the session ends."""
     error: SessionErrorOut | None
     """``null`` unless the session failed."""
+    action: StrictStr | None
+    """The action it was started with (``custom`` for a bare prompt); ``null`` before it starts."""
+    follow_up: StrictStr | None
+    """The session whose conversation it continues, or ``null``."""
+
+
+class ActionOut(WireModel):
+    """One action a client can offer (``GET /api/streaming/actions``)."""
+
+    id: StrictStr
+    label: StrictStr
+    needs_selection: StrictBool
+    """It needs ``context.selection`` (400 without)."""
+    options: list[Literal["language", "tone"]]
+    insert: Literal["replace", "cursor", "after"]
+    """Where the answer goes by default: over the selection, at the cursor, after the selection."""
+
+
+class ActionsOut(WireModel):
+    """``GET /api/streaming/actions``: the built-in actions and the operator's."""
+
+    actions: list[ActionOut]
 
 
 class ChunkMetadataOut(WireModel):

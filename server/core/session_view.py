@@ -18,6 +18,7 @@ from enum import StrEnum
 from providers.base import StreamConfig, Usage
 from server.core.chunklog import ChunkLog, LogBudget
 from server.core.emitter import Payload, Viewer, ViewerSet
+from server.core.prompting import Conversation
 from server.guards.metrics import JOINS
 
 __all__ = [
@@ -79,6 +80,8 @@ class SessionView:
         self.finish_reason: str | None = None
         self.error: Payload | None = None
         self.touched = time.monotonic()
+        #: What the provider was asked (action, messages), once the session started.
+        self.conversation: Conversation | None = None
         self._terminal_event: tuple[str, Payload] | None = None
 
     # -- queries -------------------------------------------------------------
@@ -114,6 +117,8 @@ class SessionView:
             "usage": self.usage.to_wire() if self.usage else None,
             "finishReason": self.finish_reason,
             "error": self.error,
+            "action": self.conversation.action if self.conversation else None,
+            "followUp": self.conversation.follow_up if self.conversation else None,
         }
 
     # -- viewers -------------------------------------------------------------

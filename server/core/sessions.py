@@ -37,6 +37,7 @@ from providers.base import (
 )
 from server.core.chunklog import ChunkLog, LogBudget
 from server.core.emitter import ChunkEmitter, FlowLimits, Pacer, Payload, SessionFull, Viewer
+from server.core.prompting import Conversation
 from server.core.pump import ProviderPump
 from server.core.resume_points import ResumePoints
 from server.core.session_view import SessionConflict, SessionState, SessionView, short_id
@@ -213,11 +214,15 @@ class StreamingSession(SessionView):
 
     # -- commands ------------------------------------------------------------
 
-    def start(self, prompt: str) -> None:
+    def start(self, prompt: str, conversation: Conversation | None = None) -> None:
+        """Ask the provider: ``prompt`` alone (the seed's start), or ``conversation``, what
+        :func:`server.core.prompting.build_conversation` made of a start request."""
         if self.handed_over:
             raise SessionConflict("The session is moving to another process; try again")
         if self.state is not SessionState.CREATED:
             raise SessionConflict(f"Session already started (state: {self.state.value})")
+        self.adopt(conversation or Conversation.bare(prompt, self.config.system_prompt))
+        prompt = conversation.prompt if conversation else prompt
         self._started_at = time.monotonic()
         self._set_state(SessionState.STREAMING)
         provider = self.provider
@@ -226,6 +231,12 @@ class StreamingSession(SessionView):
             if checkpoint is not None:
                 self._add_checkpoint(checkpoint)
         self._launch(lambda: provider.create_stream(prompt, self.config))
+
+    def adopt(self, conversation: Conversation) -> None:
+        """Ask the provider what ``conversation`` says (a start, or a takeover of a stream
+        whose conversation the log kept)."""
+        self.conversation = conversation
+        self.config = conversation.configure(self.config)
 
     def continue_stream(self, chars: int, checkpoint: dict[str, Any]) -> None:
         """Go on with a stream another process started, from its logged resume point

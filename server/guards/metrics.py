@@ -131,6 +131,16 @@ TAKEOVER_OUTCOMES = ("resumed", "adopted", "owner_lost")
 for _outcome in TAKEOVER_OUTCOMES:
     TAKEOVERS.labels(outcome=_outcome)
 
+#: Sessions started here, by editor action (``custom`` for a bare prompt; PROTOCOL.md
+#: "Document context, actions and follow-ups").
+SESSIONS_BY_ACTION = Counter(
+    "streaming_sessions_started",
+    "Sessions started on this process, by action (custom for a bare prompt)",
+    ["action"],
+    registry=None,
+)
+SESSIONS_BY_ACTION.labels(action="custom")
+
 #: Seconds from a session's start to its first chunk delivered to viewers, by provider.
 TIME_TO_FIRST_TOKEN = Histogram(
     "streaming_time_to_first_token_seconds",
@@ -217,6 +227,7 @@ class _TallyCollector(Collector):
 _PROCESS_COLLECTORS: tuple[Collector, ...] = (
     RATE_LIMITED,
     STREAM_ERRORS,
+    SESSIONS_BY_ACTION,
     JOINS,
     TAKEOVERS,
     TIME_TO_FIRST_TOKEN,

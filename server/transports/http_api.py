@@ -25,6 +25,7 @@ from server.core.models import (
     parse_resume,
     parse_session_id,
 )
+from server.core.prompting import Earlier, RequestError, build_conversation
 from server.core.session_view import SessionView, short_id
 from server.core.sessions import SessionFull, StreamingSession
 from server.guards.auth import (
@@ -37,6 +38,7 @@ from server.guards.auth import (
     may_control,
     may_view,
 )
+from server.guards.metrics import SESSIONS_BY_ACTION
 from server.guards.ratelimit import AddressCounter, limits_key
 from server.settings import Settings
 
@@ -332,18 +334,42 @@ async def create_session(request: web.Request) -> web.Response:
     return json_response({"sessionId": session.id, "wsEndpoint": f"/ws/stream/{session.id}"})
 
 
+async def earlier_of(request: web.Request, session: SessionView, follow_up: str | None) -> Earlier | None:
+    """The session a follow-up continues, with what it asked and answered: 404 when there is
+    no such session, 403 when it is not the same user's."""
+    if follow_up is None:
+        return None
+    manager = request.app[manager_key]
+    session_id = parse_session_id(follow_up)
+    earlier = await manager.find(session_id) if session_id else None
+    if earlier is None:
+        raise ApiError(404, "followUp: session not found")
+    if earlier.user_id != session.user_id:
+        raise ApiError(403, "followUp: that session belongs to another user")
+    await settled(earlier)
+    return Earlier(earlier.id, await manager.conversation_of(earlier), earlier.text)
+
+
 async def start_session(request: web.Request) -> web.Response:
-    """``POST /api/streaming/{sessionId}/start`` with ``{prompt}``."""
+    """``POST /api/streaming/{sessionId}/start`` with ``{prompt}``, or an action with the
+    editor's context (``{action, context, options, followUp}``)."""
     session = await session_of(request, control=True)
     body = await read_body(request, StartIn)
-    limit = request.app[settings_key].max_prompt_chars
-    if not body.prompt.strip():
-        raise ApiError(400, "Invalid request: prompt must not be empty")
-    if len(body.prompt) > limit:
-        raise ApiError(413, f"Prompt too long: {len(body.prompt)} characters (limit {limit})")
-    ack = await start_command(session, body.prompt)
+    manager = request.app[manager_key]
+    try:
+        conversation = build_conversation(
+            body,
+            manager.actions,
+            manager.prompt_limits,
+            client_system=session.config.system_prompt,
+            earlier=await earlier_of(request, session, body.follow_up),
+        )
+    except RequestError as exc:
+        raise ApiError(exc.status, exc.message) from None
+    ack = await start_command(session, conversation.prompt, conversation)
     if not ack["ok"]:
         raise ApiError(409 if ack.get("conflict") else 503, ack["error"])
+    SESSIONS_BY_ACTION.labels(action=conversation.action).inc()
     log.info("session %s: started", short_id(session.id))
     return json_response({"status": "started"})
 
@@ -358,7 +384,9 @@ async def settled(session: SessionView) -> SessionView:
 
 async def get_session(request: web.Request) -> web.Response:
     """``GET /api/streaming/{sessionId}``: state, text so far and usage."""
-    return json_response((await settled(await session_of(request))).status())
+    session = await settled(await session_of(request))
+    await request.app[manager_key].conversation_of(session)
+    return json_response(session.status())
 
 
 async def cancel_session(request: web.Request) -> web.Response:
@@ -369,12 +397,22 @@ async def cancel_session(request: web.Request) -> web.Response:
     return json_response({"status": "cancelled"})
 
 
+async def list_actions(request: web.Request) -> web.Response:
+    """``GET /api/streaming/actions``: what a client can offer in its menu (with access
+    control on, for any caller with a valid token)."""
+    identity_of(request)
+    actions = request.app[manager_key].actions.values()
+    return json_response({"actions": [spec.to_wire() for spec in actions]})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/streaming/session", create_session)
+    # Before ``/api/streaming/{session_id}``, which would take "actions" for an id.
+    app.router.add_get("/api/streaming/actions", list_actions)
     app.router.add_post("/api/streaming/{session_id}/start", start_session)
     app.router.add_get("/api/streaming/{session_id}", get_session)
     app.router.add_post("/api/streaming/{session_id}/cancel", cancel_session)

@@ -26,6 +26,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json
 
 from providers.registry import PROVIDERS
 from server.core.models import (
+    ActionsOut,
     CancelledOut,
     ChunksPageOut,
     ChunksQuery,
@@ -60,6 +61,7 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     StartedOut,
     CancelledOut,
     SessionStatusOut,
+    ActionsOut,
     ChunksPageOut,
     HealthOut,
     ReadyOut,
@@ -254,6 +256,15 @@ class _Paths:
                     security=open_or_bearer,
                 )
             },
+            "/api/streaming/actions": {
+                "get": self.operation(
+                    "listActions",
+                    "The editor actions (built-in and the operator's PROMPTS_FILE), for a menu",
+                    self.json("Every action a start body may name.", self.ref(ActionsOut)),
+                    {401: unauthorized},
+                    security=open_or_bearer,
+                )
+            },
             "/api/streaming/{sessionId}": {
                 "get": self.operation(
                     "getSession",
@@ -267,16 +278,21 @@ class _Paths:
             "/api/streaming/{sessionId}/start": {
                 "post": self.operation(
                     "startSession",
-                    "Start a session with its prompt",
+                    "Start a session: a prompt, or an editor action with the document's context",
                     self.json("Started: the provider's answer streams to the viewers.", self.ref(StartedOut)),
                     {
-                        400: "invalid JSON, or a missing, non-string or blank prompt",
+                        400: "invalid JSON; a non-string or blank prompt for `custom`; an unknown "
+                        "action; a rewriting action without `context.selection`; `translate` "
+                        "without `options.language`; a follow-up chain over `MAX_FOLLOW_UPS` "
+                        f"({settings.max_follow_ups})",
                         401: unauthorized,
-                        403: forbidden,
-                        404: not_found,
-                        409: "already started, finished or cancelled",
-                        413: f"body over `MAX_BODY_BYTES`, or prompt over `MAX_PROMPT_CHARS` "
-                        f"({settings.max_prompt_chars})",
+                        403: f"{forbidden}, or `followUp` names another user's session",
+                        404: f"{not_found}, or `followUp` names no session",
+                        409: "already started, finished or cancelled, or `followUp` names a session "
+                        "never started",
+                        413: f"body over `MAX_BODY_BYTES`, prompt over `MAX_PROMPT_CHARS` "
+                        f"({settings.max_prompt_chars}), or `context.selection` over "
+                        f"`MAX_CONTEXT_CHARS` ({settings.max_context_chars})",
                         503: unavailable,
                     },
                     body=StartIn,
