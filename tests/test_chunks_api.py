@@ -25,7 +25,7 @@ async def page(http, server, session_id: str, query: str = "") -> tuple[int, dic
 async def test_pages_cover_the_log_exactly_once(start_server, http, sio_clients):
     server = await start_server(chunks_page_limit=7)
     session_id, snapshot = await finished_session(
-        http, server, sio_clients, maxTokens=60, tokensPerSecond=1000
+        http, server, sio_clients, maxTokens=60, tokensPerSecond=150
     )
     total = snapshot["chunks"]
     assert total > 7

@@ -114,6 +114,8 @@ async def test_bad_auth_last_seq_is_refused(server, http, sio_clients):
 
 
 async def finished(http, server, sio_clients, **config) -> tuple[str, dict]:
+    """A finished session. Its tokens come over 0.4 s, so it has several chunks even when a
+    busy machine stretches the coalescing window to COALESCE_MAX_MS."""
     session_id = await create_session(http, server, **config)
     _, viewer = await stream_viewer(sio_clients, server, session_id)
     await start_stream(http, server, session_id)
@@ -122,7 +124,7 @@ async def finished(http, server, sio_clients, **config) -> tuple[str, dict]:
 
 
 async def test_same_epoch_resumes_after_last_seq(server, http, sio_clients):
-    session_id, status = await finished(http, server, sio_clients, maxTokens=80, tokensPerSecond=1000)
+    session_id, status = await finished(http, server, sio_clients, maxTokens=40, tokensPerSecond=100)
     client = sio_clients()
     namespace = f"/stream/{session_id}"
     viewer = record_events(client, namespace)
@@ -137,7 +139,7 @@ async def test_same_epoch_resumes_after_last_seq(server, http, sio_clients):
 
 @pytest.mark.parametrize("auth", [{"lastSeq": 3, "epoch": "another"}, {"lastSeq": 10_000}])
 async def test_another_epoch_or_a_last_seq_past_the_log_resets(server, http, sio_clients, auth):
-    session_id, status = await finished(http, server, sio_clients, maxTokens=80, tokensPerSecond=1000)
+    session_id, status = await finished(http, server, sio_clients, maxTokens=40, tokensPerSecond=100)
     client = sio_clients()
     namespace = f"/stream/{session_id}"
     viewer = record_events(client, namespace)
@@ -153,7 +155,7 @@ async def test_another_epoch_or_a_last_seq_past_the_log_resets(server, http, sio
 
 
 async def test_join_stream_with_another_epoch_resets(server, http, sio_clients):
-    session_id, status = await finished(http, server, sio_clients, maxTokens=80, tokensPerSecond=1000)
+    session_id, status = await finished(http, server, sio_clients, maxTokens=40, tokensPerSecond=100)
     client = sio_clients()
     viewer = record_events(client)
     await client.connect(server.url, transports=["websocket"], wait_timeout=WAIT)
@@ -169,7 +171,7 @@ async def test_join_stream_with_another_epoch_resets(server, http, sio_clients):
 async def test_plain_websocket_with_another_epoch_resets(server, http, sio_clients):
     from tests.test_ws_api import open_ws
 
-    session_id, status = await finished(http, server, sio_clients, maxTokens=80, tokensPerSecond=1000)
+    session_id, status = await finished(http, server, sio_clients, maxTokens=40, tokensPerSecond=100)
     viewer = await open_ws(http, server, session_id, "?lastSeq=2&epoch=x")
     await viewer.recorder.wait_finished()
     assert viewer.frames[0] == {
