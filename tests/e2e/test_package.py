@@ -110,6 +110,7 @@ def test_packed_library_installs_type_checks_and_builds_in_a_fresh_app(tmp_path:
     versions = manifest["devDependencies"]
     assert set(manifest["peerDependencies"]) == {
         "@tiptap/core",
+        "@tiptap/markdown",
         "@tiptap/pm",
         "@tiptap/react",
         "react",
@@ -117,8 +118,10 @@ def test_packed_library_installs_type_checks_and_builds_in_a_fresh_app(tmp_path:
     }
     app = tmp_path / "fresh-app"
     (app / "src").mkdir(parents=True)
+    # The app installs the Tiptap peers at one version, @tiptap/markdown among them.
     dependencies = [
         "@tiptap/core",
+        "@tiptap/markdown",
         "@tiptap/pm",
         "@tiptap/react",
         "@tiptap/starter-kit",
@@ -145,6 +148,7 @@ def test_packed_library_installs_type_checks_and_builds_in_a_fresh_app(tmp_path:
     # socket.io-client comes in as a peer dependency of the package.
     run([npm, "install", *NPM_FLAGS], app, 300)
     assert (app / "node_modules" / "socket.io-client" / "package.json").exists()
+    assert (app / "node_modules" / "@tiptap" / "markdown" / "package.json").exists()
     run([npm, "exec", "--", "tsc", "-p", "."], app, 120)
     run([npm, "exec", "--", "vite", "build"], app, 120)
 

@@ -1,9 +1,11 @@
 /**
  * The demo page: an editor with some text, a prompt, Start / Pause / Resume / Stop, review
  * controls, the provider, model, tokens and time to first token, and the live session
- * state, announced to screen readers. `?session=<id>` watches a session started elsewhere
- * (another tab); settings for the server's demo provider can be given in the query string
- * (?tokensPerSecond=20&maxTokens=200&format=text&review=1&insertAt=selection).
+ * state, announced to screen readers; AI actions on the selection (a menu built from the
+ * server's list, rewrites reviewed as tracked changes, follow-ups on the suggestion),
+ * "Continue writing" at the cursor and ghost-text autocomplete. `?session=<id>` watches a
+ * session started elsewhere (another tab); settings for the server's demo provider can be
+ * given in the query string (?tokensPerSecond=20&maxTokens=200&format=text&review=1&insertAt=selection).
  */
 import type { Editor } from '@tiptap/core'
 import { EditorContent, useEditor } from '@tiptap/react'
@@ -11,13 +13,17 @@ import StarterKit from '@tiptap/starter-kit'
 import { useEffect, useRef, useState } from 'react'
 
 import {
+  type ActionDefinition,
   type AnimationType,
+  BUILT_IN_ACTIONS,
+  type RunActionOptions,
   type StreamConfig,
   StreamingExtension,
   StreamingNode,
   StreamingWebSocketService,
   useStreaming,
 } from '../streaming'
+import { AiMenu } from './AiMenu'
 
 declare global {
   interface Window {
@@ -30,6 +36,9 @@ const INITIAL_CONTENT = `
 <h1>Streaming into Tiptap</h1>
 <p>This document already has some text. Type a prompt below and press <strong>Start</strong>:
 the answer streams in at the end of the document, while you keep editing anywhere.</p>
+<p>Select this paragraph to ask the AI about it: it is really quite long, and teh words in it
+are very easy to shorten. It basically says the same thing twice. It just says it again, with
+more words than it needs.</p>
 `
 
 const params = new URLSearchParams(window.location.search)
@@ -59,6 +68,12 @@ function serverConfig(animationType: AnimationType): StreamConfig {
   config.tokensPerSecond = numberParam('tokensPerSecond')
   config.maxTokens = numberParam('maxTokens')
   return config
+}
+
+/** The server settings of autocomplete sessions: the query's provider, model and pace (the server keeps them short). */
+function completionConfig(): StreamConfig {
+  const { provider, model, tokensPerSecond } = serverConfig('fade')
+  return { provider, model, tokensPerSecond }
 }
 
 const ANNOUNCEMENTS: Record<string, string> = {
@@ -106,8 +121,14 @@ export function App() {
   const [chunkCount, setChunkCount] = useState(0)
   const [announcement, setAnnouncement] = useState('')
 
+  const [actions, setActions] = useState<readonly ActionDefinition[]>([])
+
   const editor = useEditor({
-    extensions: [StarterKit, StreamingNode, StreamingExtension],
+    extensions: [
+      StarterKit,
+      StreamingNode,
+      StreamingExtension.configure({ autocomplete: { debounceMs: 400, config: completionConfig() } }),
+    ],
     content: INITIAL_CONTENT,
   })
 
@@ -123,6 +144,18 @@ export function App() {
   useEffect(() => {
     window.__streaming = { editor, service }
   }, [editor])
+
+  const { loadActions } = streaming
+  useEffect(() => {
+    let current = true
+    loadActions().then(
+      listed => current && setActions(listed),
+      () => current && setActions(BUILT_IN_ACTIONS),
+    )
+    return () => {
+      current = false
+    }
+  }, [loadActions])
 
   const watching = useRef(false)
   useEffect(() => {
@@ -144,6 +177,11 @@ export function App() {
   const start = () => {
     setChunkCount(0)
     void streaming.startStreaming(prompt, { ...serverConfig(animationType), insertAt, review })
+  }
+
+  const runAction = (id: string, options: RunActionOptions = {}) => {
+    setChunkCount(0)
+    void streaming.runAction(id, { ...options, config: serverConfig(animationType) })
   }
 
   const watchUrl = streaming.sessionId
@@ -209,6 +247,17 @@ export function App() {
             onClick={start}
           >
             Start
+          </button>
+          <button
+            type="button"
+            id="continue"
+            data-testid="continue"
+            disabled={streaming.isStreaming}
+            title="Continue writing at the cursor"
+            onMouseDown={event => event.preventDefault()}
+            onClick={() => runAction('continue')}
+          >
+            Continue writing
           </button>
           <button
             type="button"
@@ -328,6 +377,7 @@ export function App() {
         ) : null}
       </section>
 
+      <AiMenu editor={editor} actions={actions} run={runAction} />
       <EditorContent editor={editor} className="demo__editor" data-testid="editor" id="editor" />
     </main>
   )

@@ -1,11 +1,13 @@
 /**
  * The streaming node's React view: the node's real content under a small status line and,
- * while a response waits for review, its Accept / Reject / Regenerate controls. The chunk
- * animations are decorations drawn by the streaming plugin; this view only renders state
- * and calls the extension's commands.
+ * while a response waits for review, its Accept / Reject / Regenerate controls (labelled
+ * Accept all / Reject all on a rewrite shown as tracked changes, where they decide every
+ * change still pending) and a box for a follow-up instruction.
+ * The chunk animations, tracked changes and AI caret are decorations drawn by the plugins;
+ * this view only renders state and calls the extension's commands.
  */
 import { NodeViewContent, NodeViewWrapper, type ReactNodeViewProps } from '@tiptap/react'
-import { type MouseEvent, useCallback, useSyncExternalStore } from 'react'
+import { type FormEvent, type MouseEvent, useCallback, useState, useSyncExternalStore } from 'react'
 
 import type { StreamRecord } from './stream-manager'
 import type { StreamStatus } from './types'
@@ -31,6 +33,33 @@ export function streamStatusOf(isActive: boolean, record: StreamRecord | undefin
 /** Buttons in the node must not take the editor's selection away when pressed. */
 const keepSelection = (event: MouseEvent): void => event.preventDefault()
 
+/** The "tell the AI what to do next" box of a suggestion. */
+function FollowUpBox({ onSend }: { onSend: (instruction: string) => void }) {
+  const [instruction, setInstruction] = useState('')
+  const submit = (event: FormEvent): void => {
+    event.preventDefault()
+    if (instruction.trim() !== '') {
+      onSend(instruction)
+      setInstruction('')
+    }
+  }
+  return (
+    <form className="streaming-node__follow-up" contentEditable={false} onSubmit={submit}>
+      <input
+        type="text"
+        data-testid="follow-up"
+        aria-label="Tell the AI what to do next"
+        placeholder="Tell the AI what to do next…"
+        value={instruction}
+        onChange={event => setInstruction(event.target.value)}
+      />
+      <button type="submit" data-testid="follow-up-send" disabled={instruction.trim() === ''}>
+        Send
+      </button>
+    </form>
+  )
+}
+
 export function StreamingNodeView({ node, editor }: ReactNodeViewProps) {
   const streamId = node.attrs.streamId as string | null
   const isActive = node.attrs.isActive === true
@@ -47,6 +76,7 @@ export function StreamingNodeView({ node, editor }: ReactNodeViewProps) {
   const id = streamId ?? undefined
   const responses = record?.responses.length ?? 0
   const index = record?.responseIndex ?? 0
+  const tracked = record?.trackChanges === true
 
   return (
     <NodeViewWrapper
@@ -95,23 +125,26 @@ export function StreamingNodeView({ node, editor }: ReactNodeViewProps) {
                 </button>
               </span>
             ) : null}
+            {/* Every suggestion has its review-accept and review-reject; on a tracked rewrite
+                they decide every change still pending, and their labels carry accept-all and
+                reject-all (one control each, reachable by either test id). */}
             <button
               type="button"
               data-testid="review-accept"
-              title="Accept (Ctrl/⌘+Enter)"
+              title={tracked ? 'Accept every change still pending (Ctrl/⌘+Enter)' : 'Accept (Ctrl/⌘+Enter)'}
               onMouseDown={keepSelection}
               onClick={() => editor.commands.acceptStream(id)}
             >
-              Accept
+              {tracked ? <span data-testid="accept-all">Accept all</span> : 'Accept'}
             </button>
             <button
               type="button"
               data-testid="review-reject"
-              title="Reject (Escape)"
+              title={tracked ? 'Reject every change still pending (Escape)' : 'Reject (Escape)'}
               onMouseDown={keepSelection}
               onClick={() => editor.commands.rejectStream(id)}
             >
-              Reject
+              {tracked ? <span data-testid="reject-all">Reject all</span> : 'Reject'}
             </button>
             {record?.transport?.regenerate ? (
               <button
@@ -126,7 +159,10 @@ export function StreamingNodeView({ node, editor }: ReactNodeViewProps) {
           </span>
         ) : null}
       </div>
-      {isActive && record?.original ? (
+      {reviewing && record?.transport?.followUp ? (
+        <FollowUpBox onSend={instruction => editor.commands.followUpStream(instruction, id)} />
+      ) : null}
+      {isActive && record?.original && !tracked ? (
         <del className="streaming-node__original" contentEditable={false} data-testid="stream-original">
           {record.original}
         </del>

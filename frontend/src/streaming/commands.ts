@@ -3,17 +3,19 @@
  * write its chunks (rendering Markdown as it arrives), finish it, and settle a reviewed
  * response. The extension maps each command to one of these.
  */
-import { Fragment, type NodeType, type Schema } from '@tiptap/pm/model'
+import { Fragment, type Node as ProseMirrorNode, type NodeType, type Schema } from '@tiptap/pm/model'
 import type { EditorState, Transaction } from '@tiptap/pm/state'
 
 import { STREAMING_NODE_NAME } from './constants'
+import { blockContent } from './document-context'
 import { renderStreamTail } from './incremental-markdown'
 import { streamTextToFragment } from './markdown'
-import type { StreamManager, StreamRecord, StreamText } from './stream-manager'
+import { NO_DECISIONS, type StreamManager, type StreamRecord, type StreamText } from './stream-manager'
 import {
   findActiveStreamPosition,
   foldCommittedBlocks,
   findStreamNodePosition,
+  inlineEdgeAt,
   insertStreamingNode,
   replaceStreamContent,
   settleStream,
@@ -21,7 +23,15 @@ import {
   writeText,
 } from './stream-document'
 import type { StreamingOptions, StreamingStorage } from './streaming-options'
-import type { StreamAck, StreamConfig, StreamFormat } from './types'
+import { composeContent, decisionOf, diffContent } from './tracked-changes'
+import type {
+  ChangeDecision,
+  InlineEdge,
+  StreamAck,
+  StreamConfig,
+  StreamFormat,
+  StreamingTransport,
+} from './types'
 
 /** What every command function gets: the transaction, whether it runs for real, this editor's streams. */
 export interface CommandContext {
@@ -103,6 +113,44 @@ function renderWhole(tr: Transaction, nodePos: number, record: StreamRecord, buf
   }
 }
 
+/**
+ * Whether an answer that goes into the text breaks the line where it meets the text: a
+ * line break before its first word (it starts a block after the text before it) or, at a
+ * textblock's start, after its last word (it ends a block before the text after it).
+ */
+function breaksLine(text: string, edge: InlineEdge): boolean {
+  const head = text.slice(0, text.length - text.trimStart().length)
+  const tail = text.slice(text.trimEnd().length)
+  return edge === 'start' ? tail.includes('\n') : head.includes('\n')
+}
+
+/**
+ * What a finished stream's text becomes in the document, and where it joins the text.
+ * An answer of one paragraph to a stream that goes into the text (StreamConfig.inline)
+ * joins the textblock it was begun in, with the spaces it starts and ends with (which
+ * Markdown drops: "ld, again" completes a word, " and then" continues after one); any
+ * other answer goes in as blocks (`inline` null).
+ */
+function settledAnswer(
+  record: StreamRecord,
+  text: string,
+  schema: Schema,
+  container: NodeType,
+): { content: Fragment; inline: InlineEdge | null } {
+  const content = streamTextToFragment(text, record.format, schema, container)
+  const paragraph = content.childCount === 1 ? content.firstChild : null
+  if (!record.inline || !paragraph || paragraph.type !== schema.nodes.paragraph || breaksLine(text, record.inline)) {
+    return { content, inline: null }
+  }
+  const shown = paragraph.textContent
+  const lead = /^[ \t]+/.exec(text)?.[0] ?? ''
+  const trail = /[ \t]+$/.exec(text)?.[0] ?? ''
+  let inner = paragraph.content
+  if (lead && !shown.startsWith(lead)) inner = Fragment.from(schema.text(lead)).append(inner)
+  if (trail && !shown.endsWith(trail)) inner = inner.append(Fragment.from(schema.text(trail)))
+  return { content: Fragment.from(paragraph.copy(inner)), inline: record.inline }
+}
+
 /** Registers a stream and puts its live node into `tr` where its config says. */
 export function beginStream(
   tr: Transaction,
@@ -112,7 +160,15 @@ export function beginStream(
 ): StreamRecord | null {
   const { from, to } = insertRange(tr, config)
   const original = from < to ? tr.doc.textBetween(from, to, '\n', '\n') : ''
-  const record = storage.streamManager.create(config, { ...options, transport: storage.transport }, original)
+  const originalContent = config.trackChanges && from < to ? blockContent(tr.doc, from, to) : null
+  const inline = config.inline && from === to ? inlineEdgeAt(tr.doc, from) : null
+  const record = storage.streamManager.create(
+    config,
+    { ...options, transport: storage.transport },
+    original,
+    originalContent,
+    inline,
+  )
   const inserted = insertStreamingNode(tr, from, to, {
     streamId: record.id,
     animationType: record.animationType,
@@ -220,8 +276,12 @@ export function finishIn(context: CommandContext, record: StreamRecord | undefin
   const buffer = manager.text(record.id)
   const text = buffer.text
   if (!record.review) {
-    const content = streamTextToFragment(text, record.format, state.schema, live.type)
-    settleStream(tr, record.id, 'node', content, { ...live.attrs, isActive: false })
+    const { content, inline } = settledAnswer(record, text, state.schema, live.type)
+    if (inline) {
+      settleStream(tr, record.id, 'content', content, {}, inline)
+    } else {
+      settleStream(tr, record.id, 'node', content, { ...live.attrs, isActive: false })
+    }
     manager.finish(record.id)
     return true
   }
@@ -245,41 +305,92 @@ function reviewed(manager: StreamManager, streamId: string | undefined): StreamR
   return record?.decision === 'pending' ? record : undefined
 }
 
-/** Accepts or rejects a reviewed response (see acceptStream and rejectStream). */
+/** A reviewed stream and its live node in the document `tr` builds. */
+export function reviewedNode(
+  context: CommandContext,
+  streamId: string | undefined,
+): { record: StreamRecord; nodePos: number; live: ProseMirrorNode } | null {
+  const record = reviewed(context.storage.streamManager, streamId)
+  const nodePos = record ? findStreamNodePosition(context.state, context.tr, record.id) : null
+  const live = nodePos === null ? null : context.tr.doc.nodeAt(nodePos)
+  return record && nodePos !== null && live ? { record, nodePos, live } : null
+}
+
+/**
+ * Settles a reviewed response as the writer decided, in one undo step: its content (every
+ * change accepted), nothing (every change rejected: the original is back), or, when they
+ * decided tracked changes one by one, the response with the original text of every
+ * rejected change put back. `undecided` is the decision on the changes still pending.
+ */
+export function settleReview(
+  context: CommandContext,
+  record: StreamRecord,
+  live: ProseMirrorNode,
+  undecided: ChangeDecision,
+): void {
+  const { state, tr, storage } = context
+  const { originalContent, changeDecisions } = record
+  const changes = originalContent && changeDecisions.size > 0 ? diffContent(originalContent, live.content) : []
+  const outcomes = new Set(changes.map((_change, index) => decisionOf(changeDecisions, index, undecided)))
+  const outcome = outcomes.size > 1 ? null : (outcomes.values().next().value ?? undecided)
+  if (outcome === 'rejected') {
+    settleStream(tr, record.id, 'none', Fragment.empty)
+  } else if (outcome === 'accepted' || !originalContent) {
+    const text = storage.streamManager.text(record.id).text
+    const { content, inline } = settledAnswer(record, text, state.schema, live.type)
+    settleStream(tr, record.id, 'content', content, {}, inline)
+  } else {
+    const content = composeContent(originalContent, live.content, changes, changeDecisions, undecided, live.type)
+    settleStream(tr, record.id, 'content', content)
+  }
+  storage.streamManager.update(record.id, { decision: outcome === 'rejected' ? 'rejected' : 'accepted' })
+}
+
+/** Accepts or rejects a reviewed response, or its tracked changes still pending (see acceptStream and rejectStream). */
 export function decideIn(context: CommandContext, streamId: string | undefined, accept: boolean): boolean {
+  const found = reviewedNode(context, streamId)
+  if (!found) {
+    return false
+  }
+  if (context.dispatch) {
+    settleReview(context, found.record, found.live, accept ? 'accepted' : 'rejected')
+  }
+  return true
+}
+
+/**
+ * Empties a reviewed response's node and streams a new response into it, asked for by
+ * `send` through the stream's transport (a regenerate or a follow-up); false, with nothing
+ * emptied, when `send` cannot send that for this stream.
+ */
+export function restartIn(
+  context: CommandContext,
+  streamId: string | undefined,
+  send: (transport: StreamingTransport, record: StreamRecord) => (() => Promise<void>) | undefined,
+): boolean {
   const { state, tr, dispatch, storage } = context
-  const record = reviewed(storage.streamManager, streamId)
-  const nodePos = record ? findStreamNodePosition(state, tr, record.id) : null
-  const live = nodePos === null ? null : tr.doc.nodeAt(nodePos)
-  if (!record || !live) {
+  const found = reviewedNode(context, streamId)
+  const request = found?.record.transport ? send(found.record.transport, found.record) : undefined
+  if (!found || !request) {
     return false
   }
   if (dispatch) {
-    const text = storage.streamManager.text(record.id).text
-    const content = accept ? streamTextToFragment(text, record.format, state.schema, live.type) : Fragment.empty
-    settleStream(tr, record.id, accept ? 'content' : 'none', content)
-    storage.streamManager.update(record.id, { decision: accept ? 'accepted' : 'rejected' })
+    const { record, nodePos } = found
+    replaceStreamContent(tr, nodePos, 0, placeholder(state.schema, record.format))
+    tr.setNodeAttribute(nodePos, 'chunkCount', 0)
+    tr.setMeta('addToHistory', false)
+    storage.streamManager.restart(record.id, { responseIndex: record.responses.length })
+    void request()
   }
   return true
 }
 
 /** Empties a reviewed response's node and streams a new response into it (see regenerateStream). */
 export function regenerateIn(context: CommandContext, streamId: string | undefined): boolean {
-  const { state, tr, dispatch, storage } = context
-  const record = reviewed(storage.streamManager, streamId)
-  const transport = record?.transport
-  const nodePos = record ? findStreamNodePosition(state, tr, record.id) : null
-  if (!record || !transport?.regenerate || nodePos === null) {
-    return false
-  }
-  if (dispatch) {
-    replaceStreamContent(tr, nodePos, 0, placeholder(state.schema, record.format))
-    tr.setNodeAttribute(nodePos, 'chunkCount', 0)
-    tr.setMeta('addToHistory', false)
-    storage.streamManager.restart(record.id, { responseIndex: record.responses.length })
-    void transport.regenerate()
-  }
-  return true
+  return restartIn(context, streamId, (transport, record) => {
+    const regenerate = transport.regenerate?.bind(transport)
+    return regenerate && (() => regenerate(record.id))
+  })
 }
 
 /** Shows another finished response of a reviewed stream (see showStreamResponse). */
@@ -294,7 +405,7 @@ export function showResponseIn(context: CommandContext, index: number, streamId:
   if (dispatch) {
     renderWhole(tr, nodePos, record, storage.streamManager.text(record.id), text)
     tr.setMeta('addToHistory', false)
-    storage.streamManager.update(record.id, { responseIndex: index })
+    storage.streamManager.update(record.id, { responseIndex: index, changeDecisions: NO_DECISIONS })
   }
   return true
 }

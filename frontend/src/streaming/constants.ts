@@ -1,7 +1,7 @@
 /** Names and keys shared by the streaming extension, its node, its plugin and its commands. */
 import { PluginKey } from '@tiptap/pm/state'
 
-import type { StreamingPluginState } from './plugin-types'
+import type { GhostText, StreamingPluginState, TrackedChangesState } from './plugin-types'
 import type { AnimationType } from './types'
 
 /** The name of the streaming node type in the schema. */
@@ -30,3 +30,12 @@ export const DEFAULT_SERVER_URL = 'ws://localhost:3001'
 
 /** The key of the plugin that tracks live streams and draws chunk animations. */
 export const streamingPluginKey = new PluginKey<StreamingPluginState>('streaming')
+
+/** The key of the plugin that shows ghost-text completions. */
+export const autocompletePluginKey = new PluginKey<GhostText | null>('streamingAutocomplete')
+
+/** The key of the plugin that draws a rewrite's tracked changes. */
+export const trackedChangesPluginKey = new PluginKey<TrackedChangesState>('streamingTrackedChanges')
+
+/** The key of the plugin that draws the AI caret. */
+export const aiCaretPluginKey = new PluginKey('streamingAiCaret')

@@ -1,9 +1,9 @@
 /**
  * The session routes of the HTTP API (PROTOCOL.md "HTTP"): create, start, read and cancel a
- * streaming session. Every request carries `Authorization: Bearer <token>` when the token
- * provider gives a token.
+ * streaming session, and list the actions the server offers. Every request carries
+ * `Authorization: Bearer <token>` when the token provider gives a token.
  */
-import type { SessionCreated, SessionStatus, StreamConfig, TokenProvider } from './types'
+import type { ActionDefinition, SessionCreated, SessionStatus, StartRequest, StreamConfig, TokenProvider } from './types'
 
 export interface StreamingSessionClientOptions {
   /**
@@ -21,7 +21,7 @@ export interface StreamingSessionClientOptions {
 }
 
 /** The keys of a StreamConfig that only the editor reads; they are not sent to the server. */
-const EDITOR_ONLY_KEYS = ['sessionId', 'streamId', 'position', 'insertAt', 'review', 'format'] as const
+const EDITOR_ONLY_KEYS = ['sessionId', 'streamId', 'position', 'insertAt', 'review', 'trackChanges', 'format'] as const
 
 /** The part of a stream's config the server reads. */
 export function serverConfig(config: StreamConfig): StreamConfig {
@@ -46,9 +46,18 @@ export class StreamingSessionClient {
     return this.request<SessionCreated>('POST', '/api/streaming/session', { userId, config: serverConfig(config) })
   }
 
-  /** `POST /api/streaming/{id}/start`: the provider starts writing. */
-  start(sessionId: string, prompt: string): Promise<{ status: string }> {
-    return this.request('POST', `/api/streaming/${encodeURIComponent(sessionId)}/start`, { prompt })
+  /**
+   * `POST /api/streaming/{id}/start`: the provider starts writing, for a prompt or for an
+   * action on the document (`{action, context, options, followUp, prompt}`).
+   */
+  start(sessionId: string, request: string | StartRequest): Promise<{ status: string }> {
+    const body = typeof request === 'string' ? { prompt: request } : request
+    return this.request('POST', `/api/streaming/${encodeURIComponent(sessionId)}/start`, body)
+  }
+
+  /** `GET /api/streaming/actions`: the actions the server offers, to build a menu from. */
+  actions(): Promise<{ actions: ActionDefinition[] }> {
+    return this.request('GET', '/api/streaming/actions')
   }
 
   /** `GET /api/streaming/{id}`: state, provider, model, text so far, usage. */

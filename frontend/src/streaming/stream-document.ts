@@ -9,7 +9,7 @@ import type { EditorState, Transaction } from '@tiptap/pm/state'
 
 import { SECTION_SIZE, STREAMING_NODE_NAME, STREAMING_SECTION_NAME, streamingPluginKey } from './constants'
 import type { SettleMode, StreamingAction } from './plugin-types'
-import type { AnimationType } from './types'
+import type { AnimationType, InlineEdge } from './types'
 
 export function addAction(tr: Transaction, action: StreamingAction): void {
   const actions = (tr.getMeta(streamingPluginKey) as StreamingAction[] | undefined) ?? []
@@ -255,7 +255,8 @@ export function triggerChunkAnimation(
  * Asks the plugin to take the stream's live node out of the document (restoring what it
  * replaced, outside the history) and then, as one undo step, to put in its place either
  * an inactive streaming node holding `content` (`node`), the plain `content` (`content`),
- * or nothing (`none`).
+ * or nothing (`none`). With `inline`, `content` of one textblock joins the textblock at
+ * that edge of the restored range instead of going in as a block.
  */
 export function settleStream(
   tr: Transaction,
@@ -263,8 +264,58 @@ export function settleStream(
   mode: SettleMode,
   content: Fragment,
   attrs: Record<string, unknown> = {},
+  inline: InlineEdge | null = null,
 ): void {
-  addAction(tr, { type: 'settle', streamId, mode: content.size === 0 ? 'none' : mode, content, attrs })
+  addAction(tr, { type: 'settle', streamId, mode: content.size === 0 ? 'none' : mode, content, attrs, inline })
+}
+
+/**
+ * Where a stream that goes into the text at `pos` stands in its textblock (see
+ * StreamConfig.inline): null when `pos` is not in a textblock with text.
+ */
+export function inlineEdgeAt(doc: ProseMirrorNode, pos: number): InlineEdge | null {
+  const $pos = doc.resolve(pos)
+  const { parent, parentOffset } = $pos
+  // An empty textblock has no text to join: the answer fills it as blocks.
+  if (!parent.inlineContent || parent.content.size === 0) {
+    return null
+  }
+  if (parentOffset > 0 && parentOffset < parent.content.size) {
+    return 'inside'
+  }
+  return parentOffset === 0 ? 'start' : 'end'
+}
+
+/**
+ * The position in `doc` where content of one textblock settled at `pos` (the restored
+ * range of a stream begun at `edge` of a textblock) joins the text: `pos` itself when it
+ * is in a textblock; else the end of the textblock that ends right before it (`end`) or
+ * the start of the one that starts right after it (`start`). Null when there is none.
+ */
+export function inlineJoinPosition(doc: ProseMirrorNode, pos: number, edge: InlineEdge): number | null {
+  const $pos = doc.resolve(pos)
+  if ($pos.parent.inlineContent) {
+    return pos
+  }
+  if (edge === 'end') {
+    let at = pos
+    let node = $pos.nodeBefore
+    while (node && !node.isTextblock && !node.isLeaf) {
+      at -= 1
+      node = node.lastChild
+    }
+    return node?.isTextblock ? at - 1 : null
+  }
+  if (edge === 'start') {
+    let at = pos
+    let node = $pos.nodeAfter
+    while (node && !node.isTextblock && !node.isLeaf) {
+      at += 1
+      node = node.firstChild
+    }
+    return node?.isTextblock ? at + 1 : null
+  }
+  return null
 }
 
 /** The stream's text as its node shows it: its blocks' text joined by newlines. */

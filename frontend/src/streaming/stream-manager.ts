@@ -4,8 +4,12 @@
  * of streams fed from local text. Positions live in the ProseMirror plugin state instead,
  * because they must be mapped through every transaction.
  */
+import type { Fragment } from '@tiptap/pm/model'
+
 import type {
   AnimationType,
+  ChangeDecision,
+  InlineEdge,
   ReviewDecision,
   StreamConfig,
   StreamFormat,
@@ -37,6 +41,14 @@ export interface StreamRecord {
   readonly responseIndex: number
   /** The text the stream replaces (the selection it was started on); '' when it replaces nothing. */
   readonly original: string
+  /** Whether the response is shown as tracked changes against `originalContent` (a rewrite). */
+  readonly trackChanges: boolean
+  /** The blocks the stream replaces, kept for tracked changes; null without them. */
+  readonly originalContent: Fragment | null
+  /** The writer's decisions on single tracked changes, by change index; empty for every new response. */
+  readonly changeDecisions: ReadonlyMap<number, ChangeDecision>
+  /** Where in its textblock a stream that goes into the text was begun (see StreamConfig.inline); null otherwise. */
+  readonly inline: InlineEdge | null
 }
 
 /** The values a stream takes when its config leaves them out. */
@@ -82,6 +94,9 @@ interface LocalStream {
 
 let idCounter = 0
 
+/** The decisions of a response nobody decided anything about yet. */
+export const NO_DECISIONS: ReadonlyMap<number, ChangeDecision> = new Map()
+
 function randomStreamId(): string {
   idCounter += 1
   return `stream-${Math.random().toString(36).slice(2, 10)}-${idCounter}`
@@ -102,7 +117,13 @@ export class StreamManager {
   activeStreamId: string | null = null
 
   /** Registers a new stream and makes it the active one. */
-  create(config: StreamConfig, defaults: StreamDefaults, original = ''): StreamRecord {
+  create(
+    config: StreamConfig,
+    defaults: StreamDefaults,
+    original = '',
+    originalContent: Fragment | null = null,
+    inline: InlineEdge | null = null,
+  ): StreamRecord {
     const base = config.streamId ?? config.sessionId ?? randomStreamId()
     let id = base
     for (let n = 2; this.records.has(id); n += 1) {
@@ -118,11 +139,15 @@ export class StreamManager {
       speed: config.speed ?? defaults.speed,
       transport: config.sessionId ? defaults.transport : null,
       error: null,
-      review: config.review ?? defaults.review,
+      review: config.trackChanges === true || (config.review ?? defaults.review),
       decision: null,
       responses: [],
       responseIndex: 0,
       original,
+      trackChanges: config.trackChanges === true && originalContent !== null,
+      originalContent,
+      changeDecisions: NO_DECISIONS,
+      inline,
     }
     this.records.set(id, record)
     this.texts.set(id, new StreamText())
@@ -207,7 +232,15 @@ export class StreamManager {
     if (!record) {
       return
     }
-    this.records.set(id, { ...record, status: 'streaming', finished: false, error: null, decision: null, ...patch })
+    this.records.set(id, {
+      ...record,
+      status: 'streaming',
+      finished: false,
+      error: null,
+      decision: null,
+      changeDecisions: NO_DECISIONS,
+      ...patch,
+    })
     this.text(id).reset()
     this.activeStreamId = id
     this.notify()

@@ -1,16 +1,27 @@
 /**
  * The orchestration behind `useStreaming`, without React: a server session (created and
  * started through the session client, joined through the service) streamed into the
- * editor's stream commands, pause, resume and cancel, late joins, regenerate, and the state
- * a page shows (streaming or not, session state, provider, model, tokens, time to first
- * token, error). The hook makes one, hands it its latest options on every render and
- * subscribes to its state; anything else can drive it directly.
+ * editor's stream commands, pause, resume and cancel, late joins, regenerate, actions on
+ * the document and follow-ups, ghost-text completions (through a completion client), and
+ * the state a page shows (streaming or not, session state, provider, model, tokens, time
+ * to first token, error). The hook makes one, hands it its latest options on every render
+ * and subscribes to its state; anything else can drive it directly.
  */
 import type { Editor } from '@tiptap/core'
 
+import { CompletionClient } from './completion-client'
+import { listenToSession } from './controller-events'
 import { INITIAL_STATE, type StreamingControllerOptions, type StreamingControllerState } from './controller-types'
 import { StreamingSessionClient } from './session-client'
-import type { SessionState, StreamConfig, StreamingTransport } from './types'
+import type {
+  ActionDefinition,
+  ActionRequest,
+  RunActionOptions,
+  SessionState,
+  StartRequest,
+  StreamConfig,
+  StreamingTransport,
+} from './types'
 import { StreamingWebSocketService } from './websocket-service'
 
 export type { StreamingControllerOptions, StreamingControllerState } from './controller-types'
@@ -20,6 +31,12 @@ function toError(error: unknown): Error {
 }
 
 const TERMINAL_STATES: readonly SessionState[] = ['completed', 'failed', 'cancelled']
+
+/** A start request as it was sent, with the session's config. */
+interface SentRequest {
+  start: StartRequest
+  config: StreamConfig | undefined
+}
 
 export class StreamingController {
   /** The service streams go through: the one in the options, or one this controller made. */
@@ -32,7 +49,11 @@ export class StreamingController {
   private options: StreamingControllerOptions
   private current: StreamingControllerState = INITIAL_STATE
   private readonly listeners = new Set<() => void>()
-  private prompt: { prompt: string; config: StreamConfig | undefined } | null = null
+  /** The start request of each stream's latest session and its config: what regenerate sends again. */
+  private readonly requests = new Map<string, SentRequest>()
+  /** The session started last through the transport (an action or a follow-up), once it started. */
+  private running: Promise<void> = Promise.resolve()
+  private readonly completions: CompletionClient
   private startedAt: number | null = null
   private ownClient: { apiBaseUrl: string | undefined; client: StreamingSessionClient } | null = null
   private readonly getToken = () => this.options.getToken?.()
@@ -41,11 +62,21 @@ export class StreamingController {
     this.options = options
     this.ownsService = options.service === undefined
     this.service = options.service ?? new StreamingWebSocketService({ getToken: this.getToken })
+    this.completions = new CompletionClient({
+      spawnService: () => this.service.spawn(),
+      sessions: () => this.client,
+      userId: () => this.options.userId ?? 'current-user',
+    })
+    // The editor calls regenerate, runAction and followUp inside a command: the session starts after it.
     this.transport = {
       pause: () => this.service.pause(),
       resume: () => this.service.resume(),
       cancel: () => this.service.cancel(),
-      regenerate: () => this.regenerateSession(),
+      regenerate: streamId => (this.running = Promise.resolve().then(() => this.regenerateSession(streamId))),
+      runAction: request => (this.running = Promise.resolve().then(() => this.runActionSession(request))),
+      followUp: (instruction, streamId) =>
+        (this.running = Promise.resolve().then(() => this.followUpSession(instruction, streamId))),
+      complete: (request, sink) => this.completions.complete(request, sink),
     }
   }
 
@@ -71,98 +102,25 @@ export class StreamingController {
    * other's chunks). Returns the function that stops listening.
    */
   attach(): () => void {
-    const { service } = this
-    const ours = (detail: { sessionId: string }): boolean =>
-      this.current.sessionId !== null && detail.sessionId === this.current.sessionId
-    const streamOf = (): string | undefined => this.current.streamId ?? undefined
-
-    const unsubscribe = [
-      service.on('streaming:chunk', chunk => {
-        if (!ours(chunk)) {
-          return
-        }
-        const id = streamOf()
-        if (id) {
-          this.editor.commands.streamToNode(id, chunk.content)
-        }
-        const { metadata } = chunk
-        const patch: Partial<StreamingControllerState> = {}
-        if (typeof metadata.provider === 'string') patch.provider = metadata.provider
-        if (typeof metadata.model === 'string') patch.model = metadata.model
-        if (typeof metadata.tokens === 'number') patch.tokens = metadata.tokens
+    // Actions and autocomplete find the transport in the editor before any stream started.
+    this.editor.storage.streaming.transport ??= this.transport
+    return listenToSession(this.service, {
+      editor: () => this.editor,
+      options: () => this.options,
+      state: () => this.current,
+      set: patch => this.set(patch),
+      takeStartedAt: () => {
         const startedAt = this.startedAt
-        if (startedAt !== null) {
-          this.startedAt = null
-          patch.timeToFirstToken = Math.round(performance.now() - startedAt)
-        }
-        this.set(patch)
-        this.options.onChunk?.(chunk.content)
-      }),
-
-      // The server also ends a cancelled session with `complete` (finishReason "cancelled").
-      service.on('streaming:complete', complete => {
-        if (!ours(complete)) {
-          return
-        }
-        const cancelled = complete.finishReason === 'cancelled'
-        const used = complete.usage?.completionTokens ?? complete.usage?.totalTokens
-        this.set({
-          ...(typeof used === 'number' ? { tokens: used } : {}),
-          isStreaming: false,
-          state: cancelled ? 'cancelled' : 'completed',
-        })
-        this.endStream(this.editor, cancelled ? 'cancelled' : 'complete')
-        this.options.onComplete?.()
-      }),
-
-      service.on('streaming:error', failure => {
-        if (!ours(failure)) {
-          return
-        }
-        this.set({ isStreaming: false, state: 'failed', error: failure.error })
-        this.endStream(this.editor, 'error', failure.error)
-        this.options.onError?.(new Error(failure.error))
-      }),
-
-      service.on('streaming:state', update => {
-        if (!ours(update)) {
-          return
-        }
-        this.set({ state: update.state })
-        const manager = this.managerOf(this.editor)
-        const record = manager.get(this.current.streamId)
-        if (update.state === 'cancelled') {
-          this.set({ isStreaming: false })
-          this.endStream(this.editor, 'cancelled')
-        } else if (record && !record.finished && (update.state === 'paused' || update.state === 'streaming')) {
-          manager.update(record.id, { status: update.state })
-        }
-      }),
-
-      service.on('streaming:reset', reset => {
-        if (ours(reset)) {
-          this.editor.commands.resetStream(streamOf())
-        }
-      }),
-
-      service.on('streaming:snapshot', snapshot => {
-        if (!ours(snapshot)) {
-          return
-        }
-        this.editor.commands.resetStream(streamOf(), snapshot.text)
-        this.set({ state: snapshot.state })
-        const manager = this.managerOf(this.editor)
-        const record = manager.get(this.current.streamId)
-        if (record && !record.finished && (snapshot.state === 'paused' || snapshot.state === 'streaming')) {
-          manager.update(record.id, { status: snapshot.state })
-        }
-      }),
-    ]
-    return () => unsubscribe.forEach(off => off())
+        this.startedAt = null
+        return startedAt
+      },
+      endStream: (status, message) => this.endStream(this.editor, status, message),
+    })
   }
 
-  /** Disconnects the service if it is this controller's own. */
+  /** Disconnects the service if it is this controller's own, and stops a running completion. */
   dispose(): void {
+    this.completions.dispose()
     if (this.ownsService) {
       this.service.disconnect()
     }
@@ -174,8 +132,7 @@ export class StreamingController {
     try {
       await this.leaveCurrent(editor, true)
       this.set({ isStreaming: true, error: null })
-      this.prompt = { prompt, config }
-      await this.runSession(editor, client, prompt, config, null)
+      await this.runSession(editor, client, { prompt }, config, null)
     } catch (caught) {
       this.fail(editor, caught)
     }
@@ -187,7 +144,6 @@ export class StreamingController {
     const manager = this.managerOf(editor)
     try {
       await this.leaveCurrent(editor, false)
-      this.prompt = null
       this.begin(id)
       const info = await client.get(id)
       this.set({ provider: info.provider ?? null, model: info.model ?? null, state: info.state })
@@ -256,6 +212,35 @@ export class StreamingController {
   /** Shows a reviewed stream's response number `index`. */
   showResponse = (index: number, streamId?: string): boolean =>
     this.editor.commands.showStreamResponse(index, streamId)
+
+  /**
+   * Runs an action on the editor's selection through this controller (see the runAction
+   * command); resolves once its session started: false if the action was refused or failed.
+   */
+  runAction = async (id: string, options?: RunActionOptions): Promise<boolean> => {
+    this.editor.storage.streaming.transport = this.transport
+    if (!this.editor.commands.runAction(id, options)) {
+      return false
+    }
+    await this.running
+    return this.current.state !== 'failed'
+  }
+
+  /** Sends a follow-up instruction about a reviewed answer (see followUpStream); resolves once it started. */
+  followUp = async (instruction: string, streamId?: string): Promise<boolean> => {
+    if (!this.editor.commands.followUpStream(instruction, streamId)) {
+      return false
+    }
+    await this.running
+    return this.current.state !== 'failed'
+  }
+
+  /** Loads the actions the server offers (`GET /api/streaming/actions`) and tells the editor about them. */
+  loadActions = async (): Promise<ActionDefinition[]> => {
+    const { actions } = await this.client.actions()
+    this.editor.storage.streaming.actions = actions
+    return actions
+  }
 
   private get editor(): Editor {
     return this.options.editor
@@ -339,11 +324,11 @@ export class StreamingController {
       .catch(() => undefined)
   }
 
-  /** Creates a session for the prompt, joins it, and streams it into a new stream or into `intoStream`. */
+  /** Creates a session for the request, joins it, and streams it into a new stream or into `intoStream`. */
   private async runSession(
     editor: Editor,
     client: StreamingSessionClient,
-    prompt: string,
+    start: StartRequest,
     config: StreamConfig | undefined,
     intoStream: string | null,
   ): Promise<void> {
@@ -358,29 +343,91 @@ export class StreamingController {
     this.showSessionInfo(client, id)
     await this.service.connect(id)
     editor.storage.streaming.transport = this.transport
-    if (intoStream === null) {
+    let streamId = intoStream
+    if (streamId === null) {
       editor.commands.startStream(this.editorConfig(id, config, false))
-      this.set({ streamId: manager.bySession(id)?.id ?? null })
+      streamId = manager.bySession(id)?.id ?? null
+      this.set({ streamId })
     } else {
-      manager.update(intoStream, { sessionId: id })
+      manager.update(streamId, { sessionId: id, transport: this.transport })
+    }
+    if (streamId !== null) {
+      this.remember(streamId, { start, config })
     }
     this.startedAt = performance.now()
-    await client.start(id, prompt)
+    await client.start(id, start)
     if (this.current.state === 'created') {
       this.set({ state: 'streaming' })
     }
   }
 
-  /** The transport's regenerate: the last prompt again, from a new session, into the same stream. */
-  private async regenerateSession(): Promise<void> {
-    const request = this.prompt
-    const id = this.current.streamId
-    if (!request || !id) {
+  /**
+   * Keeps the request a stream's latest session was started with, and forgets those of
+   * streams that can no longer be regenerated (gone, or finished and not waiting for review).
+   */
+  private remember(streamId: string, request: SentRequest): void {
+    const manager = this.managerOf(this.editor)
+    for (const id of this.requests.keys()) {
+      const record = manager.get(id)
+      if (!record || (record.finished && record.decision !== 'pending')) {
+        this.requests.delete(id)
+      }
+    }
+    this.requests.set(streamId, request)
+  }
+
+  /**
+   * The transport's regenerate: the request of the stream's latest session again, from a
+   * new session, into the same stream (`streamId`'s, or this controller's own).
+   */
+  private async regenerateSession(streamId: string | undefined): Promise<void> {
+    const id = streamId ?? this.current.streamId
+    const request = id ? this.requests.get(id) : undefined
+    if (!id || !request) {
       return
     }
+    await this.restartInto(id, request.start, request.config)
+  }
+
+  /** The transport's runAction: the action's session, into the stream the editor began for it. */
+  private async runActionSession(request: ActionRequest): Promise<void> {
+    await this.leaveCurrent(this.editor, true)
+    this.set({ streamId: request.streamId, isStreaming: true, error: null })
+    await this.streamInto(request.streamId, request.start, request.config)
+  }
+
+  /**
+   * The transport's followUp: the instruction, with the stream's latest session (`streamId`'s,
+   * or this controller's own) as the conversation so far, answered into that stream.
+   */
+  private async followUpSession(instruction: string, streamId: string | undefined): Promise<void> {
+    const id = streamId ?? this.current.streamId
+    const previous = this.managerOf(this.editor).get(id)?.sessionId
+    if (!id || !previous) {
+      return
+    }
+    const start: StartRequest = { action: 'custom', prompt: instruction, followUp: previous }
+    await this.restartInto(id, start, this.requests.get(id)?.config)
+  }
+
+  /**
+   * Streams a new session for `start` into the reviewed stream `id`, which the editor just
+   * emptied for it: if this controller showed another stream, that one ends here first (its
+   * session cancelled if it still ran) and `id` becomes the stream it shows.
+   */
+  private async restartInto(id: string, start: StartRequest, config: StreamConfig | undefined): Promise<void> {
+    if (this.current.streamId !== id) {
+      await this.leaveCurrent(this.editor, true)
+      this.set({ streamId: id, isStreaming: true, error: null })
+    }
+    await this.streamInto(id, start, config)
+  }
+
+  /** Streams a session for `start` into the existing stream `id`. */
+  private async streamInto(id: string, start: StartRequest, config: StreamConfig | undefined): Promise<void> {
     const { editor, client } = this
     try {
-      await this.runSession(editor, client, request.prompt, request.config, id)
+      await this.runSession(editor, client, start, config, id)
     } catch (caught) {
       this.fail(editor, caught)
     }

@@ -2,10 +2,16 @@
  * The streaming extension: streams text (from a server session or from local text) into a
  * streaming node where the stream's config says, rendering Markdown as it arrives, whatever
  * the user edits meanwhile; the finished response goes into the document as one undo step,
- * at once or after the writer accepted it.
+ * at once or after the writer accepted it. AI actions take their context from the editor
+ * (action-commands.ts), a rewrite is reviewed as tracked changes (tracked-changes-plugin.ts),
+ * an AI caret marks where an answer arrives (ai-caret.ts), and ghost text completes the
+ * sentence at the cursor (autocomplete.ts).
  */
 import { type Editor, Extension } from '@tiptap/core'
 
+import { createActionCommands } from './action-commands'
+import { createAiCaretPlugin } from './ai-caret'
+import { acceptGhostIn, createAutocompletePlugin, dismissGhostIn } from './autocomplete'
 import {
   appendToStream,
   beginStream,
@@ -19,9 +25,11 @@ import {
   writeAt,
 } from './commands'
 import { ANIMATION_TYPES, STREAMING_EXTENSION_NAME, STREAMING_NODE_NAME, streamingPluginKey } from './constants'
+import { DEFAULT_CONTEXT_BUDGETS, type FragmentSerializer, markdownSerializer } from './document-context'
 import { splitIntoPieces, StreamManager } from './stream-manager'
 import type { StreamingOptions, StreamingStorage } from './streaming-options'
 import { createStreamingPlugins } from './streaming-plugin'
+import { createTrackedChangesPlugin } from './tracked-changes-plugin'
 import type { AnimationType, StreamConfig, StreamContentOptions } from './types'
 
 declare module '@tiptap/core' {
@@ -131,6 +139,12 @@ function forgetRemovedStreams(editor: Editor, storage: StreamingStorage): void {
   }
 }
 
+/** This editor's Markdown serializer, made from its extensions on first use. */
+function serializerOf(editor: Editor, storage: StreamingStorage): FragmentSerializer {
+  storage.serializer ??= markdownSerializer(editor.extensionManager.baseExtensions)
+  return storage.serializer
+}
+
 export const StreamingExtension = Extension.create<StreamingOptions, StreamingStorage>({
   name: STREAMING_EXTENSION_NAME,
 
@@ -141,6 +155,9 @@ export const StreamingExtension = Extension.create<StreamingOptions, StreamingSt
       format: 'markdown',
       speed: 50,
       review: false,
+      context: DEFAULT_CONTEXT_BUDGETS,
+      autocomplete: false,
+      assistantName: 'AI',
     }
   },
 
@@ -148,6 +165,8 @@ export const StreamingExtension = Extension.create<StreamingOptions, StreamingSt
     return {
       streamManager: new StreamManager(),
       transport: this.options.transport,
+      actions: [],
+      serializer: null,
     }
   },
 
@@ -167,13 +186,39 @@ export const StreamingExtension = Extension.create<StreamingOptions, StreamingSt
   },
 
   addProseMirrorPlugins() {
-    return createStreamingPlugins()
+    const manager = () => this.storage.streamManager
+    const plugins = [
+      ...createStreamingPlugins(),
+      createTrackedChangesPlugin(manager, (streamId, index, decision) => {
+        if (decision === 'accepted') {
+          this.editor.commands.acceptChange(index, streamId)
+        } else {
+          this.editor.commands.rejectChange(index, streamId)
+        }
+      }),
+      createAiCaretPlugin(manager, () => this.options.assistantName),
+    ]
+    const { autocomplete } = this.options
+    if (autocomplete) {
+      plugins.push(
+        createAutocompletePlugin({
+          options: autocomplete,
+          budgets: () => this.options.context,
+          serializer: () => serializerOf(this.editor, this.storage),
+          transport: () => this.storage.transport,
+          manager,
+        }),
+      )
+    }
+    return plugins
   },
 
   addKeyboardShortcuts() {
     return {
       'Mod-Enter': () => this.editor.commands.acceptStream(),
-      Escape: () => this.editor.commands.rejectStream(),
+      Escape: () => this.editor.commands.dismissAutocomplete() || this.editor.commands.rejectStream(),
+      Tab: () => this.editor.commands.acceptAutocomplete(),
+      'Mod-ArrowRight': () => this.editor.commands.acceptAutocompleteWord(),
     }
   },
 
@@ -287,6 +332,18 @@ export const StreamingExtension = Extension.create<StreamingOptions, StreamingSt
         (streamId, text = '') =>
         props =>
           resetIn(context(props), streamId ? manager().get(streamId) : manager().active(), text),
+
+      acceptAutocomplete: () => props => acceptGhostIn(props, false),
+
+      acceptAutocompleteWord: () => props => acceptGhostIn(props, true),
+
+      dismissAutocomplete: () => props => dismissGhostIn(props),
+
+      ...createActionCommands({
+        options: this.options,
+        storage: this.storage,
+        serializer: () => serializerOf(this.editor, this.storage),
+      }),
     }
   },
 

@@ -64,6 +64,8 @@ export const StreamingSection = Node.create({
   renderHTML() {
     return ['div', { class: 'streaming-node__section' }, 0]
   },
+
+  renderMarkdown: (node, helpers) => helpers.renderChildren(node.content ?? [], '\n\n'),
 })
 
 export const StreamingNode = Node.create<StreamingNodeOptions>({
@@ -120,6 +122,9 @@ export const StreamingNode = Node.create<StreamingNodeOptions>({
       0,
     ]
   },
+
+  // An answer is its blocks: in Markdown (an action's context), the node itself leaves no trace.
+  renderMarkdown: (node, helpers) => helpers.renderChildren(node.content ?? [], '\n\n'),
 
   addExtensions() {
     return [StreamingSection]

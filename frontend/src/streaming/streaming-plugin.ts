@@ -20,7 +20,7 @@ import { Decoration, DecorationSet } from '@tiptap/pm/view'
 
 import { CHUNK_ANIMATION_MS, STREAMING_NODE_NAME, streamingPluginKey } from './constants'
 import type { ChunkDecorationSpec, Settlement, StreamingAction, StreamingPluginState } from './plugin-types'
-import { addAction, locateLiveNode } from './stream-document'
+import { addAction, inlineJoinPosition, locateLiveNode } from './stream-document'
 
 const settlePluginKey = new PluginKey('streamingSettle')
 
@@ -103,8 +103,8 @@ function applyActions(tr: Transaction, value: StreamingPluginState): StreamingPl
       }
     } else if (action.type === 'settle') {
       if (positions.has(action.streamId)) {
-        const { mode, content, attrs } = action
-        settling.set(action.streamId, { stage: 'revert', mode, content, attrs, from: 0, to: 0 })
+        const { mode, content, attrs, inline } = action
+        settling.set(action.streamId, { stage: 'revert', mode, content, attrs, inline, from: 0, to: 0 })
       }
     } else if (action.type === 'reverted') {
       positions.delete(action.streamId)
@@ -202,6 +202,10 @@ function contentSlice(tr: Transaction, from: number, to: number, content: Fragme
   return new Slice(content, openStart, openEnd)
 }
 
+function isOneTextblock(content: Fragment): boolean {
+  return content.childCount === 1 && content.firstChild?.isTextblock === true
+}
+
 /** Second appended transaction of a settle: what stays goes in, as one undo step. */
 function insertSettled(state: EditorState): Transaction | null {
   const settling = settlementsAt(state, 'insert')
@@ -211,9 +215,13 @@ function insertSettled(state: EditorState): Transaction | null {
   }
   const tr = state.tr
   for (const [, settlement] of settling.sort(([, a], [, b]) => b.from - a.from)) {
-    const { from, to, content } = settlement
+    const { from, to, content, inline } = settlement
+    const joinAt = inline && from === to && isOneTextblock(content) ? inlineJoinPosition(tr.doc, from, inline) : null
     if (settlement.mode === 'node') {
       tr.replaceRangeWith(from, to, nodeType.create(settlement.attrs, content))
+    } else if (joinAt !== null) {
+      // One paragraph written at the cursor: its text goes into the textblock there.
+      tr.replaceRange(joinAt, joinAt, new Slice(content, 1, 1))
     } else {
       tr.replaceRange(from, to, contentSlice(tr, from, to, content))
     }

@@ -2,7 +2,8 @@
  * The React side of streaming: a `StreamingController` (which orchestrates a server session
  * through the service and its session client, and the editor's stream commands) held for
  * the component's life, and the React state a page shows: streaming or not, session state,
- * provider, model, tokens, time to first token, error and the responses of a reviewed prompt.
+ * provider, model, tokens, time to first token, error and the responses of a reviewed prompt;
+ * and the AI actions on the document: runAction, followUp and the server's list of actions.
  */
 import { useCallback, useEffect, useState, useSyncExternalStore } from 'react'
 
@@ -67,5 +68,25 @@ export function useStreaming(options: UseStreamingOptions) {
     reject: () => controller.reject(target),
     regenerate: () => controller.regenerate(target),
     showResponse: (index: number) => controller.showResponse(index, target),
+    /**
+     * Runs an action on the editor's selection (or at the cursor): the selection and the text
+     * around it go to the server, the answer streams in where the action puts it (a rewrite
+     * as tracked changes to review). Resolves once the session started; false if the action
+     * was refused (no selection for a rewrite, no prompt for `custom`) or failed.
+     * @example await ai.runAction('shorten')
+     * @example await ai.runAction('translate', { language: 'German' })
+     */
+    runAction: controller.runAction,
+    /**
+     * Sends an instruction about the answer under review ("make it shorter"); the new answer
+     * replaces the suggestion, and the earlier ones stay in `responses`.
+     * @example await ai.followUp('Make it more formal')
+     */
+    followUp: (instruction: string) => controller.followUp(instruction, target),
+    /**
+     * Loads the actions the server offers (`GET /api/streaming/actions`), to build a menu from.
+     * @example const actions = await ai.loadActions()
+     */
+    loadActions: controller.loadActions,
   }
 }

@@ -103,8 +103,10 @@ export class StreamingWebSocketService implements StreamingTransport {
   private finished = false
   private pendingRequests = 0
   private closeWhenSettled = false
+  private readonly options: StreamingWebSocketServiceOptions
 
   constructor(options: StreamingWebSocketServiceOptions = {}) {
+    this.options = options
     this.baseUrl = (options.baseUrl ?? DEFAULT_SERVER_URL).replace(/\/+$/, '')
     this.maxReconnectAttempts = options.maxReconnectAttempts ?? this.maxReconnectAttempts
     this.reconnectDelay = options.reconnectDelay ?? 1000
@@ -193,6 +195,15 @@ export class StreamingWebSocketService implements StreamingTransport {
       socket.once('connect', onConnect)
       socket.once('connect_error', onError)
     })
+  }
+
+  /**
+   * A new service for the same server, with the same options, that dispatches its events on
+   * its own target: for a second stream at the same time (an autocomplete beside an answer).
+   * @example const completions = service.spawn()
+   */
+  spawn(): StreamingWebSocketService {
+    return new StreamingWebSocketService({ ...this.options, target: new EventTarget() })
   }
 
   /** Closes the connection for good; no reconnect follows. */

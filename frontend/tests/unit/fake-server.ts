@@ -31,6 +31,8 @@ export interface FakeServerOptions {
   version2?: boolean
   /** Answer 401 to HTTP requests and refuse connections without this bearer token. */
   token?: string
+  /** The chunks of a session started with this body, instead of `script` (version 3 requests). */
+  answer?: (body: Record<string, unknown>) => string[] | undefined
 }
 
 export interface FakeSession {
@@ -45,6 +47,10 @@ export interface FakeSession {
   dropped: boolean
   /** The log's history identity (version 2). */
   epoch: string
+  /** The body of its start request (version 3 adds action, context, options, followUp). */
+  startBody: Record<string, unknown> | null
+  /** How many times `POST /api/streaming/{id}/cancel` reached it. */
+  httpCancels: number
 }
 
 export interface FakeServer {
@@ -63,6 +69,13 @@ export interface FakeServer {
 }
 
 const PROVIDER = { provider: 'demo', model: 'demo-model' }
+
+/** What `GET /api/streaming/actions` lists: two built-ins and an operator's own action. */
+export const ACTIONS = [
+  { id: 'shorten', label: 'Make shorter', needsSelection: true, options: [], insert: 'replace' },
+  { id: 'continue', label: 'Continue writing', needsSelection: false, options: [], insert: 'cursor' },
+  { id: 'bulletize', label: 'As a list', needsSelection: true, options: [], insert: 'after' },
+]
 
 export async function startFakeServer(options: FakeServerOptions = {}): Promise<FakeServer> {
   const script = options.script ?? ['# Title', '\n\nHello ', 'from ', 'the ', '**fake** ', 'server.']
@@ -91,6 +104,8 @@ export async function startFakeServer(options: FakeServerOptions = {}): Promise<
       timer: null,
       dropped: false,
       epoch: 'epoch-1',
+      startBody: null,
+      httpCancels: 0,
     }
     sessions.set(session.id, session)
     return session
@@ -257,6 +272,10 @@ export async function startFakeServer(options: FakeServerOptions = {}): Promise<
       send(401, { error: 'Unauthorized' })
       return
     }
+    if (request.method === 'GET' && url === '/api/streaming/actions') {
+      send(200, { actions: ACTIONS })
+      return
+    }
     const status = /^\/api\/streaming\/([^/]+)$/.exec(url)
     if (request.method === 'GET' && status?.[1]) {
       const session = sessions.get(status[1])
@@ -272,6 +291,29 @@ export async function startFakeServer(options: FakeServerOptions = {}): Promise<
         ...PROVIDER,
         ...(options.version2 ? { epoch: session.epoch } : {}),
       })
+      return
+    }
+    const cancel = /^\/api\/streaming\/([^/]+)\/cancel$/.exec(url)
+    if (request.method === 'POST' && cancel?.[1]) {
+      const session = sessions.get(cancel[1])
+      if (!session) {
+        send(404, { error: 'Session not found' })
+        return
+      }
+      session.httpCancels += 1
+      if (session.state === 'completed' || session.state === 'cancelled' || session.state === 'failed') {
+        send(409, { error: 'The session already finished' })
+        return
+      }
+      stop(session)
+      setState(session, 'cancelled')
+      namespaceOf(session.id).emit('complete', {
+        sessionId: session.id,
+        totalChunks: session.log.length,
+        finishReason: 'cancelled',
+        usage: null,
+      })
+      send(200, { status: 'cancelled' })
       return
     }
     if (request.method === 'POST' && url === '/api/streaming/session') {
@@ -292,9 +334,14 @@ export async function startFakeServer(options: FakeServerOptions = {}): Promise<
         return
       }
       const body = await readJson(request)
-      if (typeof body.prompt !== 'string') {
+      if (typeof body.prompt !== 'string' && typeof body.action !== 'string') {
         send(400, { error: 'prompt must be a string' })
         return
+      }
+      session.startBody = body
+      const answer = options.answer?.(body)
+      if (answer) {
+        scripts.set(session.id, answer)
       }
       start(session.id)
       send(200, { status: 'started' })

@@ -294,3 +294,26 @@ describe('useStreaming and the version 2 protocol', () => {
     expect(new Set(fake.authorizations)).toEqual(new Set(['Bearer hook-token']))
   })
 })
+
+describe('useStreaming actions', () => {
+  it('runs an action on the selection, follows up on its answer and lists the server’s actions', async () => {
+    const fake = await startServer()
+    const { editor, result } = await mountHook(fake)
+    expect((await result().loadActions()).map(action => action.id)).toEqual(['shorten', 'continue', 'bulletize'])
+
+    editor.commands.setTextSelection({ from: 1, to: 6 })
+    expect(await result().runAction('shorten')).toBe(true)
+    const first = result().sessionId
+    expect(fake.sessions.get(first ?? '')?.startBody).toMatchObject({ action: 'shorten', context: { selection: 'Intro' } })
+    await vi.waitFor(() => expect(result().isReviewing).toBe(true))
+
+    expect(await result().followUp('Shorter')).toBe(true)
+    expect(fake.sessions.get(result().sessionId ?? '')?.startBody).toEqual({
+      action: 'custom',
+      prompt: 'Shorter',
+      followUp: first,
+    })
+    await vi.waitFor(() => expect(result().responses).toHaveLength(2))
+    expect(result().isReviewing).toBe(true)
+  })
+})
