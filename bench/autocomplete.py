@@ -97,14 +97,16 @@ def section(result: dict[str, dict[str, float]], rounds: int) -> str:
     return "\n".join(rows) + "\n"
 
 
-def write(text: str) -> None:
+def write_section(title: str, text: str) -> None:
+    """Put ``text`` (a section headed ``title``) into bench/RESULTS.md after bench/run.py's
+    marker, in place of an earlier section with the same title."""
     path = BENCH / "RESULTS.md"
     current = path.read_text()
     if KEPT_MARKER not in current:
         current = current.rstrip("\n") + "\n\n" + KEPT_MARKER + "\n"
-    if TITLE in current:
-        start = current.index(TITLE)
-        end = current.find("\n## ", start + len(TITLE))
+    if title in current:
+        start = current.index(title)
+        end = current.find("\n## ", start + len(title))
         current = current[:start] + text + (current[end + 1 :] if end >= 0 else "")
     else:
         current = current.rstrip("\n") + "\n\n" + text
@@ -122,7 +124,7 @@ def main() -> int:
     text = section(result, args.rounds)
     print(text)
     if args.write:
-        write(text)
+        write_section(TITLE, text)
     return 0
 
 

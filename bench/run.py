@@ -48,6 +48,8 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))  # deploy.cluster: the nginx config `make cluster` uses
+import history  # noqa: E402  (bench/history.py, beside this file)
+
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 LOADGEN = BENCH / "loadgen" / "loadgen.js"
 PEER = BENCH / "peer-node" / "server.js"
@@ -1357,6 +1359,10 @@ def main(argv: list[str] | None = None) -> int:
         report = report.rstrip("\n") + "\n\n" + previous[previous.index(KEPT_MARKER) :]
     results.write_text(report)
     log(f"wrote {out_dir / 'RESULTS.md'}")
+    if out_dir == BENCH:
+        # The headline figures beside the last run's (bench/history.csv, in the repo).
+        for line in history.record(history.figures(res), info["commit"], info["date"]):
+            print(line)
     print("\n".join(f"{a}: {b} -> {c}" for a, b, c in targets(res)))
     return 0
 

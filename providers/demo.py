@@ -118,11 +118,18 @@ class DemoProvider:
 
     name = "demo"
     default_model = "demo"
-    #: A pull returns every token already due, so the session may pull less often.
+    #: A paced pull returns every token already due, so the session may pull less often
+    #: (:meth:`batches_for` says for which streams).
     batches_backlog = True
 
     def __init__(self, tokens_per_second: float = DEFAULT_TOKENS_PER_SECOND) -> None:
         self._tokens_per_second = tokens_per_second
+
+    def batches_for(self, config: StreamConfig) -> bool:
+        """Paced streams hand over every due token in one pull; an unpaced one (0 tokens/s)
+        yields one token per pull, and pulling it less often would only shrink its chunks."""
+        tps = config.tokens_per_second if config.tokens_per_second is not None else self._tokens_per_second
+        return tps > 0
 
     def resumable(self, config: StreamConfig) -> bool:
         """Always: the answer is a function of the prompt, so a successor regenerates it."""

@@ -9,7 +9,10 @@ Imported only when ``REDIS_URL`` is set. Keys of one session share the hash tag
   Chunk ``seq`` N has the explicit id ``N+1-0``, so Redis itself refuses a second append
   of a seq; the events that follow chunk N (``stream-state``, ``complete``,
   ``stream-error``) get ``N+1-1``, ``N+1-2``, ... Appends run in a script that first
-  checks the fencing token, so a process that lost a session can never append to it.
+  checks each session's fencing token, so a process that lost a session can never append
+  to it. One script call per flush carries every session's entries (``append``): on one
+  Redis server that is one call however many sessions stream; a Redis Cluster would need
+  one call per hash slot (not supported yet).
 
 Per process: ``proc:{pid}``, its lease (a key with a TTL it renews), ``proc:{pid}:sessions``
 (the sessions it owns), ``procs`` (a sorted set of lease deadlines, to find the dead) and
@@ -20,6 +23,7 @@ live sessions counted by the quota.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -27,35 +31,57 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from server.core.errors import StoreUnavailable
 
-# Appends one entry if the caller holds the session's fencing token, then updates the
-# meta hash and the keys' TTL. KEYS: meta, log. ARGV: fence, entry id, ttl ms, n, then n
-# entry field/values (none: only the meta is updated), then meta field/values.
+# Appends the queued entries of several sessions in one call (one call per flush): for each
+# session, if the caller holds its fencing token, its entries in order, then its meta hash
+# updated once and its keys' TTL renewed. KEYS: meta and log of each session, in pairs.
+# ARGV: ttl ms, then per session: fence, entry count, per entry its id, n and n
+# field/values (n = 0: no entry), then the meta count m and m field/values. Returns per
+# session 'FENCED', or a list with one result per entry: its id, '' (no entry), or '!'
+# and the error of its XADD.
 _APPEND = """
-if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then
-  return redis.error_reply('FENCED')
-end
-local n = tonumber(ARGV[4])
-local id = ''
-if n > 0 then
-  local entry = {}
-  for i = 5, 4 + n do entry[#entry + 1] = ARGV[i] end
-  id = redis.pcall('XADD', KEYS[2], ARGV[2], unpack(entry))
-  if type(id) == 'table' and id.err then
-    return redis.error_reply('DUPLICATE ' .. id.err)
+local ttl = ARGV[1]
+local i = 2
+local out = {}
+for s = 1, #KEYS / 2 do
+  local meta, log = KEYS[2 * s - 1], KEYS[2 * s]
+  local fence = ARGV[i]
+  local count = tonumber(ARGV[i + 1])
+  i = i + 2
+  local fenced = redis.call('HGET', meta, 'fence') ~= fence
+  local results = {}
+  for e = 1, count do
+    local n = tonumber(ARGV[i + 1])
+    if fenced then
+      results[e] = ''
+    elseif n > 0 then
+      local id = redis.pcall('XADD', log, ARGV[i], unpack(ARGV, i + 2, i + 1 + n))
+      if type(id) == 'table' and id.err then
+        id = '!DUPLICATE ' .. id.err
+      end
+      results[e] = id
+    else
+      results[e] = ''
+    end
+    i = i + 2 + n
   end
+  local m = tonumber(ARGV[i])
+  if not fenced then
+    if m > 0 then
+      redis.call('HSET', meta, unpack(ARGV, i + 1, i + m))
+    end
+    redis.call('PEXPIRE', meta, ttl)
+    redis.call('PEXPIRE', log, ttl)
+    out[s] = results
+  else
+    out[s] = 'FENCED'
+  end
+  i = i + 1 + m
 end
-if #ARGV > 4 + n then
-  local meta = {}
-  for i = 5 + n, #ARGV do meta[#meta + 1] = ARGV[i] end
-  redis.call('HSET', KEYS[1], unpack(meta))
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return id
+return out
 """
 
 # Moves a session to a new owner if it still belongs to the one the caller saw (and that
@@ -87,6 +113,21 @@ PROCESSES = "procs"
 CLUSTER_CHANNEL = "procs:left"
 #: Connections to Redis per process (besides the relay's own).
 MAX_CONNECTIONS = 64
+
+
+def _session_args(batch: Sequence[Append], indexes: list[int], fence: str) -> list[Any]:
+    """One session's part of ``_APPEND``'s arguments: its entries, then its meta fields
+    merged (the last value of each field kept)."""
+    args: list[Any] = [fence, len(indexes)]
+    meta: dict[str, str] = {}
+    for index in indexes:
+        item = batch[index]
+        args += [item.entry_id, len(item.fields), *item.fields]
+        meta.update(zip(item.meta[::2], item.meta[1::2], strict=True))
+    args.append(2 * len(meta))
+    for field, value in meta.items():
+        args += [field, value]
+    return args
 
 
 class Fenced(Exception):
@@ -169,7 +210,7 @@ class RedisStore:
         self.reader: aioredis.Redis = aioredis.Redis.from_url(
             url, decode_responses=True, socket_timeout=timeout + 5, socket_connect_timeout=timeout
         )
-        self._append = self.redis.register_script(_APPEND)
+        self._append_sha = hashlib.sha1(_APPEND.encode()).hexdigest()
         self._claim = self.redis.register_script(_CLAIM)
         self._reserve = self.redis.register_script(_RESERVE)
 
@@ -242,30 +283,58 @@ class RedisStore:
             return bool(await self.redis.exists(meta_key(session_id)))
 
     async def append(self, batch: Sequence[Append], ttl_ms: int) -> list[str | Exception]:
-        """Write ``batch`` in one round trip; each item's result is its entry id, or the
+        """Write ``batch`` in one round trip and one script call: each session's entries in
+        order, its meta fields once. Each item's result is its entry id, or the
         :class:`Fenced` / ``ResponseError`` that refused it."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for index, item in enumerate(batch):
+            groups.setdefault((item.session_id, item.fence), []).append(index)
+        keys: list[str] = []
+        args: list[Any] = [ttl_ms]
+        for (session_id, fence), indexes in groups.items():
+            keys += [meta_key(session_id), log_key(session_id)]
+            args += _session_args(batch, indexes, fence)
         async with _guard():
-            pipe = self.redis.pipeline(transaction=False)
-            for item in batch:
-                args: list[Any] = [
-                    item.fence,
-                    item.entry_id,
-                    ttl_ms,
-                    len(item.fields),
-                    *item.fields,
-                    *item.meta,
-                ]
-                await self._append(
-                    keys=[meta_key(item.session_id), log_key(item.session_id)], args=args, client=pipe
-                )
-            results = await pipe.execute(raise_on_error=False)
-        out: list[str | Exception] = []
-        for result in results:
-            if isinstance(result, ResponseError) and str(result).startswith("FENCED"):
-                out.append(Fenced(str(result)))
-            else:
-                out.append(result)
+            (reply,) = await self._evalsha_all(self._append_sha, _APPEND, [[len(keys), *keys, *args]])
+        out: list[str | Exception] = [""] * len(batch)
+        if isinstance(reply, Exception):
+            return [reply] * len(batch)
+        for indexes, result in zip(groups.values(), cast(list[Any], reply), strict=True):
+            if result == "FENCED":
+                for index in indexes:
+                    out[index] = Fenced(result)
+                continue
+            for index, entry in zip(indexes, cast(list[str], result), strict=True):
+                out[index] = ResponseError(entry[1:]) if entry.startswith("!") else entry
         return out
+
+    async def _evalsha_all(self, sha: str, script: str, calls: list[list[Any]]) -> list[Any]:
+        """``EVALSHA`` of each call (keys count first) in one pipeline, without redis-py's
+        ``SCRIPT EXISTS`` before every pipeline; the calls Redis answers ``NOSCRIPT`` (a
+        restarted or flushed Redis) are sent again once the script is loaded."""
+        replies: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for index in pending:
+                pipe.evalsha(sha, *calls[index])
+            results = await pipe.execute(raise_on_error=False)
+            missing = []
+            for index, result in zip(pending, results, strict=True):
+                if isinstance(result, NoScriptError) or (
+                    isinstance(result, ResponseError) and str(result).startswith("NOSCRIPT")
+                ):
+                    missing.append(index)
+                else:
+                    replies[index] = result
+            if not missing:
+                break
+            await self.redis.script_load(script)
+            pending = missing
+            if attempt == 1:
+                for index in missing:
+                    replies[index] = ResponseError("NOSCRIPT after SCRIPT LOAD")
+        return replies
 
     async def claim(
         self, session_id: str, expected_owner: str, expected_fence: str, owner: str

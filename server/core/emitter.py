@@ -281,9 +281,11 @@ class ChunkEmitter(ViewerSet):
             return
         content = pending.parts[0] if len(pending.parts) == 1 else "".join(pending.parts)
         self.received_at = pending.since
-        self._make_chunk(content, pending.metadata)
-        self.last_flush = asyncio.get_running_loop().time()
+        # Taken before the chunk is made: delivering it (memory mode: at once) must not find
+        # its own text still pending and schedule a second, off-interval flush.
         self._pending = _Pending()
+        self.last_flush = asyncio.get_running_loop().time()
+        self._make_chunk(content, pending.metadata)
         self._on_emitted()
 
     def restamp(self) -> None:

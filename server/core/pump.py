@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from providers.base import AIChunk, ProviderError, Usage
+from providers.base import AIChunk, AIProvider, ProviderError, StreamConfig, Usage
 from server.core.emitter import ChunkEmitter, FlowLimits
 
 __all__ = ["ProviderPump"]
@@ -190,3 +190,12 @@ class ProviderPump:
         self._streaming = _never
         self._alive = _never
         self._take = _drop
+
+
+def batches(provider: AIProvider, config: StreamConfig) -> bool:
+    """Whether one pull of ``provider`` hands over every token already due for this stream
+    (``batches_for(config)``, or the ``batches_backlog`` flag of a provider without it)."""
+    check = getattr(provider, "batches_for", None)
+    if callable(check):
+        return bool(check(config))
+    return bool(getattr(provider, "batches_backlog", False))

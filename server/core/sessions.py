@@ -38,7 +38,7 @@ from providers.base import (
 from server.core.chunklog import ChunkLog, LogBudget
 from server.core.emitter import ChunkEmitter, FlowLimits, Pacer, Payload, SessionFull, Viewer
 from server.core.prompting import Conversation
-from server.core.pump import ProviderPump
+from server.core.pump import ProviderPump, batches
 from server.core.resume_points import ResumePoints
 from server.core.session_view import SessionConflict, SessionState, SessionView, short_id
 from server.guards.logs import SESSION
@@ -340,7 +340,7 @@ class StreamingSession(SessionView):
             # Inside the try: a provider whose create_stream raises at once must still end
             # the session (the deadline watchdog only fires while a pull is pending).
             stream = open_stream()
-            await self.pump.run(stream, batching=bool(getattr(self.provider, "batches_backlog", False)))
+            await self.pump.run(stream, batching=batches(self.provider, self.config))
             await self.pump.drain()
             self._finish(SessionState.COMPLETED, self.finish_reason or "stop")
         except ProviderError as exc:
