@@ -48,7 +48,9 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))  # deploy.cluster: the nginx config `make cluster` uses
-import history  # noqa: E402  (bench/history.py, beside this file)
+# bench/history.py, beside this file, also when this module is imported as bench.run
+sys.path.insert(0, str(BENCH))
+import history  # noqa: E402
 
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 LOADGEN = BENCH / "loadgen" / "loadgen.js"
