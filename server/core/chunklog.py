@@ -48,6 +48,9 @@ class LogBudget:
         return self.used >= self.limit
 
 
+_MISSING = object()
+
+
 class ChunkLog(Sequence[Payload]):
     """The chunks of one session, ``seq`` 0 to ``len - 1``; indexing builds payloads."""
 
@@ -82,8 +85,9 @@ class ChunkLog(Sequence[Payload]):
 
     # -- writing -------------------------------------------------------------
 
-    def append(self, chunk: Payload) -> None:
-        """Log a chunk payload (its ``seq`` must be the next one)."""
+    def append(self, chunk: Payload) -> int:
+        """Log a chunk payload (its ``seq`` must be the next one); its content's size in
+        UTF-8 bytes."""
         data = chunk["content"].encode()
         tail = self._tail
         if isinstance(tail, bytes):  # sealed, and yet written to: make it growable again
@@ -101,18 +105,27 @@ class ChunkLog(Sequence[Payload]):
         self._stamps.append(offset if offset in _INT32 else 0)
         metadata: Payload = chunk["metadata"]
         tokens = metadata.get("tokens", NO_TOKENS)
+        metas = self._metas
         if type(tokens) is int and tokens in _INT32 and tokens != NO_TOKENS:
             self._tokens.append(tokens)
-            rest = {key: value for key, value in metadata.items() if key != "tokens"}
+            last = metas[-1] if metas else None
+            # Per chunk: compare with the run's metadata without building a dict first.
+            if last is not None and len(metadata) == len(last) + 1 and "tokens" not in last:
+                if all(metadata.get(key, _MISSING) == value for key, value in last.items()):
+                    rest = last
+                else:
+                    rest = {key: value for key, value in metadata.items() if key != "tokens"}
+            else:
+                rest = {key: value for key, value in metadata.items() if key != "tokens"}
         else:
             self._tokens.append(NO_TOKENS)
             rest = metadata
-        metas = self._metas
         if not metas or (rest is not metas[-1] and rest != metas[-1]):
             self._meta_starts.append(len(self._ends) - 1)
             metas.append(rest)
         if self._budget is not None:
             self._budget.used += len(data) + PER_CHUNK_BYTES
+        return len(data)
 
     def seal(self) -> None:
         """No more chunks are expected: keep the buffers at their exact size."""

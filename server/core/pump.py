@@ -24,6 +24,15 @@ __all__ = ["ProviderPump"]
 
 def _well_formed(item: object) -> bool:
     """An :class:`AIChunk` whose fields have their declared types (else a provider's bug)."""
+    if (
+        type(item) is AIChunk
+        and type(item.content) is str
+        and item.usage is None
+        and item.finish_reason is None
+        and item.checkpoint is None
+        and type(item.metadata) is dict
+    ):
+        return True  # the common case, per token: a piece of text and nothing else
     return (
         isinstance(item, AIChunk)
         and isinstance(item.content, str)

@@ -174,8 +174,7 @@ class StreamingSession(SessionView):
     def deliver(self, event: str, payload: Payload) -> None:
         """An event is logged (or needs no log): the viewers get it, joiners replay it."""
         if event == "chunk":
-            self.chunks.append(payload)
-            self._count_chunk(payload)
+            self._count_chunk(payload, self.chunks.append(payload))
         elif event in ("complete", "stream-error"):
             self._terminal_event = (event, payload)
             self.chunks.seal()
@@ -187,11 +186,11 @@ class StreamingSession(SessionView):
         """Chunks made and waiting for the journal before the viewers get them."""
         return self._made - len(self.chunks)
 
-    def _count_chunk(self, chunk: Payload) -> None:
+    def _count_chunk(self, chunk: Payload, size: int) -> None:
         now = time.monotonic()
         tally = TALLY
         tally.chunks += 1
-        tally.chunk_bytes += len(chunk["content"].encode())
+        tally.chunk_bytes += size
         marks = self._received_at
         seq = chunk["seq"]
         while marks and marks[0][0] < seq:
