@@ -156,17 +156,23 @@ class RedisJournal:
             for _ in batch:
                 self._queue.popleft()
             for (session, _, delivery), result in zip(batch, results, strict=True):
-                await self._written(session, result, delivery)
+                # Synchronous per entry; only a session's last entry awaits (its quota).
+                if self._written(session, result, delivery):
+                    try:
+                        await self._on_finished(session)
+                    except StoreUnavailable:
+                        log.warning("session %s: could not release its quota", short_id(session.id))
+                    self._settle(session)
 
-    async def _written(
-        self, session: StreamingSession, result: str | Exception, delivery: Delivery | None
-    ) -> None:
+    def _written(self, session: StreamingSession, result: str | Exception, delivery: Delivery | None) -> bool:
+        """One entry is in the store (or was refused): its viewers get it. ``True`` when it
+        ended the session, and the caller releases the session, then :meth:`_settle`."""
         if isinstance(result, Fenced):
             if self.fences.pop(session.id, None) is not None:
                 log.warning("session %s: another process owns it now; stopping here", short_id(session.id))
                 self._drop(session)
                 self._on_lost(session)
-            return
+            return False
         if isinstance(result, Exception):
             log.error("session %s: log write refused: %s", short_id(session.id), result)
         terminal = delivery is not None and delivery[0] in TERMINAL_EVENTS
@@ -174,10 +180,12 @@ class RedisJournal:
             session.deliver(*delivery)
         if terminal:
             self.fences.pop(session.id, None)
-            try:
-                await self._on_finished(session)
-            except StoreUnavailable:
-                log.warning("session %s: could not release its quota", short_id(session.id))
+            return True
+        self._settle(session)
+        return False
+
+    def _settle(self, session: StreamingSession) -> None:
+        """One entry of ``session`` less waits: wake its pump when that frees room."""
         left = self._backlog.get(session.id, 1) - 1
         if left > 0:
             self._backlog[session.id] = left

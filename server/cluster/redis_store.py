@@ -40,8 +40,9 @@ from server.core.errors import StoreUnavailable
 # updated once and its keys' TTL renewed. KEYS: meta and log of each session, in pairs.
 # ARGV: ttl ms, then per session: fence, entry count, per entry its id, n and n
 # field/values (n = 0: no entry), then the meta count m and m field/values. Returns per
-# session 'FENCED', or a list with one result per entry: its id, '' (no entry), or '!'
-# and the error of its XADD.
+# session 'FENCED'; its entry count when every entry was written (the ids are the ones
+# given); or, when an XADD failed, a list with one result per entry: its id, '' (no
+# entry), or '!' and the error of its XADD.
 _APPEND = """
 local ttl = ARGV[1]
 local i = 2
@@ -53,6 +54,7 @@ for s = 1, #KEYS / 2 do
   i = i + 2
   local fenced = redis.call('HGET', meta, 'fence') ~= fence
   local results = {}
+  local failed = false
   for e = 1, count do
     local n = tonumber(ARGV[i + 1])
     if fenced then
@@ -61,6 +63,7 @@ for s = 1, #KEYS / 2 do
       local id = redis.pcall('XADD', log, ARGV[i], unpack(ARGV, i + 2, i + 1 + n))
       if type(id) == 'table' and id.err then
         id = '!DUPLICATE ' .. id.err
+        failed = true
       end
       results[e] = id
     else
@@ -75,7 +78,11 @@ for s = 1, #KEYS / 2 do
     end
     redis.call('PEXPIRE', meta, ttl)
     redis.call('PEXPIRE', log, ttl)
-    out[s] = results
+    if failed then
+      out[s] = results
+    else
+      out[s] = count
+    end
   else
     out[s] = 'FENCED'
   end
@@ -303,6 +310,10 @@ class RedisStore:
             if result == "FENCED":
                 for index in indexes:
                     out[index] = Fenced(result)
+                continue
+            if isinstance(result, int):  # all written: the ids asked for
+                for index in indexes:
+                    out[index] = batch[index].entry_id
                 continue
             for index, entry in zip(indexes, cast(list[str], result), strict=True):
                 out[index] = ResponseError(entry[1:]) if entry.startswith("!") else entry
