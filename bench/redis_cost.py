@@ -16,46 +16,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from autocomplete import write_section
-from run import TPS, Server, cpu_seconds, free_port, log, paced_limit, pin, raise_nofile, run_loadgen
+from run import TPS, RedisServer, Server, cpu_seconds, log, paced_limit, raise_nofile, run_loadgen
 
 TITLE = "## Added at stop 23 (issue 20): Redis mode beside memory mode, paced load"
 
 
-class Redis:
-    """A scratch redis-server on core 1 (the server has core 0)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen(
-            [*pin(1, True), "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
-            cwd=workdir,
-            stdout=subprocess.DEVNULL,
-        )
-
-    def __enter__(self) -> Redis:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from deploy.cluster import wait_listening
-
-        wait_listening(self.port, self.proc)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-    def flush(self) -> None:
-        subprocess.run(["redis-cli", "-p", str(self.port), "FLUSHALL"], check=True, capture_output=True)
-
-
-def one(workdir: Path, redis: Redis, mode: str, sessions: int, tokens: int, ramp: float) -> dict[str, Any]:
+def one(
+    workdir: Path, redis: RedisServer, mode: str, sessions: int, tokens: int, ramp: float
+) -> dict[str, Any]:
     settings = {"REDIS_URL": redis.url} if mode == "redis" else {}
     redis.flush()
     redis_before = cpu_seconds(redis.proc.pid) or 0.0
@@ -128,7 +102,7 @@ def main() -> int:
     args = parser.parse_args()
     raise_nofile()
     runs: dict[str, list[dict[str, Any]]] = {"memory": [], "redis": []}
-    with tempfile.TemporaryDirectory() as scratch, Redis(Path(scratch)) as redis:
+    with tempfile.TemporaryDirectory() as scratch, RedisServer(Path(scratch), True, core=1) as redis:
         for round_ in range(args.rounds):
             log(f"round {round_ + 1}/{args.rounds}")
             for mode in ("memory", "redis"):

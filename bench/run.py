@@ -256,13 +256,22 @@ def run_loadgen(server: Server, pinning: bool, label: str, timeout: float, **par
 
 
 class RedisServer:
-    """A scratch redis-server for the (g) and (h) runs."""
+    """A scratch redis-server for the (g) and (h) runs (on ``core`` when pinning)."""
 
-    def __init__(self, workdir: Path, pinning: bool) -> None:
+    def __init__(self, workdir: Path, pinning: bool, core: int = 0) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = subprocess.Popen(
-            [*pin(0, pinning), "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
+            [
+                *pin(core, pinning),
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ],
             cwd=workdir,
             stdout=subprocess.DEVNULL,
         )

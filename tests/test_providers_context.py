@@ -1,4 +1,4 @@
-"""What the model receives: the server, the real OpenAI and Anthropic SDKs and the fake
+"""What the model receives: the server, the real OpenAI and Anthropic SDKs and the upstream
 upstream, which records every request. The selection arrives verbatim and marked inside
 its context; the action's system message arrives; the context window keeps the text
 nearest the cursor; a follow-up sends the earlier answer as an assistant turn; OpenAI's
@@ -6,42 +6,22 @@ background mode carries the same messages."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from tests.fake_upstream import FakeUpstream, Script
-from tests.helpers import ServerFactory, create_session, stream_viewer
+from tests.helpers import create_session, stream_viewer
 
-OPENAI_KEY = "sk-test-openai-ctx-0123456789"
-ANTHROPIC_KEY = "sk-ant-test-ctx-0123456789"
 SELECTION = "The {quick} brown fox *jumps* over the lazy dog."
 BEFORE = "# A story\n\nIt was a sunny day. "
 AFTER = " Then it rained."
 ANSWER = ["A", " fox", " jumped", "."]
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as upstream:
-        upstream.script = Script(tokens=ANSWER)
-        yield upstream
-
-
-@pytest.fixture
-def start(start_server: ServerFactory, fake: FakeUpstream):
-    async def start_with(**overrides: Any):
-        settings: dict[str, Any] = {
-            "openai_api_key": OPENAI_KEY,
-            "openai_base_url": fake.openai_base_url,
-            "anthropic_api_key": ANTHROPIC_KEY,
-            "anthropic_base_url": fake.anthropic_base_url,
-            "provider_max_retries": 0,
-        }
-        return await start_server(**{**settings, **overrides})
-
-    return start_with
+@pytest.fixture(autouse=True)
+def answer(upstream: FakeUpstream) -> None:
+    upstream.script = Script(tokens=ANSWER)
 
 
 async def ask(server, http, sio_clients, provider: str, body: dict[str, Any], **config: Any) -> str:
@@ -68,11 +48,13 @@ def messages_of(body: dict[str, Any], provider: str) -> tuple[str | None, list[t
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
-async def test_a_rewrite_sends_the_selection_marked_in_its_context(provider, start, fake, http, sio_clients):
-    server = await start()
+async def test_a_rewrite_sends_the_selection_marked_in_its_context(
+    provider, upstream_server, upstream, http, sio_clients
+):
+    server = await upstream_server()
     body = {"action": "shorten", "context": {"selection": SELECTION, "before": BEFORE, "after": AFTER}}
     await ask(server, http, sio_clients, provider, body, systemPrompt="Write in British English.")
-    system, turns = messages_of((await fake.wait_for_request()).body, provider)
+    system, turns = messages_of((await upstream.wait_for_request()).body, provider)
     assert system is not None
     assert "replacement text only" in system and system.endswith("Write in British English.")
     ((role, user),) = turns
@@ -82,20 +64,22 @@ async def test_a_rewrite_sends_the_selection_marked_in_its_context(provider, sta
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
-async def test_a_bare_prompt_is_sent_alone(provider, start, fake, http, sio_clients):
-    server = await start()
+async def test_a_bare_prompt_is_sent_alone(provider, upstream_server, upstream, http, sio_clients):
+    server = await upstream_server()
     await ask(server, http, sio_clients, provider, {"prompt": "Write a haiku"})
-    system, turns = messages_of((await fake.wait_for_request()).body, provider)
+    system, turns = messages_of((await upstream.wait_for_request()).body, provider)
     assert (system, turns) == (None, [("user", "Write a haiku")])
 
 
-async def test_the_context_window_keeps_the_text_nearest_the_cursor(start, fake, http, sio_clients):
-    server = await start(max_context_chars=100)
+async def test_the_context_window_keeps_the_text_nearest_the_cursor(
+    upstream_server, upstream, http, sio_clients
+):
+    server = await upstream_server(max_context_chars=100)
     before = "FAR " * 50 + "near the cursor. "
     after = " right after" + " far" * 50
     body = {"action": "continue", "context": {"before": before, "after": after}}
     await ask(server, http, sio_clients, "openai", body)
-    _, [(_, user)] = messages_of((await fake.wait_for_request()).body, "openai")
+    _, [(_, user)] = messages_of((await upstream.wait_for_request()).body, "openai")
     marked = user[user.index("<document>") :]
     assert "near the cursor. <cursor/> right after" in marked
     assert marked.count("FAR") + marked.count("far") < 25
@@ -105,25 +89,25 @@ async def test_the_context_window_keeps_the_text_nearest_the_cursor(start, fake,
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 async def test_a_follow_up_sends_the_earlier_answer_as_an_assistant_turn(
-    provider, start, fake, http, sio_clients
+    provider, upstream_server, upstream, http, sio_clients
 ):
-    server = await start()
+    server = await upstream_server()
     body = {"action": "shorten", "context": {"selection": SELECTION}}
     first = await ask(server, http, sio_clients, provider, body)
     await ask(server, http, sio_clients, provider, {"prompt": "even shorter", "followUp": first})
-    first_system, [(_, first_user)] = messages_of((await fake.wait_for_request(0)).body, provider)
-    system, turns = messages_of((await fake.wait_for_request(1)).body, provider)
+    first_system, [(_, first_user)] = messages_of((await upstream.wait_for_request(0)).body, provider)
+    system, turns = messages_of((await upstream.wait_for_request(1)).body, provider)
     assert system == first_system
     assert turns == [("user", first_user), ("assistant", "".join(ANSWER)), ("user", "even shorter")]
 
 
-async def test_background_mode_carries_the_same_messages(start, fake, http, sio_clients):
-    server = await start(openai_background=True)
+async def test_background_mode_carries_the_same_messages(upstream_server, upstream, http, sio_clients):
+    server = await upstream_server(openai_background=True)
     first = await ask(
         server, http, sio_clients, "openai", {"action": "fix", "context": {"selection": SELECTION}}
     )
     await ask(server, http, sio_clients, "openai", {"prompt": "now in French", "followUp": first})
-    created = fake.requests_to("POST", "/v1/responses")
+    created = upstream.requests_to("POST", "/v1/responses")
     assert [r.body["background"] for r in created] == [True, True]
     system, [(role, user)] = messages_of(created[0].body, "openai")
     assert role == "user" and f"<selection>{SELECTION}</selection>" in user and "Fix" in user

@@ -1,48 +1,22 @@
-"""Real SDKs end to end: server → provider → fake upstream, and back to a Socket.IO viewer."""
+"""Real SDKs end to end: server → provider → upstream upstream, and back to a Socket.IO viewer."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tests.fake_upstream import FakeUpstream, Script
+from tests.fake_upstream import Script
 from tests.helpers import (
-    ServerFactory,
     create_session,
     get_session,
     start_stream,
     stream_viewer,
 )
+from tests.upstream_fixtures import ANTHROPIC_KEY, OPENAI_KEY
 
-OPENAI_KEY = "sk-test-openai-e2e-0123456789"
-ANTHROPIC_KEY = "sk-ant-test-e2e-0123456789"
 PROMPT = "Summarise the plot of a secret novel"
 PROVIDERS = ["openai", "anthropic"]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture
-def start(start_server: ServerFactory, fake: FakeUpstream):
-    async def start_with(**overrides: Any):
-        settings: dict[str, Any] = {
-            "openai_api_key": OPENAI_KEY,
-            "openai_base_url": fake.openai_base_url,
-            "anthropic_api_key": ANTHROPIC_KEY,
-            "anthropic_base_url": fake.anthropic_base_url,
-            "provider_max_retries": 0,
-            "provider_timeout": 5.0,
-        }
-        settings.update(overrides)
-        return await start_server(**settings)
-
-    return start_with
 
 
 async def run(server, http, sio_clients, provider: str, **config: Any):
@@ -54,9 +28,9 @@ async def run(server, http, sio_clients, provider: str, **config: Any):
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_happy_path_with_usage_in_complete(provider, start, fake, http, sio_clients):
-    fake.script = Script(tokens=["Once", " upon", " a", " time", "."])
-    server = await start()
+async def test_happy_path_with_usage_in_complete(provider, upstream_server, upstream, http, sio_clients):
+    upstream.script = Script(tokens=["Once", " upon", " a", " time", "."])
+    server = await upstream_server()
     _, viewer, snapshot = await run(
         server, http, sio_clients, provider, model="model-x", systemPrompt="Be brief"
     )
@@ -68,7 +42,7 @@ async def test_happy_path_with_usage_in_complete(provider, start, fake, http, si
     assert viewer.completes[0]["usage"] == usage == snapshot["usage"]
     assert viewer.completes[0]["finishReason"] == "stop" == snapshot["finishReason"]
     assert snapshot["provider"] == provider and snapshot["model"] == "model-x"
-    request = fake.requests[0]
+    request = upstream.requests[0]
     assert request.body["model"] == "model-x"
     assert "Be brief" in str(request.body)
 
@@ -86,10 +60,10 @@ async def test_happy_path_with_usage_in_complete(provider, start, fake, http, si
     ids=["401", "429", "500", "404-retired-model", "dropped"],
 )
 async def test_upstream_failures_become_stream_errors(
-    provider, script, code, start, fake, http, sio_clients, caplog
+    provider, script, code, upstream_server, upstream, http, sio_clients, caplog
 ):
-    fake.script = script
-    server = await start()
+    upstream.script = script
+    server = await upstream_server()
     _, viewer, snapshot = await run(server, http, sio_clients, provider, model="gpt-4")
     assert snapshot["state"] == "failed"
     (error,) = viewer.errors
@@ -103,43 +77,43 @@ async def test_upstream_failures_become_stream_errors(
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_no_first_token_is_a_timeout(provider, start, fake, http, sio_clients):
-    fake.script = Script(hang="before_first_token")
-    server = await start(first_token_timeout=0.3)
+async def test_no_first_token_is_a_timeout(provider, upstream_server, upstream, http, sio_clients):
+    upstream.script = Script(hang="before_first_token")
+    server = await upstream_server(first_token_timeout=0.3)
     _, viewer, _ = await run(server, http, sio_clients, provider)
     assert viewer.errors[0]["code"] == "timeout"
-    await fake.requests[0].wait_disconnected()
+    await upstream.requests[0].wait_disconnected()
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_silence_mid_stream_is_a_timeout(provider, start, fake, http, sio_clients):
-    fake.script = Script(tokens=["a", "b", "c"], pause_after=2)
-    server = await start(token_idle_timeout=0.3)
+async def test_silence_mid_stream_is_a_timeout(provider, upstream_server, upstream, http, sio_clients):
+    upstream.script = Script(tokens=["a", "b", "c"], pause_after=2)
+    server = await upstream_server(token_idle_timeout=0.3)
     _, viewer, snapshot = await run(server, http, sio_clients, provider)
     assert viewer.errors[0]["code"] == "timeout"
     assert snapshot["text"] == "ab"
-    await fake.requests[0].wait_disconnected()
+    await upstream.requests[0].wait_disconnected()
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_cancel_closes_the_upstream_connection(provider, start, fake, http, sio_clients):
-    fake.script = Script(tokens=["x"] * 50, pause_after=3)
-    server = await start()
+async def test_cancel_closes_the_upstream_connection(provider, upstream_server, upstream, http, sio_clients):
+    upstream.script = Script(tokens=["x"] * 50, pause_after=3)
+    server = await upstream_server()
     session_id = await create_session(http, server, provider=provider)
     _, viewer = await stream_viewer(sio_clients, server, session_id)
     await start_stream(http, server, session_id, PROMPT)
     await viewer.wait_for(lambda: len(viewer.text) >= 3)
     async with http.post(f"{server.url}/api/streaming/{session_id}/cancel") as resp:
         assert resp.status == 200
-    request = fake.requests[0]
+    request = upstream.requests[0]
     await request.wait_disconnected()
     assert not request.finished.is_set() and request.tokens_sent == 3
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_pause_does_not_read_upstream(provider, start, fake, http, sio_clients):
-    fake.script = Script(tokens=[f"t{i} " for i in range(40)], token_delay=0.005)
-    server = await start()
+async def test_pause_does_not_read_upstream(provider, upstream_server, upstream, http, sio_clients):
+    upstream.script = Script(tokens=[f"t{i} " for i in range(40)], token_delay=0.005)
+    server = await upstream_server()
     session_id = await create_session(http, server, provider=provider)
     client, viewer = await stream_viewer(sio_clients, server, session_id)
     await start_stream(http, server, session_id, PROMPT)
@@ -154,4 +128,4 @@ async def test_pause_does_not_read_upstream(provider, start, fake, http, sio_cli
     await client.call("resume-stream", namespace=f"/stream/{session_id}")
     await viewer.wait_finished()
     assert viewer.text == "".join(f"t{i} " for i in range(40))
-    await fake.requests[0].wait_finished()
+    await upstream.requests[0].wait_finished()

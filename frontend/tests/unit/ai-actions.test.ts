@@ -9,15 +9,10 @@ import type { Editor } from '@tiptap/core'
 import { act } from 'react'
 import { afterEach, describe, expect, it, vi } from 'vitest'
 
-import {
-  type StreamAck,
-  type StreamingOptions,
-  type StreamingTransport,
-  StreamingWebSocketService,
-} from '../../src/streaming'
+import { type StreamingOptions, StreamingWebSocketService } from '../../src/streaming'
 import { StreamingController } from '../../src/streaming/streaming-controller'
 import { ACTIONS, type FakeServer, type FakeServerOptions, startFakeServer } from './fake-server'
-import { createEditor, positionAfter, renderEditor, streamingNodes, streamText } from './helpers'
+import { createEditor, localTransport, positionAfter, renderEditor, streamingNodes, streamText } from './helpers'
 
 const PARAGRAPH = 'This is really quite long, and the words are very easy to shorten.'
 
@@ -242,23 +237,6 @@ describe('completions through the controller', () => {
 })
 
 /** A transport that takes actions and follow-ups without a server; the test feeds the chunks. */
-function localTransport(): { transport: StreamingTransport; followUps: string[] } {
-  const followUps: string[] = []
-  const ack = async (): Promise<StreamAck> => ({ ok: true })
-  return {
-    followUps,
-    transport: {
-      pause: ack,
-      resume: ack,
-      cancel: ack,
-      runAction: async () => undefined,
-      followUp: async instruction => {
-        followUps.push(instruction)
-      },
-    },
-  }
-}
-
 /** An editor with `html` and a local transport, the cursor right after `after`. */
 function editorAt(html: string, after: string): Editor {
   const editor = createEditor(html)

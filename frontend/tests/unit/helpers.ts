@@ -6,7 +6,13 @@ import StarterKit from '@tiptap/starter-kit'
 import { act, createElement } from 'react'
 import { createRoot } from 'react-dom/client'
 
-import { StreamingExtension, type StreamingOptions, StreamingNode } from '../../src/streaming'
+import {
+  type StreamAck,
+  StreamingExtension,
+  type StreamingOptions,
+  StreamingNode,
+  type StreamingTransport,
+} from '../../src/streaming'
 
 // The React node view only renders inside EditorContent; editors of command tests use the
 // node's plain renderHTML instead.
@@ -92,4 +98,22 @@ export function positionAfter(editor: Editor, text: string): number {
     throw new Error(`"${text}" is not in the document`)
   }
   return found
+}
+
+/** A transport that answers every command and records the follow-up instructions. */
+export function localTransport(): { transport: StreamingTransport; followUps: string[] } {
+  const followUps: string[] = []
+  const ack = async (): Promise<StreamAck> => ({ ok: true })
+  return {
+    followUps,
+    transport: {
+      pause: ack,
+      resume: ack,
+      cancel: ack,
+      runAction: async () => undefined,
+      followUp: async instruction => {
+        followUps.push(instruction)
+      },
+    },
+  }
 }

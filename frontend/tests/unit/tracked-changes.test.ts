@@ -11,10 +11,9 @@ import type { Fragment, Node as ProseMirrorNode } from '@tiptap/pm/model'
 import { act } from 'react'
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest'
 
-import type { StreamingTransport } from '../../src/streaming'
 import { composeContent, diffContent, type TrackedChange } from '../../src/streaming/tracked-changes'
 import type { ChangeDecision } from '../../src/streaming/types'
-import { createEditor, positionAfter, renderEditor, streamingNodes } from './helpers'
+import { createEditor, localTransport, positionAfter, renderEditor, streamingNodes } from './helpers'
 
 /** How many word diffs ran: the tracked changes of a streaming rewrite diff at most once per frame. */
 const diffRuns = vi.hoisted(() => ({ count: 0 }))
@@ -156,23 +155,6 @@ describe('composeContent', () => {
 })
 
 /** A transport that takes actions and follow-ups without a server; the test feeds the chunks. */
-function localTransport(): { transport: StreamingTransport; followUps: string[] } {
-  const followUps: string[] = []
-  const ack = async () => ({ ok: true })
-  return {
-    followUps,
-    transport: {
-      pause: ack,
-      resume: ack,
-      cancel: ack,
-      runAction: async () => undefined,
-      followUp: async instruction => {
-        followUps.push(instruction)
-      },
-    },
-  }
-}
-
 const PARAGRAPH = 'This is really quite long, and the words are very easy to shorten. It says it twice.'
 const SHORTER = 'This is long, and the words are easy to shorten.'
 const DOCUMENT = `<h1>Title</h1><p>${PARAGRAPH}</p><p>After.</p>`
