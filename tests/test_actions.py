@@ -186,3 +186,16 @@ async def test_the_operator_s_prompts_file_adds_an_action(start_server, http, si
     assert ids[-1] == "legal"
     _, status = await run(server, http, sio_clients, {"action": "legal", "context": {"selection": "Hi"}})
     assert status["state"] == "completed" and status["action"] == "legal"
+
+
+async def test_a_follow_up_of_a_session_still_streaming_is_409(server, http, sio_clients):
+    live = await create_session(http, server, "user-1", tokensPerSecond=5.0)
+    got, _ = await post(http, f"{server.url}/api/streaming/{live}/start", {"prompt": "slow"})
+    assert got == 200
+    session_id = await create_session(http, server, "user-1")
+    got, answer = await post(
+        http, f"{server.url}/api/streaming/{session_id}/start", {"prompt": "x", "followUp": live}
+    )
+    assert got == 409 and "still streaming" in answer["error"]
+    async with http.post(f"{server.url}/api/streaming/{live}/cancel") as response:
+        assert response.status == 200

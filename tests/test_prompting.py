@@ -209,3 +209,34 @@ def test_a_bad_prompts_file_names_the_file_the_action_and_the_field(tmp_path, te
         load_actions(write(tmp_path, text))
     for name in names:
         assert name in str(caught.value)
+
+
+def test_a_follow_up_of_an_empty_answer_is_a_conflict():
+    with pytest.raises(RequestError) as caught:
+        build({"prompt": "x"}, Earlier("s1", build({"prompt": "first"}), ""))
+    assert caught.value.status == 409 and "no answer" in caught.value.message
+
+
+def test_a_long_chain_leaves_out_its_oldest_exchanges():
+    limits = PromptLimits(
+        max_prompt_chars=1000, max_context_chars=200, max_follow_ups=10, complete_max_tokens=48
+    )
+    first = build({"prompt": "a" * 90}, limits=limits)
+    second = build({"prompt": "b" * 10}, Earlier("s1", first, "A" * 90), limits=limits)
+    third = build({"prompt": "c" * 10}, Earlier("s2", second, "B" * 10), limits=limits)
+    # 90 + 90 + 10 + 10 characters of earlier turns: within 200, all kept.
+    assert [t.content[0] for t in third.history] == ["a", "A", "b", "B"]
+    fourth = build({"prompt": "d"}, Earlier("s3", third, "C" * 10), limits=limits)
+    # 220 characters: the oldest exchange is left out, the rest stays in order.
+    assert [t.content[0] for t in fourth.history] == ["b", "B", "c", "C"]
+
+
+def test_a_document_alone_is_cut_around_the_selection():
+    document = "x" * 500 + "THE SELECTION" + "y" * 500
+    asked = build({"action": "fix", "context": {"selection": "THE SELECTION", "document": document}})
+    assert "x" * 93 + "<selection>THE SELECTION</selection>" + "y" * 94 in asked.prompt
+
+
+def test_an_empty_selection_is_the_cursor():
+    asked = build({"action": "continue", "context": {"selection": "", "before": "Hi", "after": "there"}})
+    assert "Hi<cursor/>there" in asked.prompt

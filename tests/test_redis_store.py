@@ -68,3 +68,13 @@ async def test_scripts_lost_by_redis_are_loaded_again(store):
     await store.append([chunk("a", 0, "x")], TTL)
     await store.redis.script_flush()
     assert await store.append([chunk("a", 1, "y")], TTL) == [chunk_id(1)]
+
+
+async def test_a_session_whose_keys_are_broken_is_refused_alone(store):
+    for session in ("a", "b"):
+        await store.put_session(session, {"userId": "u"}, "p1", TTL)
+    await store.redis.set(log_key("a"), "not a stream")
+    results = await store.append([chunk("a", 0, "x"), chunk("b", 0, "y"), chunk("a", 1, "z")], TTL)
+    assert isinstance(results[0], ResponseError) and isinstance(results[2], ResponseError)
+    assert results[1] == chunk_id(0)
+    assert [f["c"] for _, f in await store.redis.xrange(log_key("b"))] == ["y"]

@@ -40,9 +40,11 @@ from server.core.errors import StoreUnavailable
 # updated once and its keys' TTL renewed. KEYS: meta and log of each session, in pairs.
 # ARGV: ttl ms, then per session: fence, entry count, per entry its id, n and n
 # field/values (n = 0: no entry), then the meta count m and m field/values. Returns per
-# session 'FENCED'; its entry count when every entry was written (the ids are the ones
-# given); or, when an XADD failed, a list with one result per entry: its id, '' (no
-# entry), or '!' and the error of its XADD.
+# session 'FENCED'; its entry count when every entry was written; '!' and the error when
+# its keys could not be used (a wrong type: nothing of it was written but what came
+# before the error); or, when an XADD was refused, a list with one result per entry: its
+# id, '' (no entry), or '!' and the error of its XADD. Every call inside is a pcall, so
+# one session's failure never stops the others' writes halfway.
 _APPEND = """
 local ttl = ARGV[1]
 local i = 2
@@ -52,18 +54,20 @@ for s = 1, #KEYS / 2 do
   local fence = ARGV[i]
   local count = tonumber(ARGV[i + 1])
   i = i + 2
-  local fenced = redis.call('HGET', meta, 'fence') ~= fence
+  local owner = redis.pcall('HGET', meta, 'fence')
+  local failed = type(owner) == 'table' and owner.err
+  local fenced = not failed and owner ~= fence
   local results = {}
-  local failed = false
+  local refused = false
   for e = 1, count do
     local n = tonumber(ARGV[i + 1])
-    if fenced then
+    if failed or fenced then
       results[e] = ''
     elseif n > 0 then
       local id = redis.pcall('XADD', log, ARGV[i], unpack(ARGV, i + 2, i + 1 + n))
       if type(id) == 'table' and id.err then
         id = '!DUPLICATE ' .. id.err
-        failed = true
+        refused = true
       end
       results[e] = id
     else
@@ -72,19 +76,24 @@ for s = 1, #KEYS / 2 do
     i = i + 2 + n
   end
   local m = tonumber(ARGV[i])
-  if not fenced then
+  if failed then
+    out[s] = '!' .. failed
+  elseif fenced then
+    out[s] = 'FENCED'
+  else
+    local reply = nil
     if m > 0 then
-      redis.call('HSET', meta, unpack(ARGV, i + 1, i + m))
+      reply = redis.pcall('HSET', meta, unpack(ARGV, i + 1, i + m))
     end
-    redis.call('PEXPIRE', meta, ttl)
-    redis.call('PEXPIRE', log, ttl)
-    if failed then
+    redis.pcall('PEXPIRE', meta, ttl)
+    redis.pcall('PEXPIRE', log, ttl)
+    if type(reply) == 'table' and reply.err then
+      out[s] = '!' .. reply.err
+    elseif refused then
       out[s] = results
     else
       out[s] = count
     end
-  else
-    out[s] = 'FENCED'
   end
   i = i + 1 + m
 end
@@ -305,13 +314,16 @@ class RedisStore:
             (reply,) = await self._evalsha_all(self._append_sha, _APPEND, [[len(keys), *keys, *args]])
         out: list[str | Exception] = [""] * len(batch)
         if isinstance(reply, Exception):
-            return [reply] * len(batch)
+            # The script did not run (out of memory, a read-only replica, ...): nothing was
+            # written, so nothing may be delivered; the journal retries the whole batch.
+            raise StoreUnavailable(f"redis refused the append: {reply}")
         for indexes, result in zip(groups.values(), cast(list[Any], reply), strict=True):
-            if result == "FENCED":
+            if result == "FENCED" or (isinstance(result, str) and result.startswith("!")):
+                refused: Exception = Fenced(result) if result == "FENCED" else ResponseError(result[1:])
                 for index in indexes:
-                    out[index] = Fenced(result)
+                    out[index] = refused
                 continue
-            if isinstance(result, int):  # all written: the ids asked for
+            if isinstance(result, int):  # all written: the ids as asked (``N-*`` for events)
                 for index in indexes:
                     out[index] = batch[index].entry_id
                 continue

@@ -15,7 +15,7 @@ import orjson
 
 from providers.base import StreamConfig, Task, Turn
 from server.core.actions import ActionSpec
-from server.core.models import StartIn
+from server.core.models import ContextIn, StartIn
 
 SELECTION_OPEN, SELECTION_CLOSE, CURSOR = "<selection>", "</selection>", "<cursor/>"
 
@@ -139,18 +139,40 @@ def _marked(context: Context) -> str:
     return context.before + marker + context.after
 
 
+def _located(selection: str | None, raw: ContextIn) -> Context:
+    """The editor's context, with an empty selection as none; when only the whole document
+    came, the text around the selection's first occurrence in it becomes ``before`` and
+    ``after`` (so that the cut keeps what is nearest the selection)."""
+    before, after, document = raw.before or "", raw.after or "", raw.document or ""
+    if selection and document and not before and not after:
+        at = document.find(selection)
+        if at >= 0:
+            return Context(selection, document[:at], document[at + len(selection) :], "")
+    return Context(selection, before, after, document)
+
+
 def _join_system(*parts: str | None) -> str | None:
     text = "\n\n".join(p for p in parts if p)
     return text or None
 
 
-def _history_of(earlier: Earlier, limit: int) -> tuple[Turn, ...]:
+def _history_of(earlier: Earlier, limits: PromptLimits) -> tuple[Turn, ...]:
+    """The conversation a follow-up continues: at most ``MAX_FOLLOW_UPS`` exchanges, and the
+    oldest left out while the turns hold more than ``MAX_CONTEXT_CHARS``."""
     asked = earlier.conversation
     if asked is None:
         raise RequestError(409, f"followUp: session {earlier.session_id} was never started")
+    if not earlier.answer:
+        raise RequestError(409, f"followUp: session {earlier.session_id} has no answer")
     history = (*asked.history, Turn("user", asked.prompt), Turn("assistant", earlier.answer))
-    if len(history) // 2 > limit:
-        raise RequestError(400, f"followUp: the chain is longer than MAX_FOLLOW_UPS ({limit})")
+    if len(history) // 2 > limits.max_follow_ups:
+        raise RequestError(
+            400, f"followUp: the chain is longer than MAX_FOLLOW_UPS ({limits.max_follow_ups})"
+        )
+    size = sum(len(turn.content) for turn in history)
+    while len(history) > 2 and size > limits.max_context_chars:
+        size -= len(history[0].content) + len(history[1].content)
+        history = history[2:]
     return history
 
 
@@ -184,14 +206,11 @@ def build_conversation(
     tone = options.tone if options else None
     if "language" in spec.options and not language:
         raise RequestError(400, f"Action {action_id!r} needs options.language")
-    history = _history_of(earlier, limits.max_follow_ups) if earlier is not None else ()
+    history = _history_of(earlier, limits) if earlier is not None else ()
     follow_up = earlier.session_id if earlier is not None else None
     context = Context()
     if raw is not None:
-        context = cut_context(
-            Context(raw.selection, raw.before or "", raw.after or "", raw.document or ""),
-            limits.max_context_chars,
-        )
+        context = cut_context(_located(raw.selection or None, raw), limits.max_context_chars)
     task = Task(
         action=action_id,
         instruction=instruction,

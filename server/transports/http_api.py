@@ -26,7 +26,7 @@ from server.core.models import (
     parse_session_id,
 )
 from server.core.prompting import Earlier, RequestError, build_conversation
-from server.core.session_view import SessionView, short_id
+from server.core.session_view import SessionState, SessionView, short_id
 from server.core.sessions import SessionFull, StreamingSession
 from server.guards.auth import (
     FORBIDDEN,
@@ -346,6 +346,8 @@ async def earlier_of(request: web.Request, session: SessionView, follow_up: str 
         raise ApiError(404, "followUp: session not found")
     if earlier.user_id != session.user_id:
         raise ApiError(403, "followUp: that session belongs to another user")
+    if earlier.is_live and earlier.state is not SessionState.CREATED:
+        raise ApiError(409, "followUp: that session is still streaming; follow up once it has ended")
     await settled(earlier)
     return Earlier(earlier.id, await manager.conversation_of(earlier), earlier.text)
 

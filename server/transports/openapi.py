@@ -289,7 +289,7 @@ class _Paths:
                         403: f"{forbidden}, or `followUp` names another user's session",
                         404: f"{not_found}, or `followUp` names no session",
                         409: "already started, finished or cancelled, or `followUp` names a session "
-                        "never started",
+                        "never started, still streaming, or without an answer",
                         413: f"body over `MAX_BODY_BYTES`, prompt over `MAX_PROMPT_CHARS` "
                         f"({settings.max_prompt_chars}), or `context.selection` over "
                         f"`MAX_CONTEXT_CHARS` ({settings.max_context_chars})",
