@@ -86,3 +86,30 @@ async def test_cancel_after_a_takeover_cancels_the_response(nodes, http, viewers
     assert on_b.completes[0]["finishReason"] == "cancelled"
     assert on_b.errors == []
     assert_contiguous(on_b, (await status_of(http, b, session_id))["chunks"])
+
+
+async def test_a_takeover_of_an_action_goes_on_with_the_same_conversation(nodes, http, viewers, fake):
+    a, b = await openai_nodes(nodes, fake, 2)
+    session_id = await create(http, a, provider="openai")
+    _, on_b = await viewers(b, session_id)
+    selection = "A paragraph the writer selected, to be made shorter."
+    status, body = await post(
+        http,
+        f"{a.url}/api/streaming/{session_id}/start",
+        {"action": "shorten", "context": {"selection": selection, "before": "Intro. "}},
+    )
+    assert status == 200, body
+    response = await fake.wait_for_response()
+    await on_b.wait_for(lambda: len(on_b.chunks) >= 5)
+    a.kill()
+    await on_b.wait_finished(timeout=WAIT + 30)
+    final = await status_of(http, b, session_id)
+    assert on_b.errors == [] and final["state"] == "completed"
+    assert on_b.text == final["text"] == "".join(TOKENS)
+    # The conversation was asked once, with the action's messages; the successor re-attached
+    # to that response and knows what it was (for a follow-up from any process).
+    (created,) = fake.requests_to("POST", "/v1/responses")
+    assert f"Intro. <selection>{selection}</selection>" in created.body["input"]
+    assert "replacement text only" in created.body["instructions"]
+    assert fake.requests_to("GET", f"/v1/responses/{response.id}")
+    assert final["action"] == "shorten"
