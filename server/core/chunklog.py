@@ -89,14 +89,16 @@ class ChunkLog(Sequence[Payload]):
         """Log a chunk payload (its ``seq`` must be the next one); its content's size in
         UTF-8 bytes."""
         data = chunk["content"].encode()
+        size = len(data)
         tail = self._tail
         if isinstance(tail, bytes):  # sealed, and yet written to: make it growable again
             tail = self._tail = bytearray(tail)
         tail += data
-        while len(tail) >= BLOCK_BYTES:
-            self._blocks.append(bytes(tail[:BLOCK_BYTES]))
-            del tail[:BLOCK_BYTES]
-        self._size += len(data)
+        if len(tail) >= BLOCK_BYTES:
+            while len(tail) >= BLOCK_BYTES:
+                self._blocks.append(bytes(tail[:BLOCK_BYTES]))
+                del tail[:BLOCK_BYTES]
+        self._size += size
         self._ends.append(self._size)
         stamp: int = chunk["timestamp"]
         if self._t0 is None:
@@ -108,15 +110,11 @@ class ChunkLog(Sequence[Payload]):
         metas = self._metas
         if type(tokens) is int and tokens in _INT32 and tokens != NO_TOKENS:
             self._tokens.append(tokens)
-            last = metas[-1] if metas else None
-            # Per chunk: compare with the run's metadata without building a dict first.
-            if last is not None and len(metadata) == len(last) + 1 and "tokens" not in last:
-                if all(metadata.get(key, _MISSING) == value for key, value in last.items()):
-                    rest = last
-                else:
-                    rest = {key: value for key, value in metadata.items() if key != "tokens"}
-            else:
-                rest = {key: value for key, value in metadata.items() if key != "tokens"}
+            # Per chunk: the metadata without its count, compared with the run's in C.
+            rest = metadata.copy()
+            del rest["tokens"]
+            if metas and rest == metas[-1]:
+                rest = metas[-1]
         else:
             self._tokens.append(NO_TOKENS)
             rest = metadata
@@ -124,8 +122,8 @@ class ChunkLog(Sequence[Payload]):
             self._meta_starts.append(len(self._ends) - 1)
             metas.append(rest)
         if self._budget is not None:
-            self._budget.used += len(data) + PER_CHUNK_BYTES
-        return len(data)
+            self._budget.used += size + PER_CHUNK_BYTES
+        return size
 
     def seal(self) -> None:
         """No more chunks are expected: keep the buffers at their exact size."""

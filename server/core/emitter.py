@@ -129,7 +129,10 @@ class ViewerSet:
 
     def lagging(self) -> bool:
         max_lag = self.limits.max_lag
-        return any(viewer.backlog() > max_lag for viewer in self.viewers.values())
+        for viewer in self.viewers.values():  # a loop, not any(genexpr): once per chunk
+            if viewer.backlog() > max_lag:
+                return True
+        return False
 
     def hold(self) -> None:
         """Output is held for a lagging viewer: watch until it catches up or is dropped."""
