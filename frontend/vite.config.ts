@@ -12,6 +12,7 @@ export default defineConfig({
       '/healthz': server,
       '/socket.io': { target: server, ws: true },
       '/ws': { target: server, ws: true },
+      '/collab': { target: server, ws: true },
     },
   },
   build: {

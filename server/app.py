@@ -13,12 +13,17 @@ import socketio
 from aiohttp import WSCloseCode, web
 
 from providers.base import AIProvider
+from server.collab.peer import DocumentPeers, PeerIdentity
+from server.collab.rooms import DocumentRooms, RoomLimits
+from server.collab.stores import DocumentStore, MemoryDocumentStore, SQLiteDocumentStore
 from server.core.manager import StreamingSessionManager
 from server.core.registry import InMemorySessionRegistry
 from server.guards.auth import Authenticator, OriginPolicy
 from server.guards.metrics import build_registry
 from server.guards.ratelimit import Limits, limits_key
 from server.settings import Settings
+from server.transports.collab_api import add_routes as add_collab_routes
+from server.transports.collab_api import collab_rooms_key
 from server.transports.http_api import (
     Handler,
     add_routes,
@@ -42,6 +47,8 @@ log = logging.getLogger(__name__)
 sio_key = web.AppKey("sio", socketio.AsyncServer)
 #: Transports of upgraded (WebSocket) requests still being handled, aborted on shutdown.
 upgrades_key = web.AppKey("upgrades", set[asyncio.Transport])
+#: The AI peers of this process (``server.collab.peer``).
+collab_peers_key = web.AppKey("collab_peers", DocumentPeers)
 socket_api_key = web.AppKey("socket_api", SocketAPI)
 #: Direct Socket.IO WebSockets (``server.transports.sio_direct``), when ``SOCKETIO_DIRECT_WEBSOCKET`` is on.
 direct_hub_key = web.AppKey("direct_hub", DirectHub)
@@ -52,12 +59,17 @@ _NOT_BUILT = """<!doctype html><meta charset="utf-8"><title>Streaming server</ti
 
 
 def create_app(
-    settings: Settings | None = None, *, providers: Mapping[str, AIProvider] | None = None
+    settings: Settings | None = None,
+    *,
+    providers: Mapping[str, AIProvider] | None = None,
+    document_store: DocumentStore | None = None,
 ) -> web.Application:
-    """Build the whole server: HTTP API, Socket.IO, plain WebSocket and the demo page.
+    """Build the whole server: HTTP API, Socket.IO, plain WebSocket, collaborative
+    documents and the demo page.
 
     ``providers`` replaces the built-in providers of those names with ready instances
-    (tests use it to count pulls or script failures).
+    (tests use it to count pulls or script failures); ``document_store`` replaces the
+    store of collaborative documents that ``COLLAB_STORE`` names.
     """
     settings = settings or Settings()
     app = web.Application(
@@ -115,6 +127,18 @@ def create_app(
     app[websockets_key] = set()
     app[upgrades_key] = set()
     app[shutdown_key] = Shutdown()
+    rooms = app[collab_rooms_key] = DocumentRooms(
+        document_store or _document_store(settings), RoomLimits.from_settings(settings)
+    )
+    # The AI as a peer: sessions whose start names a ``target`` write into that document.
+    peers = app[collab_peers_key] = DocumentPeers(
+        rooms,
+        flush_interval=settings.collab_flush_ms / 1000,
+        identity=PeerIdentity(settings.collab_ai_name, settings.collab_ai_color),
+    )
+    manager.on_target = peers.attach
+    # First in, last out: documents are stored after the sessions that write into them end.
+    app.cleanup_ctx.append(_collab_ctx)
 
     if settings.redis_url:
         # Imported here: without REDIS_URL nothing of Redis is loaded.
@@ -129,6 +153,7 @@ def create_app(
     add_openapi_route(app)
     add_ops_routes(app, build_registry(manager))
     app.router.add_get("/ws/stream/{session_id}", stream_socket)
+    add_collab_routes(app)
     _add_frontend(app, settings)
     app.on_shutdown.append(_on_shutdown)
     return app
@@ -183,6 +208,27 @@ def _add_frontend(app: web.Application, settings: Settings) -> None:
     assets = settings.static_dir / "assets"
     if assets.is_dir():
         app.router.add_static("/assets", assets)
+
+
+def _document_store(settings: Settings) -> DocumentStore:
+    """Where collaborative documents persist (``COLLAB_STORE``)."""
+    if settings.collab_store == "memory":
+        return MemoryDocumentStore()
+    return SQLiteDocumentStore(
+        settings.collab_data_dir,
+        squash_after=settings.collab_squash_after,
+        open_documents=settings.collab_sqlite_open_documents,
+    )
+
+
+async def _collab_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Collaborative documents: on the way out, store what is not stored yet (within a
+    share of ``SHUTDOWN_TIMEOUT``), stop the rooms, close the store."""
+    yield
+    # The sessions have ended (or moved to another process): each peer writes what it holds.
+    await app[collab_peers_key].close()
+    budget = app[settings_key].shutdown_timeout * (1 - SHUTDOWN_SHARE - HANDLERS_SHARE)
+    await app[collab_rooms_key].close(grace=budget)
 
 
 async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:

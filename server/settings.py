@@ -240,6 +240,77 @@ class Settings(BaseSettings):
         19,
     )
 
+    # Collaborative documents (issue 21; docs/collaboration.md).
+    collab_store: Literal["sqlite", "memory"] = setting(
+        "sqlite",
+        "where collaborative documents persist: `sqlite` (one database file under"
+        " `COLLAB_DATA_DIR`) or `memory` (lost on restart: tests and demos); in Redis mode"
+        " they live in Redis",
+        21,
+    )
+    collab_data_dir: Path = setting(
+        Path("data"),
+        "folder of the SQLite document store, relative to the folder the server starts from;"
+        " created when the first document is opened",
+        21,
+    )
+    collab_max_document_bytes: int = setting(
+        16 * 1024 * 1024,
+        "bytes one document may take in its store; a client whose update would pass it is"
+        " closed (1009) and the update dropped",
+        21,
+        ge=1024,
+    )
+    collab_max_message_bytes: int = setting(
+        16 * 1024 * 1024,
+        "largest y-websocket message a client may send to `/collab` (a larger one closes it, 1009)",
+        21,
+        ge=1024,
+    )
+    collab_max_connections_per_document: int = setting(
+        200, "WebSockets open on one document; past it the upgrade is refused (429)", 21, ge=1
+    )
+    collab_room_idle_timeout: float = setting(
+        60.0,
+        "seconds a document stays in memory with no client and no writer (every update is"
+        " stored before it leaves)",
+        21,
+        gt=0,
+    )
+    collab_sync_timeout: float = setting(
+        10.0,
+        "seconds a `/collab` client has to send its sync step 1 after it connects, else it is closed (1008)",
+        21,
+        gt=0,
+    )
+    collab_squash_after: int = setting(
+        300,
+        "SQLite store: a document not written for this many seconds has its stored history"
+        " squashed into one update on its next write",
+        21,
+        ge=1,
+    )
+    collab_flush_ms: int = setting(
+        60,
+        "the AI peer writes the text it received into the document at most this often"
+        " (milliseconds): one transaction per batch, not per token, since every collaborator's"
+        " editor re-renders on each update",
+        21,
+        ge=1,
+        le=5000,
+    )
+    collab_ai_name: str = setting(
+        "AI", "the name collaborators see for the AI peer (its awareness `user.name`)", 21, min_length=1
+    )
+    collab_ai_color: str = setting("#7c3aed", "the AI peer's caret colour (awareness `user.color`)", 21)
+    collab_sqlite_open_documents: int = setting(
+        256,
+        "SQLite store: documents whose database connection stays open; past it the least"
+        " recently used one is closed",
+        21,
+        ge=1,
+    )
+
     # Rate limits (token buckets: a rate per second and a burst).
     trusted_proxies: Annotated[list[str], NoDecode] = setting(
         [],

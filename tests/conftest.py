@@ -17,8 +17,9 @@ from tests.cluster_nodes import nodes, viewers  # noqa: F401  (fixtures)
 from tests.helpers import LiveServer, ServerFactory, StreamingTestServer, make_settings
 from tests.redis_server import RedisServer
 
-#: Fixtures of the fake OpenAI/Anthropic upstream (``upstream``, ``upstream_server``).
-pytest_plugins = ["tests.upstream_fixtures"]
+#: Fixtures of the fake OpenAI/Anthropic upstream (``upstream``, ``upstream_server``) and of
+#: collaborative documents (``start_collab``, ``collab``, ``collaborators``).
+pytest_plugins = ["tests.upstream_fixtures", "tests.collab_fixtures"]
 
 #: Suites that measure time or memory against a bound: ``make test`` runs them after the
 #: others, alone, so that the parallel workers (pytest-xdist) cannot skew their clocks.

@@ -24,6 +24,8 @@ def make_settings(**overrides: Any) -> Settings:
     """Settings for tests: demo provider at full speed, no keys from the environment."""
     values: dict[str, Any] = {
         "default_provider": "demo",
+        # Collaborative documents in memory unless a test is about their persistence.
+        "collab_store": "memory",
         "openai_api_key": None,
         "openai_base_url": None,
         "anthropic_api_key": None,

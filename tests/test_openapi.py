@@ -116,7 +116,10 @@ class ThreadedServer:
         app = create_app(make_settings(**self._overrides))
         assert has_route(app, OPENAPI_PATH), "create_app serves the document"
         # As the document spells them: {sessionId} for aiohttp's {session_id}.
-        self.routes = {r.canonical.replace("{session_id}", "{sessionId}") for r in app.router.resources()}
+        self.routes = {
+            r.canonical.replace("{session_id}", "{sessionId}").replace("{document_id}", "{documentId}")
+            for r in app.router.resources()
+        }
         server = StreamingTestServer(app, host="127.0.0.1", port=0)
         await server.start_server()
         self.url = str(server.make_url("")).rstrip("/")
@@ -177,7 +180,7 @@ def test_served_document_follows_the_settings(live_server: ThreadedServer) -> No
 
 
 #: Served, and not part of the HTTP API the document describes.
-NOT_HTTP_API = {"/", "/assets", "/socket.io/", "/ws/stream/{sessionId}"}
+NOT_HTTP_API = {"/", "/assets", "/socket.io/", "/ws/stream/{sessionId}", "/collab/{documentId}"}
 
 
 def test_every_route_is_documented(live_server: ThreadedServer) -> None:

@@ -129,7 +129,7 @@ class ViewerSet:
 
     def lagging(self) -> bool:
         max_lag = self.limits.max_lag
-        for viewer in self.viewers.values():  # a loop, not any(genexpr): once per chunk
+        for viewer in self.viewers.values():  # noqa: SIM110 (a loop, not any(genexpr): once per chunk)
             if viewer.backlog() > max_lag:
                 return True
         return False

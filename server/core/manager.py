@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Protocol
 
 from providers.base import AIProvider, StreamConfig
@@ -109,6 +109,9 @@ class StreamingSessionManager:
         self.log_budget = LogBudget(settings.max_log_bytes)
         #: The Redis side, when ``REDIS_URL`` is set (see :mod:`server.cluster.coordinator`).
         self.cluster: SharedSessions | None = None
+        #: Attaches the AI peer to a session whose answer goes into a collaborative document
+        #: (set by the app: ``server.collab.peer.DocumentPeers.attach``).
+        self.on_target: Callable[[StreamingSession], None] | None = None
         #: How late the event loop wakes up, smoothed, in seconds (:meth:`run_pacer`).
         self.loop_lag = 0.0
         #: The editor actions: built-in, and the operator's ``PROMPTS_FILE`` (a problem in
@@ -162,7 +165,12 @@ class StreamingSessionManager:
             epoch=epoch,
             created_at=created_at,
             log_budget=self.log_budget,
+            on_target=self._attach_target,
         )
+
+    def _attach_target(self, session: StreamingSession) -> None:
+        if self.on_target is not None:
+            self.on_target(session)
 
     async def create_session(self, user_id: str, config: StreamConfig) -> StreamingSession:
         """A new session owned by this process; :class:`TooManySessions` over the user's quota

@@ -7,6 +7,8 @@ what the server answers. ``server.transports.openapi`` turns both into the OpenA
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -87,6 +89,29 @@ class OptionsIn(WireModel):
     """The tone ``tone`` writes in (default: professional)."""
 
 
+DocumentId = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+"""A collaborative document's id (``/collab/{documentId}``)."""
+
+
+class TargetIn(WireModel):
+    """A collaborative document the server writes the answer into, as a peer."""
+
+    document_id: DocumentId
+    anchor: Annotated[StrictStr, Field(min_length=1, max_length=4096)] | None = None
+    """Base64 of ``Y.encodeRelativePosition(...)`` in the ``default`` fragment: where the
+    answer's blocks go. Absent: at the end of the document."""
+
+    @field_validator("anchor")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("anchor must be base64 (Y.encodeRelativePosition)") from None
+        return value
+
+
 class StartIn(WireModel):
     """``POST /api/streaming/{sessionId}/start``. Only ``prompt`` given: the model gets the
     prompt alone, as in the seed."""
@@ -102,6 +127,9 @@ class StartIn(WireModel):
     follow_up: StrictStr | None = None
     """The ``sessionId`` of an earlier session of the same user whose request and answer the
     model gets as the conversation so far; unknown: 404, another user's: 403."""
+    target: TargetIn | None = None
+    """Write the answer into this collaborative document as it streams (a token must be
+    allowed to edit it: 403)."""
 
 
 def encode_json(value: object) -> str:
@@ -262,6 +290,15 @@ class SessionErrorOut(WireModel):
     error: StrictStr
 
 
+class TargetOut(WireModel):
+    """Where the AI peer writes a session's answer."""
+
+    document_id: StrictStr
+    relocated: Annotated[StrictInt, Field(ge=0)]
+    """How many times a collaborator deleted the block the answer was going into, so that it
+    went on in a new block after the last one still there."""
+
+
 class SessionStatusOut(WireModel):
     """``GET /api/streaming/{sessionId}``."""
 
@@ -287,6 +324,8 @@ class SessionStatusOut(WireModel):
     """The action it was started with (``custom`` for a bare prompt); ``null`` before it starts."""
     follow_up: StrictStr | None
     """The session whose conversation it continues, or ``null``."""
+    target: TargetOut | None = None
+    """The collaborative document the answer is written into, or ``null``."""
 
 
 class ActionOut(WireModel):

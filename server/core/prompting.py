@@ -31,6 +31,15 @@ class RequestError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Target:
+    """The collaborative document a session writes its answer into (``target`` of a start)."""
+
+    document_id: str
+    #: Base64 of a Yjs relative position in the ``default`` fragment; None: the end.
+    anchor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Conversation:
     """What a session asked its provider: kept with the session (and in Redis mode with its
     log) so that a follow-up, a takeover and ``GET /api/streaming/{id}`` see it."""
@@ -44,6 +53,8 @@ class Conversation:
     follow_up: str | None = None
     #: ``maxTokens`` this action uses when the session's config sets none (``complete``).
     max_tokens: int | None = None
+    #: The document the server writes the answer into, if any.
+    target: Target | None = None
 
     @classmethod
     def bare(cls, prompt: str, system: str | None) -> Conversation:
@@ -75,6 +86,7 @@ class Conversation:
             task=Task(**{**task, "options": tuple((k, v) for k, v in task.get("options", ()))}),
             follow_up=data.get("follow_up"),
             max_tokens=data.get("max_tokens"),
+            target=Target(**data["target"]) if data.get("target") else None,
         )
 
 
@@ -222,11 +234,19 @@ def build_conversation(
         options=tuple((k, v) for k, v in (("language", language), ("tone", tone)) if v),
     )
     max_tokens = limits.complete_max_tokens if action_id == "complete" else None
+    target = Target(body.target.document_id, body.target.anchor) if body.target else None
     if action_id == "custom" and raw is None:
         # The prompt alone, as before this existed (and a follow-up's instruction as is).
         earlier_system = earlier.conversation.system if earlier and earlier.conversation else None
         return Conversation(
-            action_id, body.prompt, earlier_system or client_system, history, task, follow_up, max_tokens
+            action_id,
+            body.prompt,
+            earlier_system or client_system,
+            history,
+            task,
+            follow_up,
+            max_tokens,
+            target,
         )
     fields = {
         "selection": context.selection or "",
@@ -247,4 +267,5 @@ def build_conversation(
         task,
         follow_up,
         max_tokens,
+        target,
     )

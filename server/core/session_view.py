@@ -82,6 +82,9 @@ class SessionView:
         self.touched = time.monotonic()
         #: What the provider was asked (action, messages), once the session started.
         self.conversation: Conversation | None = None
+        #: Times the AI peer lost the block it wrote into (a collaborator deleted it) and went
+        #: on in a new one (``target.relocated`` of the status; known where the stream runs).
+        self.target_relocated = 0
         self._terminal_event: tuple[str, Payload] | None = None
 
     # -- queries -------------------------------------------------------------
@@ -119,7 +122,14 @@ class SessionView:
             "error": self.error,
             "action": self.conversation.action if self.conversation else None,
             "followUp": self.conversation.follow_up if self.conversation else None,
+            "target": self._target_payload(),
         }
+
+    def _target_payload(self) -> Payload | None:
+        target = self.conversation.target if self.conversation else None
+        if target is None:
+            return None
+        return {"documentId": target.document_id, "relocated": self.target_relocated}
 
     # -- viewers -------------------------------------------------------------
 

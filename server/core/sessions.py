@@ -105,6 +105,7 @@ class StreamingSession(SessionView):
         created_at: float | None = None,
         journal: Journal | None = None,
         log_budget: LogBudget | None = None,
+        on_target: Callable[[StreamingSession], None] | None = None,
     ) -> None:
         self.emitter = ChunkEmitter(
             short_id(session_id),
@@ -135,6 +136,9 @@ class StreamingSession(SessionView):
         self._resume = ResumePoints()
         #: Stopped here without an end, to be continued by another process.
         self.handed_over = False
+        #: Called when this process starts (or takes over) a stream whose answer goes into a
+        #: collaborative document (``server.collab.peer``: the AI peer that writes it).
+        self._on_target = on_target
         self.pump = ProviderPump(
             self.emitter, limits, streaming=self._streaming, alive=lambda: self.is_live, take=self._take
         )
@@ -236,6 +240,8 @@ class StreamingSession(SessionView):
         whose conversation the log kept)."""
         self.conversation = conversation
         self.config = conversation.configure(self.config)
+        if conversation.target is not None and self._on_target is not None:
+            self._on_target(self)
 
     def continue_stream(self, chars: int, checkpoint: dict[str, Any]) -> None:
         """Go on with a stream another process started, from its logged resume point

@@ -5,8 +5,9 @@ Tokens are checked by PyJWT. The token's ``sub`` is the user; a session belongs 
 user who created it, and only that user may start, pause, resume or cancel it. Viewing is
 for the owner and for the users the app lets watch: a token whose ``view`` claim lists the
 owner's user id may view that owner's sessions (the app's backend, which mints tokens,
-decides who watches whom). With no secret and no public key set, access is open, as in
-``make dev``.
+decides who watches whom). A collaborative document may be joined, and written into by a
+session's ``target``, with a token whose ``docs`` claim lists its id or a prefix of it
+ending in ``*``. With no secret and no public key set, access is open, as in ``make dev``.
 
 Tokens never appear in a log line, an error message or a metric.
 """
@@ -44,6 +45,9 @@ class Identity:
     user: str
     #: Owners whose sessions this bearer may view (the ``view`` claim).
     views: frozenset[str] = frozenset()
+    #: Collaborative documents this bearer may edit (the ``docs`` claim): ids, and
+    #: prefixes ending in ``*``.
+    docs: frozenset[str] = frozenset()
 
 
 class Authenticator:
@@ -90,11 +94,12 @@ class Authenticator:
         user = claims.get("sub")
         if not isinstance(user, str) or not user:
             raise Unauthorized(UNAUTHORIZED)
-        views = claims.get("view")
-        allowed = (
-            frozenset(v for v in views if isinstance(v, str)) if isinstance(views, list) else frozenset()
-        )
-        return Identity(user, allowed)
+        return Identity(user, _strings(claims.get("view")), _strings(claims.get("docs")))
+
+
+def _strings(claim: object) -> frozenset[str]:
+    """A claim that lists names: its strings (anything else in it is ignored)."""
+    return frozenset(v for v in claim if isinstance(v, str)) if isinstance(claim, list) else frozenset()
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -113,6 +118,15 @@ def may_view(identity: Identity | None, owner: str) -> bool:
 def may_control(identity: Identity | None, owner: str) -> bool:
     """Whether ``identity`` may start, pause, resume or cancel a session of ``owner``."""
     return identity is None or identity.user == owner
+
+
+def may_edit_document(identity: Identity | None, document_id: str) -> bool:
+    """Whether ``identity`` may join and write the collaborative document ``document_id``:
+    its ``docs`` claim lists the id, or a prefix of it ending in ``*`` (anyone, when access
+    is open)."""
+    if identity is None or document_id in identity.docs:
+        return True
+    return any(granted.endswith("*") and document_id.startswith(granted[:-1]) for granted in identity.docs)
 
 
 class OriginPolicy:

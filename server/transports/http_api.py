@@ -3,6 +3,7 @@ the limits every connection is counted against (:mod:`server.guards.ratelimit`).
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from providers.base import StreamConfig
+from server.collab.writer import AnchorError, decode_anchor
 from server.core.commands import PERSIST_WAIT, Action, session_command, start_command
 from server.core.errors import StoreUnavailable
 from server.core.manager import ProviderUnavailable, StreamingSessionManager, TooManySessions, Unavailable
@@ -21,6 +23,7 @@ from server.core.models import (
     Resume,
     StartIn,
     StreamConfigIn,
+    TargetIn,
     encode_json,
     parse_resume,
     parse_session_id,
@@ -36,6 +39,7 @@ from server.guards.auth import (
     Unauthorized,
     bearer_token,
     may_control,
+    may_edit_document,
     may_view,
 )
 from server.guards.metrics import SESSIONS_BY_ACTION
@@ -357,6 +361,8 @@ async def start_session(request: web.Request) -> web.Response:
     editor's context (``{action, context, options, followUp}``)."""
     session = await session_of(request, control=True)
     body = await read_body(request, StartIn)
+    if body.target is not None:
+        check_target(request, body.target)
     manager = request.app[manager_key]
     try:
         conversation = build_conversation(
@@ -374,6 +380,20 @@ async def start_session(request: web.Request) -> web.Response:
     SESSIONS_BY_ACTION.labels(action=conversation.action).inc()
     log.info("session %s: started", short_id(session.id))
     return json_response({"status": "started"})
+
+
+def check_target(request: web.Request, target: TargetIn) -> None:
+    """403 when the caller may not edit the target document, 400 for an anchor that is no
+    Yjs relative position."""
+    if not may_edit_document(identity_of(request), target.document_id):
+        raise ApiError(403, "target: this token may not edit that document")
+    if target.anchor is not None:
+        try:
+            decode_anchor(base64.b64decode(target.anchor))
+        except AnchorError:
+            raise ApiError(
+                400, "target.anchor is not a Yjs relative position (Y.encodeRelativePosition)"
+            ) from None
 
 
 async def settled(session: SessionView) -> SessionView:

@@ -393,6 +393,48 @@ class _Paths:
                     tag="operations",
                 )
             },
+            "/api/collab/{documentId}": {
+                "get": self.operation(
+                    "exportDocument",
+                    "A collaborative document as it stands",
+                    {
+                        "description": "`markdown` (the default) as CommonMark, `text` as plain text, `json`"
+                        " as Tiptap's `getJSON()`.",
+                        "content": {
+                            "application/json": {"schema": {"type": "object"}},
+                            "text/markdown": {"schema": {"type": "string"}},
+                            "text/plain": {"schema": {"type": "string"}},
+                        },
+                    },
+                    {
+                        400: "an invalid `documentId` or `format`",
+                        401: unauthorized,
+                        403: f"the token's `docs` claim does not list the document, or {origin}",
+                        404: "a document never written",
+                        503: "the document store is unreachable",
+                    },
+                    tag="documents",
+                    parameters=[
+                        {
+                            "name": "documentId",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+                        },
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "required": False,
+                            "schema": {
+                                "type": "string",
+                                "enum": ["markdown", "json", "text"],
+                                "default": "markdown",
+                            },
+                        },
+                    ],
+                    security=open_or_bearer,
+                )
+            },
             "/readyz": {
                 "get": self.operation(
                     "readyz",

@@ -115,7 +115,13 @@ def test_packed_library_installs_type_checks_and_builds_in_a_fresh_app(tmp_path:
         "@tiptap/react",
         "react",
         "socket.io-client",
+        # Optional: only `tiptap-streaming/collab` (collaborative documents) needs them.
+        "@tiptap/y-tiptap",
+        "y-protocols",
+        "yjs",
     }
+    assert set(manifest["peerDependenciesMeta"]) == {"@tiptap/y-tiptap", "y-protocols", "yjs"}
+    assert {"dist-lib/collab.js", "dist-lib/types/collab.d.ts"} <= files
     app = tmp_path / "fresh-app"
     (app / "src").mkdir(parents=True)
     # The app installs the Tiptap peers at one version, @tiptap/markdown among them.

@@ -6,11 +6,16 @@
  * "Continue writing" at the cursor and ghost-text autocomplete. `?session=<id>` watches a
  * session started elsewhere (another tab); settings for the server's demo provider can be
  * given in the query string (?tokensPerSecond=20&maxTokens=200&format=text&review=1&insertAt=selection).
+ *
+ * `?doc=<id>` makes the page collaborative: the editor shows the shared document `<id>`
+ * (Tiptap's Collaboration and CollaborationCaret on the server's `/collab`), every tab has
+ * a name and colour, and the server writes the AI's answers into the document, for everyone.
  */
-import type { Editor } from '@tiptap/core'
+import type { AnyExtension, Editor } from '@tiptap/core'
 import { EditorContent, useEditor } from '@tiptap/react'
 import StarterKit from '@tiptap/starter-kit'
 import { useEffect, useRef, useState } from 'react'
+import type { WebsocketProvider } from 'y-websocket'
 
 import {
   type ActionDefinition,
@@ -24,11 +29,12 @@ import {
   useStreaming,
 } from '../streaming'
 import { AiMenu } from './AiMenu'
+import type { DemoCollaboration } from './collab'
 
 declare global {
   interface Window {
-    /** The page's editor and service, for end-to-end tests and the console. */
-    __streaming?: { editor: Editor; service: StreamingWebSocketService }
+    /** The page's editor, service and (collaborative) provider, for end-to-end tests and the console. */
+    __streaming?: { editor: Editor; service: StreamingWebSocketService; provider?: WebsocketProvider }
   }
 }
 
@@ -112,7 +118,71 @@ const service = new StreamingWebSocketService({
   getToken: token === undefined ? undefined : () => token,
 })
 
-export function App() {
+/**
+ * The editor's extensions: with a shared document, Collaboration (which brings its own
+ * undo, so StarterKit's is off), the others' carets, and answers written by the server.
+ */
+function editorExtensions(collab: DemoCollaboration | null): AnyExtension[] {
+  const autocomplete = { debounceMs: 400, config: completionConfig() }
+  if (!collab) {
+    return [StarterKit, StreamingNode, StreamingExtension.configure({ autocomplete })]
+  }
+  return [
+    StarterKit.configure({ undoRedo: false }),
+    StreamingNode,
+    StreamingExtension.configure({ autocomplete, collaboration: collab.streaming }),
+    ...collab.extensions,
+  ]
+}
+
+/** Whether the page's document is connected and in sync, and who is in it (an AI peer too). */
+function useCollaborators(collab: DemoCollaboration | null): { synced: boolean; people: DemoPerson[] } {
+  const [synced, setSynced] = useState(collab?.provider.synced ?? false)
+  const [people, setPeople] = useState<DemoPerson[]>([])
+  useEffect(() => {
+    if (!collab) {
+      return undefined
+    }
+    const { provider } = collab
+    const onSync = (isSynced: boolean) => setSynced(isSynced)
+    const onChange = () => setPeople(peopleIn(provider))
+    provider.on('sync', onSync)
+    provider.awareness.on('change', onChange)
+    setSynced(provider.synced)
+    onChange()
+    return () => {
+      provider.off('sync', onSync)
+      provider.awareness.off('change', onChange)
+    }
+  }, [collab])
+  return { synced, people }
+}
+
+/** Someone in the shared document, as their awareness names them. */
+interface DemoPerson {
+  clientId: number
+  name: string
+  color: string
+  ai: boolean
+}
+
+function peopleIn(provider: WebsocketProvider): DemoPerson[] {
+  const people: DemoPerson[] = []
+  provider.awareness.getStates().forEach((state, clientId) => {
+    const user = state.user as { name?: unknown; color?: unknown; aiInstanceId?: unknown } | undefined
+    if (user && typeof user.name === 'string') {
+      people.push({
+        clientId,
+        name: user.name,
+        color: typeof user.color === 'string' ? user.color : '#6b7280',
+        ai: typeof user.aiInstanceId === 'string',
+      })
+    }
+  })
+  return people
+}
+
+export function App({ collaboration }: { collaboration: DemoCollaboration | null }) {
   const [prompt, setPrompt] = useState('Explain how AI text streams into a rich text editor')
   const [animationType, setAnimationType] = useState<AnimationType>('wave')
   const [markdown, setMarkdown] = useState(params.get('format') !== 'text')
@@ -123,14 +193,12 @@ export function App() {
 
   const [actions, setActions] = useState<readonly ActionDefinition[]>([])
 
+  // A shared document's content is the document's own: no initial content goes into it.
   const editor = useEditor({
-    extensions: [
-      StarterKit,
-      StreamingNode,
-      StreamingExtension.configure({ autocomplete: { debounceMs: 400, config: completionConfig() } }),
-    ],
-    content: INITIAL_CONTENT,
+    extensions: editorExtensions(collaboration),
+    ...(collaboration ? {} : { content: INITIAL_CONTENT }),
   })
+  const { synced, people } = useCollaborators(collaboration)
 
   const streaming = useStreaming({
     editor,
@@ -142,8 +210,8 @@ export function App() {
   })
 
   useEffect(() => {
-    window.__streaming = { editor, service }
-  }, [editor])
+    window.__streaming = { editor, service, ...(collaboration ? { provider: collaboration.provider } : {}) }
+  }, [editor, collaboration])
 
   const { loadActions } = streaming
   useEffect(() => {
@@ -221,7 +289,26 @@ export function App() {
           <dd data-testid="session-id" id="session-id">
             {streaming.sessionId ?? '—'}
           </dd>
+          {collaboration ? (
+            <>
+              <dt>Document</dt>
+              <dd data-testid="collab-status" id="collab-status" title={collaboration.documentId}>
+                {synced ? 'synced' : 'connecting'}
+              </dd>
+            </>
+          ) : null}
         </dl>
+        {collaboration ? (
+          <ul className="demo__people" aria-label="People in this document" data-testid="people">
+            {people.map(person => (
+              <li key={person.clientId} style={{ borderColor: person.color }} data-ai={person.ai ? 'true' : undefined}>
+                {person.name}
+                {person.clientId === collaboration.provider.awareness.clientID ? ' (you)' : ''}
+                {person.ai ? ' (writing)' : ''}
+              </li>
+            ))}
+          </ul>
+        ) : null}
         <p className="demo__announcer" role="status" aria-live="polite" data-testid="announcer">
           {announcement}
         </p>
@@ -344,7 +431,7 @@ export function App() {
             <button type="button" data-testid="regenerate" onClick={() => streaming.regenerate()}>
               Regenerate
             </button>
-            {streaming.responses.length > 1 ? (
+            {streaming.responses.length > 1 && !collaboration ? (
               <label>
                 Response
                 <select

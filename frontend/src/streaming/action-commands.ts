@@ -14,6 +14,7 @@ import {
   restartIn,
   reviewedNode,
   settleReview,
+  targetOf,
 } from './commands'
 import { STREAMING_NODE_NAME } from './constants'
 import { captureContext, type FragmentSerializer } from './document-context'
@@ -148,16 +149,25 @@ export function runActionIn(
     return true
   }
   const documentContext = captureContext(tr.doc, selection.from, selection.to, options.context, serializer())
-  const record = beginStream(tr, storage, options, {
-    animationType: run.config?.animationType,
-    format: run.config?.format,
-    ...placement(run.insert ?? insertOf(action, selection.empty), selection, tr.doc),
-    review: run.review ?? true,
-  })
+  // In a collaborative editor the server writes the answer after the selection's block.
+  const target = targetOf(context, options, selection.to)
+  const record = beginStream(
+    tr,
+    storage,
+    options,
+    {
+      animationType: run.config?.animationType,
+      format: run.config?.format,
+      ...placement(run.insert ?? insertOf(action, selection.empty), selection, tr.doc),
+      review: run.review ?? true,
+    },
+    target,
+  )
   if (!record) {
     return false
   }
   const start: StartRequest = { action: id, context: documentContext }
+  if (target) start.target = target
   const extra = actionOptions(run)
   if (prompt) start.prompt = prompt
   if (extra) start.options = extra

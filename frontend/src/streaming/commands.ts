@@ -22,15 +22,17 @@ import {
   triggerChunkAnimation,
   writeText,
 } from './stream-document'
-import type { StreamingOptions, StreamingStorage } from './streaming-options'
+import type { CollaborationBinding, StreamingOptions, StreamingStorage } from './streaming-options'
 import { composeContent, decisionOf, diffContent } from './tracked-changes'
 import type {
   ChangeDecision,
   InlineEdge,
+  InsertAt,
   StreamAck,
   StreamConfig,
   StreamFormat,
   StreamingTransport,
+  StreamTarget,
 } from './types'
 
 /** What every command function gets: the transaction, whether it runs for real, this editor's streams. */
@@ -151,24 +153,51 @@ function settledAnswer(
   return { content: Fragment.from(paragraph.copy(inner)), inline: record.inline }
 }
 
-/** Registers a stream and puts its live node into `tr` where its config says. */
+/**
+ * The editor's binding to its shared document (the `collaboration` option), made on first
+ * use once the editor's Yjs binding exists; null for an editor that is not collaborative.
+ */
+export function collaborationOf(
+  storage: StreamingStorage,
+  options: StreamingOptions,
+  state: EditorState,
+): CollaborationBinding | null {
+  storage.collaboration ??= options.collaboration?.bind(state) ?? null
+  return storage.collaboration
+}
+
+/**
+ * Where the server writes the answer of a stream that goes `at` this place, in a
+ * collaborative editor; null when the editor writes it.
+ */
+export function targetOf(
+  context: Pick<CommandContext, 'state' | 'tr' | 'storage'>,
+  options: StreamingOptions,
+  at: InsertAt,
+): StreamTarget | null {
+  return collaborationOf(context.storage, options, context.state)?.targetAt(context.tr, at) ?? null
+}
+
+/**
+ * Registers a stream and puts its live node into `tr` where its config says; a stream
+ * with a `target` gets no node (the server writes its answer into the shared document).
+ */
 export function beginStream(
   tr: Transaction,
   storage: StreamingStorage,
   options: StreamingOptions,
   config: StreamConfig,
+  target: StreamTarget | null = null,
 ): StreamRecord | null {
+  const defaults = { ...options, transport: storage.transport }
+  if (target) {
+    return storage.streamManager.create(config, defaults, { target })
+  }
   const { from, to } = insertRange(tr, config)
   const original = from < to ? tr.doc.textBetween(from, to, '\n', '\n') : ''
   const originalContent = config.trackChanges && from < to ? blockContent(tr.doc, from, to) : null
   const inline = config.inline && from === to ? inlineEdgeAt(tr.doc, from) : null
-  const record = storage.streamManager.create(
-    config,
-    { ...options, transport: storage.transport },
-    original,
-    originalContent,
-    inline,
-  )
+  const record = storage.streamManager.create(config, defaults, { original, originalContent, inline })
   const inserted = insertStreamingNode(tr, from, to, {
     streamId: record.id,
     animationType: record.animationType,
@@ -187,6 +216,13 @@ export function appendToStream(context: CommandContext, record: StreamRecord | u
   const { state, tr, dispatch, storage } = context
   if (!record || record.finished) {
     return false
+  }
+  if (record.target) {
+    // The server writes it into the shared document: the stream only keeps its text.
+    if (dispatch) {
+      storage.streamManager.text(record.id).text += chunks.join('')
+    }
+    return true
   }
   const nodePos = findStreamNodePosition(state, tr, record.id)
   const node = nodePos === null ? null : tr.doc.nodeAt(nodePos)
@@ -264,6 +300,9 @@ export function finishIn(context: CommandContext, record: StreamRecord | undefin
   if (!record || record.finished) {
     return false
   }
+  if (record.target) {
+    return finishTargetIn(context, record)
+  }
   const nodePos = findStreamNodePosition(state, tr, record.id)
   const live = nodePos === null ? null : tr.doc.nodeAt(nodePos)
   if (nodePos === null || !live) {
@@ -296,6 +335,64 @@ export function finishIn(context: CommandContext, record: StreamRecord | undefin
   replaceStreamContent(tr, nodePos, 0, filledContent(shown, record.format, state.schema, live.type))
   tr.setMeta('addToHistory', false)
   manager.finish(record.id, { decision: 'pending', responses, responseIndex: responses.length - 1 })
+  return true
+}
+
+/**
+ * Finishes a stream whose answer the server wrote into the shared document: it stays
+ * there; with review, it waits for a decision (an answer of no text is rejected at once).
+ */
+function finishTargetIn(context: CommandContext, record: StreamRecord): boolean {
+  const { dispatch, storage } = context
+  if (!dispatch) {
+    return true
+  }
+  const manager = storage.streamManager
+  const text = manager.text(record.id).text
+  if (!record.review) {
+    manager.finish(record.id)
+    return true
+  }
+  if (!text) {
+    forgetAnswer(storage, record)
+    manager.finish(record.id, { decision: 'rejected' })
+    return true
+  }
+  const responses = [...record.responses, text]
+  manager.finish(record.id, { decision: 'pending', responses, responseIndex: responses.length - 1 })
+  return true
+}
+
+/** Stops recording what the AI peer writes for a stream's session. */
+function forgetAnswer(storage: StreamingStorage, record: StreamRecord): void {
+  if (record.sessionId) {
+    storage.collaboration?.forget(record.sessionId)
+  }
+}
+
+/**
+ * Deletes what the AI peer wrote for a stream's session from the shared document, for
+ * everyone. That is a Yjs change, which the sync plugin renders in a transaction of its
+ * own, so `tr` must not be dispatched after it (as Tiptap's Collaboration `undo` does).
+ */
+function rejectWritten(tr: Transaction, storage: StreamingStorage, record: StreamRecord): void {
+  tr.setMeta('preventDispatch', true)
+  if (record.sessionId) {
+    storage.collaboration?.reject(record.sessionId)
+  }
+}
+
+/** Keeps or rejects a reviewed answer the server wrote into the shared document. */
+function decideTargetIn(context: CommandContext, record: StreamRecord, accept: boolean): boolean {
+  const { tr, dispatch, storage } = context
+  if (dispatch) {
+    if (accept) {
+      forgetAnswer(storage, record)
+    } else {
+      rejectWritten(tr, storage, record)
+    }
+    storage.streamManager.update(record.id, { decision: accept ? 'accepted' : 'rejected' })
+  }
   return true
 }
 
@@ -348,6 +445,10 @@ export function settleReview(
 
 /** Accepts or rejects a reviewed response, or its tracked changes still pending (see acceptStream and rejectStream). */
 export function decideIn(context: CommandContext, streamId: string | undefined, accept: boolean): boolean {
+  const record = reviewed(context.storage.streamManager, streamId)
+  if (record?.target) {
+    return decideTargetIn(context, record, accept)
+  }
   const found = reviewedNode(context, streamId)
   if (!found) {
     return false
@@ -369,6 +470,10 @@ export function restartIn(
   send: (transport: StreamingTransport, record: StreamRecord) => (() => Promise<void>) | undefined,
 ): boolean {
   const { state, tr, dispatch, storage } = context
+  const record = reviewed(storage.streamManager, streamId)
+  if (record?.target) {
+    return restartTargetIn(context, record, send)
+  }
   const found = reviewedNode(context, streamId)
   const request = found?.record.transport ? send(found.record.transport, found.record) : undefined
   if (!found || !request) {
@@ -379,6 +484,28 @@ export function restartIn(
     replaceStreamContent(tr, nodePos, 0, placeholder(state.schema, record.format))
     tr.setNodeAttribute(nodePos, 'chunkCount', 0)
     tr.setMeta('addToHistory', false)
+    storage.streamManager.restart(record.id, { responseIndex: record.responses.length })
+    void request()
+  }
+  return true
+}
+
+/**
+ * Deletes a reviewed answer the server wrote into the shared document (for everyone) and
+ * asks, with `send`, for a new one, which the server writes in its place.
+ */
+function restartTargetIn(
+  context: CommandContext,
+  record: StreamRecord,
+  send: (transport: StreamingTransport, record: StreamRecord) => (() => Promise<void>) | undefined,
+): boolean {
+  const { tr, dispatch, storage } = context
+  const request = record.transport ? send(record.transport, record) : undefined
+  if (!request) {
+    return false
+  }
+  if (dispatch) {
+    rejectWritten(tr, storage, record)
     storage.streamManager.restart(record.id, { responseIndex: record.responses.length })
     void request()
   }
@@ -413,6 +540,12 @@ export function showResponseIn(context: CommandContext, index: number, streamId:
 /** Rebuilds a live stream from `text` (see resetStream). */
 export function resetIn(context: CommandContext, record: StreamRecord | undefined, text: string): boolean {
   const { state, tr, dispatch, storage } = context
+  if (record?.target && !record.finished) {
+    if (dispatch) {
+      storage.streamManager.text(record.id).reset(text)
+    }
+    return true
+  }
   const nodePos = record && !record.finished ? findStreamNodePosition(state, tr, record.id) : null
   if (!record || nodePos === null) {
     return false

@@ -45,8 +45,13 @@ export function listenToSession(service: StreamingWebSocketService, host: Sessio
         return
       }
       const id = streamOf()
-      if (id) {
-        host.editor().commands.streamToNode(id, chunk.content)
+      const editor = host.editor()
+      const manager = editor.storage.streaming.streamManager
+      if (id && manager.get(id)?.target) {
+        // The server writes it into the shared document; the stream keeps the text (its responses).
+        manager.text(id).text += chunk.content
+      } else if (id) {
+        editor.commands.streamToNode(id, chunk.content)
       }
       const { metadata } = chunk
       const patch: Partial<StreamingControllerState> = {}

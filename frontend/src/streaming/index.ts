@@ -7,7 +7,14 @@ export { StreamingSessionClient } from './session-client'
 export type { StreamingSessionClientOptions } from './session-client'
 export type { StreamRecord } from './stream-manager'
 export { StreamingExtension } from './streaming-extension'
-export type { AutocompleteOptions, StreamingOptions, StreamingStorage } from './streaming-options'
+export type {
+  AutocompleteOptions,
+  CollaborationBinding,
+  CollaborationPluginContext,
+  StreamingCollaboration,
+  StreamingOptions,
+  StreamingStorage,
+} from './streaming-options'
 export { StreamingNode } from './streaming-node'
 export type { StreamingNodeAttributes, StreamingNodeOptions } from './streaming-node'
 export type { GhostText, StreamingPluginState } from './plugin-types'

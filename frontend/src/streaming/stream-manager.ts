@@ -15,6 +15,7 @@ import type {
   StreamFormat,
   StreamingTransport,
   StreamStatus,
+  StreamTarget,
 } from './types'
 
 /** One stream of one editor. Records are immutable: an update replaces the object. */
@@ -49,6 +50,11 @@ export interface StreamRecord {
   readonly changeDecisions: ReadonlyMap<number, ChangeDecision>
   /** Where in its textblock a stream that goes into the text was begun (see StreamConfig.inline); null otherwise. */
   readonly inline: InlineEdge | null
+  /**
+   * The shared document the server writes this stream's answer into (a collaborative
+   * editor): the stream has no node, its chunks only add to its text; null otherwise.
+   */
+  readonly target: StreamTarget | null
 }
 
 /** The values a stream takes when its config leaves them out. */
@@ -58,6 +64,16 @@ export interface StreamDefaults {
   speed: number
   review: boolean
   transport: StreamingTransport | null
+}
+
+/** Where a new stream stands in the document, besides its config. */
+export interface StreamPlacement {
+  /** The text it replaces (the selection it was started on). */
+  original?: string
+  /** The blocks it replaces, kept for tracked changes. */
+  originalContent?: Fragment | null
+  inline?: InlineEdge | null
+  target?: StreamTarget | null
 }
 
 /** Callbacks with which a local stream feeds the editor. */
@@ -117,13 +133,8 @@ export class StreamManager {
   activeStreamId: string | null = null
 
   /** Registers a new stream and makes it the active one. */
-  create(
-    config: StreamConfig,
-    defaults: StreamDefaults,
-    original = '',
-    originalContent: Fragment | null = null,
-    inline: InlineEdge | null = null,
-  ): StreamRecord {
+  create(config: StreamConfig, defaults: StreamDefaults, placement: StreamPlacement = {}): StreamRecord {
+    const { original = '', originalContent = null, inline = null, target = null } = placement
     const base = config.streamId ?? config.sessionId ?? randomStreamId()
     let id = base
     for (let n = 2; this.records.has(id); n += 1) {
@@ -148,6 +159,7 @@ export class StreamManager {
       originalContent,
       changeDecisions: NO_DECISIONS,
       inline,
+      target,
     }
     this.records.set(id, record)
     this.texts.set(id, new StreamText())

@@ -351,14 +351,31 @@ export class StreamingController {
     } else {
       manager.update(streamId, { sessionId: id, transport: this.transport })
     }
+    const body = this.targeted(editor, streamId, id, start)
     if (streamId !== null) {
-      this.remember(streamId, { start, config })
+      this.remember(streamId, { start: body, config })
     }
     this.startedAt = performance.now()
-    await client.start(id, start)
+    await client.start(id, body)
     if (this.current.state === 'created') {
       this.set({ state: 'streaming' })
     }
+  }
+
+  /**
+   * The start request of session `id` for stream `streamId`: with the stream's `target` when
+   * the server writes the answer into the shared document, whose AI peer's writing is then
+   * recorded from now on, so that a reviewed answer can be rejected.
+   */
+  private targeted(editor: Editor, streamId: string | null, id: string, start: StartRequest): StartRequest {
+    const record = this.managerOf(editor).get(streamId)
+    if (!record?.target) {
+      return start
+    }
+    if (record.review) {
+      editor.storage.streaming.collaboration?.follow(id)
+    }
+    return { ...start, target: record.target }
   }
 
   /**

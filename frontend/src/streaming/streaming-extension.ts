@@ -15,6 +15,7 @@ import { acceptGhostIn, createAutocompletePlugin, dismissGhostIn } from './autoc
 import {
   appendToStream,
   beginStream,
+  collaborationOf,
   type CommandContext,
   decideIn,
   finishIn,
@@ -22,6 +23,7 @@ import {
   resetIn,
   sendToServer,
   showResponseIn,
+  targetOf,
   writeAt,
 } from './commands'
 import { ANIMATION_TYPES, STREAMING_EXTENSION_NAME, STREAMING_NODE_NAME, streamingPluginKey } from './constants'
@@ -128,13 +130,14 @@ function forgetRemovedStreams(editor: Editor, storage: StreamingStorage): void {
   const positions = streamingPluginKey.getState(editor.state)?.positions
   const manager = storage.streamManager
   for (const record of manager.live()) {
-    if (!positions?.has(record.id)) {
+    // A stream the server writes into the shared document has no node.
+    if (!record.target && !positions?.has(record.id)) {
       manager.update(record.id, { status: 'error', error: 'The streaming node was removed from the document.' })
       manager.finish(record.id)
     }
   }
   const pending = manager.pendingReview()
-  if (pending && !positions?.has(pending.id)) {
+  if (pending && !pending.target && !positions?.has(pending.id)) {
     manager.update(pending.id, { decision: 'rejected' })
   }
 }
@@ -158,6 +161,7 @@ export const StreamingExtension = Extension.create<StreamingOptions, StreamingSt
       context: DEFAULT_CONTEXT_BUDGETS,
       autocomplete: false,
       assistantName: 'AI',
+      collaboration: null,
     }
   },
 
@@ -167,12 +171,16 @@ export const StreamingExtension = Extension.create<StreamingOptions, StreamingSt
       transport: this.options.transport,
       actions: [],
       serializer: null,
+      collaboration: null,
     }
   },
 
   onCreate() {
     if (!this.editor.schema.nodes[STREAMING_NODE_NAME]) {
       console.warn('[streaming] The streaming extension needs the StreamingNode extension in the editor.')
+    }
+    if (this.options.collaboration && !collaborationOf(this.storage, this.options, this.editor.state)) {
+      console.warn('[streaming] The collaboration option needs the Collaboration extension in the editor.')
     }
   },
 
@@ -183,6 +191,8 @@ export const StreamingExtension = Extension.create<StreamingOptions, StreamingSt
   onDestroy() {
     this.storage.streamManager.destroy()
     this.storage.transport = null
+    this.storage.collaboration?.destroy()
+    this.storage.collaboration = null
   },
 
   addProseMirrorPlugins() {
@@ -198,6 +208,15 @@ export const StreamingExtension = Extension.create<StreamingOptions, StreamingSt
       }),
       createAiCaretPlugin(manager, () => this.options.assistantName),
     ]
+    const { collaboration } = this.options
+    if (collaboration) {
+      plugins.push(
+        ...collaboration.plugins({
+          binding: state => collaborationOf(this.storage, this.options, state),
+          animationType: () => this.options.animationType,
+        }),
+      )
+    }
     const { autocomplete } = this.options
     if (autocomplete) {
       plugins.push(
@@ -256,11 +275,17 @@ export const StreamingExtension = Extension.create<StreamingOptions, StreamingSt
 
       startStream:
         config =>
-        ({ tr, dispatch }) => {
+        ({ state, tr, dispatch }) => {
           if (!tr.doc.type.schema.nodes[STREAMING_NODE_NAME]) {
             return false
           }
-          return dispatch ? beginStream(tr, this.storage, this.options, config) !== null : true
+          if (!dispatch) {
+            return true
+          }
+          // In a collaborative editor the server writes a session's answer into the shared document.
+          const at = config.position ?? config.insertAt ?? 'end'
+          const target = config.sessionId ? targetOf({ state, tr, storage: this.storage }, this.options, at) : null
+          return beginStream(tr, this.storage, this.options, config, target) !== null
         },
 
       writeChunk:

@@ -2,9 +2,58 @@
  * The streaming extension's options and storage, apart from the extension so that the
  * command functions (commands.ts) can take them without importing the extension.
  */
+import type { EditorState, Plugin, Transaction } from '@tiptap/pm/state'
+
 import type { ContextBudgets, FragmentSerializer } from './document-context'
 import type { StreamManager } from './stream-manager'
-import type { ActionDefinition, AnimationType, StreamConfig, StreamFormat, StreamingTransport } from './types'
+import type {
+  ActionDefinition,
+  AnimationType,
+  InsertAt,
+  StreamConfig,
+  StreamFormat,
+  StreamingTransport,
+  StreamTarget,
+} from './types'
+
+/**
+ * An editor's binding to the shared document it shows (made by the `collaboration` option
+ * once the editor's Yjs binding exists): where an answer goes, and what the AI peer wrote
+ * for the sessions this writer reviews.
+ */
+export interface CollaborationBinding {
+  /** The target of an answer that goes `at` this place of the document `tr` builds. */
+  targetAt(tr: Transaction, at: InsertAt): StreamTarget
+  /** Starts recording what the AI peer writes for a session (called before it starts). */
+  follow(sessionId: string): void
+  /** Deletes what the AI peer wrote for a session, for everyone; false when nothing was recorded. */
+  reject(sessionId: string): boolean
+  /** Stops recording a session (its answer was kept). */
+  forget(sessionId: string): void
+  destroy(): void
+}
+
+/** What the collaboration's plugins get from the extension. */
+export interface CollaborationPluginContext {
+  /** The editor's binding (null while the editor has none). */
+  binding: (state: EditorState) => CollaborationBinding | null
+  /** The animation of streamed text, which the AI's text fades in with. */
+  animationType: () => AnimationType
+}
+
+/**
+ * The `collaboration` option: a shared document the server writes answers into, made by
+ * `streamingCollaboration({documentId, provider})` from `tiptap-streaming/collab` (the part
+ * of the package that needs Yjs).
+ */
+export interface StreamingCollaboration {
+  /** The document's id on the server (`/collab/{documentId}`). */
+  readonly documentId: string
+  /** The binding of an editor in `state`; null when the editor has no Collaboration extension. */
+  bind(state: EditorState): CollaborationBinding | null
+  /** The plugins it adds to the editor (the fade-in of the AI peer's text). */
+  plugins(context: CollaborationPluginContext): Plugin[]
+}
 
 /** Ghost-text autocomplete: when the writer stops typing at the end of a text block, a `complete` session. */
 export interface AutocompleteOptions {
@@ -74,6 +123,15 @@ export interface StreamingOptions {
    * @example 'Assistant'
    */
   assistantName: string
+  /**
+   * Collaborative documents: the editor shows a shared Yjs document (Tiptap's Collaboration
+   * extension), and the server writes the answers of server sessions into it as a peer,
+   * for every collaborator, instead of this editor writing them. Text from the AI peer
+   * fades in; rejecting a reviewed answer deletes what the AI wrote, for everyone.
+   * @default null
+   * @example streamingCollaboration({ documentId: 'team-notes', provider })
+   */
+  collaboration: StreamingCollaboration | null
 }
 
 export interface StreamingStorage {
@@ -85,4 +143,6 @@ export interface StreamingStorage {
   actions: readonly ActionDefinition[]
   /** Writes document content as Markdown, made from this editor's extensions on first use. */
   serializer: FragmentSerializer | null
+  /** The binding to the shared document, with the `collaboration` option, once the editor's Yjs binding exists. */
+  collaboration: CollaborationBinding | null
 }

@@ -161,6 +161,20 @@ export interface ActionOptions {
   tone?: string
 }
 
+/**
+ * A collaborative document the server writes an answer into, as a peer (PROTOCOL.md
+ * "Collaborative documents (Yjs)"): every collaborator sees the answer arrive through Yjs.
+ */
+export interface StreamTarget {
+  /** The document's id: the `/collab/{documentId}` the editor's provider is connected to. */
+  documentId: string
+  /**
+   * Where the answer's blocks go: base64 of a Yjs relative position in the `default`
+   * fragment, after the top-level block it names; the end of the document without one.
+   */
+  anchor?: string
+}
+
 /** The body of `POST /api/streaming/{id}/start`: a prompt, or an action on the document, or a follow-up. */
 export interface StartRequest {
   /** The instruction: required by `custom`, an extra instruction for the other actions. */
@@ -170,6 +184,8 @@ export interface StartRequest {
   options?: ActionOptions
   /** The earlier session whose request and answer the model gets as the conversation so far. */
   followUp?: string
+  /** The collaborative document the server writes the answer into (the editor does not write it). */
+  target?: StreamTarget
 }
 
 /** What `runAction` takes besides the action's id. */
