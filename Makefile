@@ -86,6 +86,7 @@ bench: install
 	bash bench/run.sh
 	$(BIN)/python bench/autocomplete.py --write
 	$(BIN)/python bench/redis_cost.py --write
+	$(BIN)/python bench/collab.py --write
 	cd frontend && npm run bench:render
 
 # Soak (issue 12): 500 concurrent demo sessions at 40 tokens/s for 5 minutes, with dropping,
