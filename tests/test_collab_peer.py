@@ -24,6 +24,7 @@ from server.collab.export import document_json
 from server.collab.writer import WRITERS, AnswerWriter
 from tests.collab_fixtures import Collab, Collaborator
 from tests.helpers import WAIT
+from tests.test_collab_server import GatedStore
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 
@@ -318,3 +319,39 @@ async def test_export_formats_and_a_document_never_written(collab, collaborators
 async def _exported(http: aiohttp.ClientSession, collab: Collab, document_id: str) -> bool:
     async with http.get(f"{collab.url}/api/collab/{document_id}", params={"format": "json"}) as response:
         return response.status == 200
+
+
+async def test_the_ais_text_reaches_collaborators_only_once_stored(start_collab, collaborators, http):
+    """The server is the only holder of the AI's updates: a collaborator who saw one the
+    store lost would get its text twice from the process that takes the answer over."""
+    gated = GatedStore()
+    collab = await start_collab(document_store=gated)
+    document_id = new_document()
+    client = await collaborators(collab, document_id)
+    other = await collaborators(collab, document_id)
+    await client.command("paragraph", text="Mine")
+    await other.command("wait", contains="Mine")
+    await collab.rooms.loaded(document_id).flush()  # type: ignore[union-attr]
+    gated.gate.clear()
+    session_id = await create(http, collab, tokensPerSecond=0, maxTokens=40)
+    await post(
+        http,
+        f"{collab.url}/api/streaming/{session_id}/start",
+        {"prompt": "Explain streaming", "target": {"documentId": document_id}},
+    )
+    final = await ended(http, collab, session_id)
+    await asyncio.wait_for(gated.waiting.wait(), WAIT)
+    # The answer is written into the room, and held: no collaborator has any of it, and
+    # one who joins now is answered once it is stored.
+    room = collab.rooms.loaded(document_id)
+    assert room is not None and not room.saved
+    late = await collaborators(collab, document_id, synced=False)
+    # A collaborator's own typing still goes through meanwhile.
+    await other.command("type", text="!", block=0, offset=4)
+    await client.command("wait", contains="Mine!")
+    assert (await client.dump())["text"] == "Mine!"
+    assert not any(event["event"] == "synced" for event in late.events)
+    gated.gate.set()
+    for collaborator in (client, other, late):
+        dump = await written_done(collaborator, session_id)
+        assert writer_state(dump, session_id)[0] == len(final["text"])

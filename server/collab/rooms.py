@@ -14,7 +14,11 @@ its users is done here (research/collab.md §2.3 and §3):
   first write to it is sent and stored (a YRoom neither loads by itself nor sees writes
   made before it observes its document: yrs #632).
 - Every update is stored through the ``DocumentStore``, in order, merged into one write
-  while the last one is under way. A room leaves memory only once it has had no client
+  while the last one is under way. The room broadcasts updates itself: a client's at
+  once (that client keeps it, and sends it again after a reconnect), the AI peer's
+  (origin ``AI_ORIGIN``) only once stored, since the server is their only holder: a
+  process that dies leaves no collaborator with AI text its store lost, so the process
+  that takes the answer over writes no character twice. A room leaves memory only once it has had no client
   and no writer for ``COLLAB_ROOM_IDLE_TIMEOUT`` and every update is stored; the next one
   to ask for the document loads it again.
 - A client that sends what does not decode, a message of a type the protocol does not
@@ -46,12 +50,14 @@ from pycrdt import (
     YSyncMessageType,
     create_awareness_message,
     create_sync_message,
+    create_update_message,
     handle_sync_message,
     merge_updates,
 )
 from pycrdt.websocket import YRoom
 
 from server.collab.stores import DocumentStore, ReplicatedStore
+from server.collab.writer import AI_ORIGIN
 from server.core.errors import StoreUnavailable
 from server.settings import Settings
 
@@ -196,7 +202,9 @@ class DocumentRoom(YRoom):
         self._peers: set[_Peer] = set()
         self.clients = cast(set[Channel], self._peers)
         self._stored_bytes = 0
-        self._unsaved: list[bytes] = []
+        #: Updates not stored yet, each with whether it waits for that to reach the clients.
+        self._unsaved: list[tuple[bytes, bool]] = []
+        self._held_origin = hash(AI_ORIGIN)
         self._unsaved_bytes = 0
         self._wake = asyncio.Event()
         self._saved = asyncio.Event()
@@ -336,19 +344,14 @@ class DocumentRoom(YRoom):
             raise Refused(CLOSE_UNSUPPORTED, f"Unknown sync message type {step}")
         payload = _payload(message, 2)
         if step == YSyncMessageType.SYNC_STEP1:
-            try:
-                reply = handle_sync_message(message[1:], self.ydoc)
-            except ValueError:
-                raise Refused(CLOSE_INVALID, "Sync step 1 whose state vector does not decode") from None
-            assert reply is not None
-            first = not peer.synced
-            if first:
-                # From here on the broadcast reaches it, queued after the reply.
-                peer.synced = True
-                self._peers.add(peer)
-            peer.put(reply)
-            if first:
-                self._send_awareness_states(peer)
+            if any(held for _, held in self._unsaved):
+                # The document holds AI text not stored yet: the reply would hand it out
+                # before the store has it. It goes once stored (a few milliseconds).
+                task = asyncio.get_running_loop().create_task(self._answer_when_stored(peer, message))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+                return
+            self._answer_sync_step1(peer, message)
         elif payload != EMPTY_UPDATE:
             limit = self.limits.max_document_bytes
             if self.size + len(payload) > limit:
@@ -357,6 +360,29 @@ class DocumentRoom(YRoom):
                 self.ydoc.apply_update(payload)
             except ValueError:
                 raise Refused(CLOSE_INVALID, "Update does not decode") from None
+
+    def _answer_sync_step1(self, peer: _Peer, message: bytes) -> None:
+        try:
+            reply = handle_sync_message(message[1:], self.ydoc)
+        except ValueError:
+            raise Refused(CLOSE_INVALID, "Sync step 1 whose state vector does not decode") from None
+        assert reply is not None
+        first = not peer.synced
+        if first:
+            # From here on the broadcast reaches it, queued after the reply.
+            peer.synced = True
+            self._peers.add(peer)
+        peer.put(reply)
+        if first:
+            self._send_awareness_states(peer)
+
+    async def _answer_when_stored(self, peer: _Peer, message: bytes) -> None:
+        while any(held for _, held in self._unsaved):
+            await self._saved.wait()
+        try:
+            self._answer_sync_step1(peer, message)
+        except Refused as refusal:
+            await peer.client.close(refusal.code, refusal.reason)
 
     def _receive_awareness(self, peer: _Peer, message: bytes) -> None:
         payload = _payload(message, 1)
@@ -397,12 +423,30 @@ class DocumentRoom(YRoom):
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
 
+    async def _broadcast_updates(self) -> None:
+        """YRoom's broadcast of every update, replaced by :meth:`_keep`'s (the AI's updates
+        wait until stored): its stream is only drained."""
+        async with self._update_receive_stream:
+            async for _ in self._update_receive_stream:
+                pass
+
+    def _broadcast(self, update: bytes) -> None:
+        message = create_update_message(update)
+        for peer in self._peers:
+            peer.put(message)
+
     def _keep(self, event: TransactionEvent) -> None:
-        """Every update of the document, to store (not those other processes stored)."""
-        if self._applying_remote:
-            return
+        """Every update of the document: to the clients, and to store (not those other
+        processes stored, which are only sent on)."""
         update = event.update
-        self._unsaved.append(update)
+        if self._applying_remote:
+            self._broadcast(update)
+            return
+        # The event's transaction (pycrdt >= 0.13; not in its type stubs) gives its origin's hash.
+        held = cast(Any, event).transaction.origin() == self._held_origin
+        if not held:
+            self._broadcast(update)
+        self._unsaved.append((update, held))
         self._unsaved_bytes += len(update)
         self._saved.clear()
         self._wake.set()
@@ -414,8 +458,9 @@ class DocumentRoom(YRoom):
             self._wake.clear()
             while self._unsaved:
                 batch, self._unsaved = self._unsaved, []
-                batch_bytes = sum(len(update) for update in batch)
-                update = batch[0] if len(batch) == 1 else merge_updates(*batch)
+                updates = [update for update, _ in batch]
+                batch_bytes = sum(len(update) for update in updates)
+                update = updates[0] if len(updates) == 1 else merge_updates(*updates)
                 try:
                     await self.store.write(self.document_id, update)
                 except Exception:
@@ -425,14 +470,16 @@ class DocumentRoom(YRoom):
                         delay,
                         exc_info=True,
                     )
-                    self._unsaved.insert(0, update)
-                    self._unsaved_bytes += len(update) - batch_bytes
+                    self._unsaved[:0] = batch
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RETRY_MOST)
                     continue
                 delay = RETRY_FIRST
                 self._unsaved_bytes -= batch_bytes
                 self._stored_bytes += len(update)
+                for held_update, held in batch:
+                    if held:
+                        self._broadcast(held_update)
             self._saved.set()
 
     async def _follow(self, store: ReplicatedStore) -> None:
