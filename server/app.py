@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -211,7 +212,15 @@ def _add_frontend(app: web.Application, settings: Settings) -> None:
 
 
 def _document_store(settings: Settings) -> DocumentStore:
-    """Where collaborative documents persist (``COLLAB_STORE``)."""
+    """Where collaborative documents persist: Redis in Redis mode (any process serves any
+    document), else ``COLLAB_STORE``."""
+    if settings.redis_url:
+        # Imported here: without REDIS_URL nothing of Redis is loaded.
+        from server.cluster.collab_store import RedisDocumentStore
+
+        return RedisDocumentStore(
+            settings.redis_url, process_id=secrets.token_hex(6), timeout=settings.redis_timeout
+        )
     if settings.collab_store == "memory":
         return MemoryDocumentStore()
     return SQLiteDocumentStore(

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import socketio
 
+from deploy.cluster import free_port, start_nginx
 from tests.helpers import WAIT, Recorder, record_events
 from tests.redis_server import RedisServer
 from tests.server_process import ServerProcess
@@ -115,3 +118,22 @@ async def status_of(http, node: Node, session_id: str) -> dict[str, Any]:
 
 def assert_contiguous(recorder: Recorder, total: int) -> None:
     assert recorder.seqs == list(range(total)), "every chunk exactly once, in order"
+
+
+@pytest.fixture
+def behind_nginx(redis_server: RedisServer, tmp_path: Path) -> Iterator[str]:
+    """Two server processes on one Redis behind real nginx (the config ``make cluster``
+    uses); the URL of nginx."""
+    redis_server.flush()
+    env = {"REDIS_URL": redis_server.url, "LOG_LEVEL": "warning"}
+    with ServerProcess(env) as a, ServerProcess(env) as b:
+        port = free_port()
+        nginx = start_nginx(tmp_path / "nginx", port, [a.port, b.port])
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            nginx.terminate()
+            try:
+                nginx.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                nginx.kill()

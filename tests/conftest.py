@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from providers.base import AIProvider
 from server.app import create_app
-from tests.cluster_nodes import nodes, viewers  # noqa: F401  (fixtures)
+from tests.cluster_nodes import behind_nginx, nodes, viewers  # noqa: F401  (fixtures)
 from tests.helpers import LiveServer, ServerFactory, StreamingTestServer, make_settings
 from tests.redis_server import RedisServer
 

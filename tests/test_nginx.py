@@ -6,35 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from deploy.cluster import free_port, start_nginx
 from tests.helpers import WAIT
-from tests.redis_server import RedisServer
-from tests.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def behind_nginx(redis_server: RedisServer, tmp_path: Path) -> Iterator[str]:
-    redis_server.flush()
-    env = {"REDIS_URL": redis_server.url, "LOG_LEVEL": "warning"}
-    with ServerProcess(env) as a, ServerProcess(env) as b:
-        port = free_port()
-        nginx = start_nginx(tmp_path / "nginx", port, [a.port, b.port])
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            nginx.terminate()
-            try:
-                nginx.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                nginx.kill()
 
 
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
