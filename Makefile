@@ -47,8 +47,9 @@ dev: install $(FRONTEND_BUILD)
 	$(BIN)/python -m server
 
 # Redis, two server processes and nginx on :3001 (docs/scaling.md); Ctrl-C stops them all.
+# SENTINEL=1: a primary, two replicas and three Sentinels instead of one Redis.
 cluster: install system-deps $(FRONTEND_BUILD)
-	$(BIN)/python deploy/cluster.py
+	$(BIN)/python deploy/cluster.py $(if $(filter 1 yes true,$(SENTINEL)),--sentinel)
 
 test: install system-deps $(FRONTEND_BUILD) lint test-frontend test-python
 
@@ -87,6 +88,7 @@ bench: install
 	$(BIN)/python bench/autocomplete.py --write
 	$(BIN)/python bench/redis_cost.py --write
 	$(BIN)/python bench/collab.py --write
+	$(BIN)/python bench/redis_wait.py --write
 	cd frontend && npm run bench:render
 
 # Soak (issue 12): 500 concurrent demo sessions at 40 tokens/s for 5 minutes, with dropping,

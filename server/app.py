@@ -141,12 +141,23 @@ def create_app(
     # First in, last out: documents are stored after the sessions that write into them end.
     app.cleanup_ctx.append(_collab_ctx)
 
-    if settings.redis_url:
-        # Imported here: without REDIS_URL nothing of Redis is loaded.
+    if settings.redis_mode:
+        # Imported here: without REDIS_URL or REDIS_SENTINELS nothing of Redis is loaded.
         from server.cluster.coordinator import Cluster
 
         manager.cluster = Cluster(settings, manager)
         app.cleanup_ctx.append(_cluster_ctx)
+        # The per-user and per-address limits hold for the cluster as a whole.
+        from server.cluster.redis_limits import RedisLimits
+
+        shared = RedisLimits(
+            manager.cluster.store,
+            manager.cluster.pid,
+            limits,
+            lease=settings.owner_lease_seconds,
+            timeout=settings.redis_timeout,
+        )
+        app.cleanup_ctx.append(lambda _: shared.run())
     app.cleanup_ctx.append(_sessions_ctx)
 
     add_routes(app)
@@ -214,12 +225,15 @@ def _add_frontend(app: web.Application, settings: Settings) -> None:
 def _document_store(settings: Settings) -> DocumentStore:
     """Where collaborative documents persist: Redis in Redis mode (any process serves any
     document), else ``COLLAB_STORE``."""
-    if settings.redis_url:
-        # Imported here: without REDIS_URL nothing of Redis is loaded.
+    if settings.redis_mode:
+        # Imported here: without REDIS_URL or REDIS_SENTINELS nothing of Redis is loaded.
         from server.cluster.collab_store import RedisDocumentStore
+        from server.cluster.redis_store import RedisLink, RedisTarget
 
+        # Its own link to the primary (with Sentinels, followed through failovers).
+        link = RedisLink(RedisTarget.from_settings(settings), timeout=settings.redis_timeout)
         return RedisDocumentStore(
-            settings.redis_url, process_id=secrets.token_hex(6), timeout=settings.redis_timeout
+            None, process_id=secrets.token_hex(6), timeout=settings.redis_timeout, link=link
         )
     if settings.collab_store == "memory":
         return MemoryDocumentStore()

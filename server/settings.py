@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from providers.base import ProviderSettings
@@ -386,6 +386,47 @@ class Settings(BaseSettings):
         10,
         gt=0,
     )
+    redis_sentinels: Annotated[list[str], NoDecode] = setting(
+        [],
+        "Redis mode through Redis Sentinel instead of `REDIS_URL`: comma-separated `host:port`"
+        " of the Sentinels; the processes write to the primary they name for"
+        " `REDIS_SENTINEL_MASTER` and follow it through failovers (docs/scaling.md, High"
+        " availability)",
+        22,
+        shown="",
+    )
+    redis_sentinel_master: str | None = setting(
+        None, "the name the Sentinels monitor the primary under; required with `REDIS_SENTINELS`", 22
+    )
+    redis_sentinel_password: SecretStr | None = setting(
+        None, "password of the Sentinels (their `requirepass`); never logged", 22
+    )
+    redis_password: SecretStr | None = setting(
+        None,
+        "password of the Redis servers the Sentinels name (with `REDIS_URL`, the URL carries"
+        " it); never logged",
+        22,
+    )
+    redis_primary_check_interval: float = setting(
+        1.0,
+        "Sentinel mode: seconds between two asks of the Sentinels which server is the primary"
+        " (besides listening for `+switch-master`); after a failover no write goes to the old"
+        " primary for longer",
+        22,
+        gt=0,
+    )
+    redis_wait_replicas: int = setting(
+        0,
+        "Redis mode: after each batch of log writes, wait (Redis `WAIT`) until this many"
+        " replicas have it before the viewers get it, so a failover rarely loses it; 0: do"
+        " not wait. When fewer answer within `REDIS_WAIT_TIMEOUT_MS` the batch is delivered"
+        " anyway and a warning logged",
+        22,
+        ge=0,
+    )
+    redis_wait_timeout_ms: int = setting(
+        100, "Redis mode: the longest one `WAIT` of `REDIS_WAIT_REPLICAS` holds a batch, ms", 22, ge=1
+    )
     shutdown_timeout: float = setting(
         5.0,
         "seconds from SIGTERM/SIGINT to exit, however busy the process: live streams end with"
@@ -395,12 +436,32 @@ class Settings(BaseSettings):
         gt=0,
     )
 
-    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", "redis_sentinels", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            host, _, port = entry.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"a Sentinel is host:port, not {entry!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _sentinel_master_named(self) -> Settings:
+        if self.redis_sentinels and not self.redis_sentinel_master:
+            raise ValueError("REDIS_SENTINELS needs REDIS_SENTINEL_MASTER (the primary's name)")
+        return self
+
+    @property
+    def redis_mode(self) -> bool:
+        """Several processes as one server: ``REDIS_URL`` or ``REDIS_SENTINELS`` is set."""
+        return bool(self.redis_url or self.redis_sentinels)
 
     def provider_settings(self) -> ProviderSettings:
         """The subset the provider factories need, with secrets unwrapped."""

@@ -32,6 +32,9 @@ SERIAL = {
     "test_faults.py",
     "test_sessions.py",
     "test_wheel.py",
+    # Failover time bounds (a new session within 5 s, no write to a demoted primary past
+    # the re-check interval).
+    "test_ha_sentinel.py",
 }
 
 

@@ -44,7 +44,7 @@ import redis.asyncio as aioredis
 from pycrdt import Doc, get_update, merge_updates
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from server.cluster.redis_store import raise_if_cancelling
+from server.cluster.redis_store import RedisLink, raise_if_cancelling
 from server.collab.stores import ReplicatedStore
 from server.core.errors import StoreUnavailable
 
@@ -267,9 +267,10 @@ class RedisDocumentStore(ReplicatedStore):
 
     def __init__(
         self,
-        url: str,
+        url: str | None,
         *,
         process_id: str,
+        link: RedisLink | None = None,
         timeout: float = 5.0,
         prefix: str = "",
         compact_entries: int = 500,
@@ -287,19 +288,30 @@ class RedisDocumentStore(ReplicatedStore):
         self.retain_ms = retain_ms
         self.lock_ms = lock_ms
         self.follow_max_pending = follow_max_pending
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=max(1, int(timeout)),
-        )
-        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
-        # XREAD BLOCK holds its connection; its own client waits longer than it blocks.
-        self.reader: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout + BLOCK_MS / 1000, socket_connect_timeout=timeout
-        )
+        #: With Sentinels: the clients follow the primary through failovers (this store
+        #: follows it too, in ``_link_task``, while it is open).
+        self.link = link
+        self._link_task: asyncio.Task[None] | None = None
+        if link is not None:
+            self.redis: aioredis.Redis = link.client(max_connections=MAX_CONNECTIONS, decode_responses=False)
+            self.reader: aioredis.Redis = link.client(
+                socket_timeout=timeout + BLOCK_MS / 1000, retries=0, decode_responses=False
+            )
+        else:
+            assert url is not None, "a URL or a link"
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=timeout,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                health_check_interval=max(1, int(timeout)),
+            )
+            self.redis = aioredis.Redis(connection_pool=pool)
+            # XREAD BLOCK holds its connection; its own client waits longer than it blocks.
+            self.reader = aioredis.Redis.from_url(
+                url, socket_timeout=timeout + BLOCK_MS / 1000, socket_connect_timeout=timeout
+            )
         self._write_sha = hashlib.sha1(_WRITE.encode()).hexdigest()
         self._read_script = self.redis.register_script(_READ)
         self._compact_script = self.redis.register_script(_COMPACT)
@@ -339,6 +351,7 @@ class RedisDocumentStore(ReplicatedStore):
     async def read_with_cursor(self, document_id: str) -> tuple[bytes | None, str]:
         """The whole document and the position ``follow`` continues from (the last stream
         id it includes)."""
+        self._follow_primary()
         meta, stream, _ = document_keys(self.prefix, document_id)
         async with _unavailable():
             snapshot, cursor, entries = cast(list[Any], await self._read_script(keys=[meta, stream], args=[]))
@@ -369,6 +382,12 @@ class RedisDocumentStore(ReplicatedStore):
             snap, pending = await self.redis.hmget(meta, ["snapBytes", "pendingBytes"])
         return int(snap or 0) + int(pending or 0)
 
+    def _follow_primary(self) -> None:
+        """With Sentinels: follow the primary from the first use on (every document is
+        read before it is written or followed)."""
+        if self.link is not None and self._link_task is None and not self._closed:
+            self._link_task = asyncio.get_running_loop().create_task(self.link.follow())
+
     async def close(self) -> None:
         """Finish the writes under way, stop following, close the connections."""
         self._closed = True
@@ -391,6 +410,11 @@ class RedisDocumentStore(ReplicatedStore):
             await self.redis.delete(self._wake_key)
         await self.redis.aclose()
         await self.reader.aclose()
+        if self._link_task is not None:
+            self._link_task.cancel()
+            await asyncio.gather(self._link_task, return_exceptions=True)
+        if self.link is not None:
+            await self.link.aclose()
 
     # -- ReplicatedStore -----------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Several processes as one server, through Redis (``REDIS_URL``).
+"""Several processes as one server, through Redis (``REDIS_URL``, or ``REDIS_SENTINELS``).
 
 Each process owns the sessions it creates: it runs their providers, keeps them in memory
 like a single process does, and writes their logs to Redis (:mod:`server.cluster.redis_journal`).
@@ -19,6 +19,11 @@ one ends with ``stream-error`` ``owner_lost``, its logged chunks intact. On SIGT
 process hands its resumable streams over this way at once (:meth:`Cluster.hand_over`).
 With no process alive the sessions wait in Redis for the first one that starts, for at
 most ``OWNER_LOST_AFTER``.
+
+When Redis itself was out of reach or moved (an outage, a Sentinel failover), every
+process's lease may have lapsed meanwhile, or been renewed on a primary that is gone: a
+process claims nothing until a lease after it reaches Redis again or sees the new primary,
+so that the others, alive, renew theirs first.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from server.cluster.redis_journal import RedisJournal
-from server.cluster.redis_store import CLUSTER_CHANNEL, RedisStore, now_ms, raise_if_cancelling
+from server.cluster.redis_store import CLUSTER_CHANNEL, RedisStore, RedisTarget, now_ms, raise_if_cancelling
 from server.cluster.relay import Entry, Relay, RelayedSession, config_from_meta
 from server.core.commands import Ack, Action, error_ack, session_command, start_command
 from server.core.errors import StoreUnavailable
@@ -59,15 +64,19 @@ class Cluster:
     """This process's part in a Redis-backed group of server processes."""
 
     def __init__(self, settings: Settings, manager: StreamingSessionManager) -> None:
-        assert settings.redis_url is not None
         self.settings = settings
         self.manager = manager
         self.pid = secrets.token_hex(6)
-        self.store = RedisStore(settings.redis_url, timeout=settings.redis_timeout)
+        self.store = RedisStore(
+            RedisTarget.from_settings(settings),
+            timeout=settings.redis_timeout,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+        )
         self.lease_ms = int(settings.owner_lease_seconds * 1000)
         self.ttl_ms = int((settings.session_ttl + settings.session_idle_timeout) * 1000)
         self.journal = RedisJournal(self.store, self.ttl_ms, self._lost, self._finished)
-        self.relay = Relay(self.store, f"proc:{{{self.pid}}}:wake")
+        self.relay = Relay(self.store, f"proc:{{{self.pid}}}:wake", self._forget_idle)
         self._mirrors: dict[str, RelayedSession] = {}
         self._loading: dict[str, asyncio.Future[RelayedSession | None]] = {}
         self._replies: dict[str, asyncio.Future[Ack]] = {}
@@ -77,14 +86,20 @@ class Cluster:
         #: Set when a process announces it stopped: the watchdog looks at once.
         self._look = asyncio.Event()
         self._lease_tasks: list[asyncio.Task[None]] = []
+        #: When this process last reached Redis again after failing to (loop time), and
+        #: whether it fails now: the watchdog waits a lease after that.
+        self._reached_again = -float("inf")
+        self._unreachable = False
 
     # -- lifetime ------------------------------------------------------------
 
     async def run(self) -> AsyncIterator[None]:
         """The background loops for the app's lifetime (an ``app.cleanup_ctx`` body)."""
         loop = asyncio.get_running_loop()
+        self.store.link.on_switch(self._primary_moved)
         self._lease_tasks = [loop.create_task(self._heartbeat()), loop.create_task(self._watchdog())]
         background = [
+            loop.create_task(self.store.link.follow()),
             loop.create_task(self.journal.run()),
             loop.create_task(self.relay.run()),
             loop.create_task(self._inbox()),
@@ -164,6 +179,11 @@ class Cluster:
         if mirror is not None:
             if not mirror.ended:
                 mirror.apply(await self.store.entries_after(session_id, mirror.cursor))
+            if mirror.stale:
+                loaded = await self.store.load(session_id)
+                if loaded is None:
+                    return None
+                mirror.reload(*loaded)
             return mirror
         pending = self._loading.get(session_id)
         if pending is not None:
@@ -208,8 +228,15 @@ class Cluster:
             self._unused,
             self.manager.log_budget,
         )
-        mirror.apply(entries)
+        mirror.apply(entries, live=False)
         return mirror
+
+    def _forget_idle(self) -> None:
+        """The store may have lost writes: views that no viewer holds are read again when
+        next asked for, not trusted."""
+        for mirror in tuple(self._mirrors.values()):
+            if not mirror.viewers:
+                self._unused(mirror)
 
     def _unused(self, mirror: RelayedSession) -> None:
         if self._mirrors.get(mirror.id) is mirror:
@@ -327,14 +354,31 @@ class Cluster:
     # -- liveness ------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
         interval = self.settings.owner_lease_seconds / 3
         while True:
             try:
                 await self.store.heartbeat(self.pid, self.lease_ms)
             except StoreUnavailable:
-                await asyncio.sleep(min(0.25, interval))
+                self._unreachable = True
+                await self.store.link.switched(min(0.25, interval))
                 continue
+            if self._unreachable:
+                self._unreachable = False
+                self._reached_again = loop.time()
             await asyncio.sleep(interval)
+
+    def _may_claim(self) -> bool:
+        """Whether a lapsed lease means a dead process: not while Redis is out of reach, nor
+        within a lease after it answers again or moves, when the others, alive, may not have
+        renewed theirs yet."""
+        if self._unreachable:
+            return False
+        return asyncio.get_running_loop().time() - self._reached_again >= self.settings.owner_lease_seconds
+
+    def _primary_moved(self) -> None:
+        """Leases renewed on the old primary may be missing on the new one: wait a lease."""
+        self._reached_again = asyncio.get_running_loop().time()
 
     async def _watchdog(self) -> None:
         """Find processes whose lease lapsed and take their sessions over; drop idle mirrors.
@@ -351,6 +395,8 @@ class Cluster:
                 if not mirror.viewers and time.monotonic() - mirror.touched > 2 * interval:
                     self._mirrors.pop(session_id, None)
                     mirror.chunks.release()
+            if not self._may_claim():
+                continue
             try:
                 for pid, lapsed_at in await self.store.dead_processes():
                     if pid != self.pid:
@@ -365,6 +411,8 @@ class Cluster:
             if meta is None or meta.get("owner") != pid:
                 await self.store.forget(pid, session_id)
                 continue
+            if not self._may_claim():
+                return  # Redis moved while this looked: the leases it saw may be stale
             fence = await self.store.claim(session_id, pid, meta.get("fence", ""), self.pid)
             if fence is None:
                 continue  # another process claimed it first
@@ -386,7 +434,7 @@ class Cluster:
         gone_for: float,
     ) -> None:
         session = self._restore(session_id, meta, entries)
-        self.journal.own(session, fence)
+        self.journal.own(session, fence, entries, meta)
         self.manager.registry.add(session)
         label = short_id(session_id)
         about = {"session": label}
@@ -395,7 +443,7 @@ class Cluster:
             TAKEOVERS.labels(outcome="adopted").inc()
             return
         if not session.is_live:
-            self.journal.fences.pop(session_id, None)
+            self.journal.disown(session_id)
             return
         resume = orjson.loads(meta["resume"]) if "resume" in meta else None
         if resume is None or gone_for > self.settings.owner_lost_after:

@@ -6,22 +6,49 @@ A session is never held up by Redis for the chunk at hand: the chunk goes to loc
 viewers at once and its write follows within the same loop turn or the next. While
 writes wait (Redis slow or unreachable) the provider is not read past
 ``MAX_JOURNAL_BACKLOG`` entries, so memory stays bounded, and nothing is dropped: the
-writer retries the same entries, in order, until Redis answers. A write refused by the
-fencing token means another process owns the session now: this one stops it.
+writer retries the same entries, in order, until Redis answers; an entry sent twice is
+written once (each names the entry it follows). A write refused by the fencing token
+means another process owns the session now: this one stops it.
 
 Viewers get an entry only once it is written (:meth:`StreamingSession.deliver`): what a
 viewer has seen is always in the log, so a process that takes a session over after its
 owner died continues exactly where every viewer stands.
+
+Except when Redis itself loses acknowledged writes: a failover that promotes a replica
+which had not received them yet (replication is asynchronous), or a restart that lost
+the last second of its append-only file. The store then refuses the next write of the
+session as :class:`~server.cluster.redis_store.Lost`, and this process, which still
+holds every chunk and event it wrote, writes back what is missing under a new epoch,
+after a ``stream-reset`` entry that tells every reader past the old end to reload the
+log: every viewer gets ``stream-reset`` and the whole log again (PROTOCOL.md "Epoch"),
+never two histories spliced. After a failover or an outage the writer also checks the
+sessions that had nothing more to write (paused, or ended within
+:data:`RECENT_SECONDS`), so that a loss at the end of a log is found too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
-from server.cluster.redis_store import Append, Fenced, RedisStore, chunk_id, event_id
+from redis.exceptions import ResponseError
+
+from server.cluster.redis_store import (
+    RESET_EVENT,
+    Append,
+    Fenced,
+    Lost,
+    RedisStore,
+    StreamId,
+    format_id,
+    new_epoch,
+    parse_id,
+)
+from server.cluster.relay import reset_viewers
 from server.core.errors import StoreUnavailable
 from server.core.models import encode_json
 from server.core.session_view import short_id
@@ -34,9 +61,17 @@ log = logging.getLogger(__name__)
 #: before delivery (bench/redis_cost.py: p99 about 450 -> 300 ms at 512 -> 4096).
 BATCH = 4096
 TERMINAL_EVENTS = frozenset({"complete", "stream-error"})
+#: How long an ended session's log is checked after a failover or an outage: what a
+#: failover loses was written within the replicas' lag of it (seconds, with
+#: ``min-replicas-max-lag``), so a minute covers it with room to spare.
+RECENT_SECONDS = 60.0
+#: Meta fields the journal writes and a repair writes back. ``request`` is not kept (it
+#: can be large): a repair takes it from the session again.
+_KEPT_META = frozenset({"state", "lastSeq", "resume", "finishReason", "usage", "error"})
 
 #: An event to hand to the session's viewers once its entry is written.
 Delivery = tuple[str, Payload]
+_Item = tuple[StreamingSession, Append, Delivery | None]
 
 
 def _resume_meta(session: StreamingSession) -> tuple[str, ...]:
@@ -46,6 +81,32 @@ def _resume_meta(session: StreamingSession) -> tuple[str, ...]:
         return ()
     chars, checkpoint = point
     return ("resume", encode_json({"chars": chars, "checkpoint": checkpoint}))
+
+
+def _chunk_fields(chunk: Payload) -> tuple[str, ...]:
+    return ("c", chunk["content"], "t", str(chunk["timestamp"]), "m", encode_json(chunk["metadata"]))
+
+
+@dataclass(eq=False, slots=True)
+class _Track:
+    """What this process wrote of one session's log: enough to find a loss after a failover
+    and to write back what the store lost."""
+
+    session: StreamingSession
+    fence: str
+    #: The last entry the store acknowledged.
+    written: StreamId = (0, 0)
+    #: The last entry id given out (queued, maybe not written yet).
+    queued: StreamId = (0, 0)
+    #: The events acknowledged, with their ids (chunks are in the session's chunk log).
+    events: list[tuple[StreamId, tuple[str, ...]]] = field(default_factory=list)
+    #: The meta fields acknowledged (:data:`_KEPT_META`).
+    meta: dict[str, str] = field(default_factory=dict)
+    finished_at: float | None = None
+    #: Set while the store has lost part of the log: the loss, and the session's entries
+    #: held back until what was lost is written again.
+    lost: Lost | None = None
+    held: list[_Item] = field(default_factory=list)
 
 
 class RedisJournal:
@@ -60,10 +121,11 @@ class RedisJournal:
     ) -> None:
         self.store = store
         self.ttl_ms = ttl_ms
-        self.fences: dict[str, str] = {}
+        self._tracks: dict[str, _Track] = {}
+        self._ended: deque[tuple[float, str]] = deque()
         self._on_lost = on_lost
         self._on_finished = on_finished
-        self._queue: deque[tuple[StreamingSession, Append, Delivery | None]] = deque()
+        self._queue: deque[_Item] = deque()
         self._backlog: dict[str, int] = {}
         self._settled: dict[str, asyncio.Event] = {}
         self._work = asyncio.Event()
@@ -71,21 +133,53 @@ class RedisJournal:
         self._idle.set()
         #: Since when writes have been failing (loop time), or ``None``.
         self.failing_since: float | None = None
+        #: Losses found (the store had less than this process wrote), chunks written back
+        #: from memory, and epochs changed by those repairs.
+        self.losses = 0
+        self.rewritten = 0
+        self.epochs_changed = 0
 
-    def own(self, session: StreamingSession, fence: str) -> None:
-        """This process writes ``session``'s log with ``fence`` from now on."""
-        self.fences[session.id] = fence
+    def own(
+        self,
+        session: StreamingSession,
+        fence: str,
+        entries: Sequence[tuple[str, dict[str, str]]] = (),
+        meta: dict[str, str] | None = None,
+    ) -> None:
+        """This process writes ``session``'s log with ``fence`` from now on; ``entries`` and
+        ``meta``: the log as this process found it (a takeover)."""
+        track = _Track(session, fence)
+        for entry_id, fields in entries:
+            position = parse_id(entry_id)
+            track.written = position
+            if position[1]:
+                track.events.append((position, ("e", fields["e"], "p", fields["p"])))
+        if meta:
+            if meta.get("head"):
+                track.written = max(track.written, parse_id(meta["head"]))
+            track.meta = {name: value for name, value in meta.items() if name in _KEPT_META}
+        track.queued = track.written
+        self._tracks[session.id] = track
         session.journal = self
+
+    def disown(self, session_id: str) -> None:
+        """This process no longer writes that session's log."""
+        self._tracks.pop(session_id, None)
+
+    def owns(self, session_id: str) -> bool:
+        return session_id in self._tracks
 
     # -- sessions.Journal ----------------------------------------------------
 
     def chunk(self, session: StreamingSession, chunk: Payload) -> bool:
         seq = chunk["seq"]
-        fields = ("c", chunk["content"], "t", str(chunk["timestamp"]), "m", encode_json(chunk["metadata"]))
         meta = ("lastSeq", str(seq), *_resume_meta(session))
-        return self._put(session, chunk_id(seq), fields, meta, ("chunk", chunk))
+        return self._put(session, (seq + 1, 0), _chunk_fields(chunk), meta, ("chunk", chunk))
 
     def event(self, session: StreamingSession, event: str, payload: Payload) -> bool:
+        track = self._tracks.get(session.id)
+        if track is None:
+            return False
         meta: tuple[str, ...] = ()
         if event == "stream-state":
             meta = ("state", payload["state"])
@@ -97,12 +191,15 @@ class RedisJournal:
         elif event == "stream-error":
             meta = ("error", encode_json(session.error))
         fields = ("e", event, "p", encode_json(payload))
-        return self._put(session, event_id(session.head_seq), fields, meta, (event, payload))
+        # The events after chunk N are N+1-1, N+1-2, ...: numbered here, so a retry is harmless.
+        ms = session.head_seq + 1
+        position = (ms, track.queued[1] + 1 if track.queued[0] == ms else 1)
+        return self._put(session, position, fields, meta, (event, payload))
 
     def checkpoint(self, session: StreamingSession) -> None:
         meta = _resume_meta(session)
         if meta:
-            self._put(session, "", (), meta, None)
+            self._put(session, None, (), meta, None)
 
     def backlog(self, session: StreamingSession) -> int:
         return self._backlog.get(session.id, 0)
@@ -115,15 +212,24 @@ class RedisJournal:
     def _put(
         self,
         session: StreamingSession,
-        entry_id: str,
+        position: StreamId | None,
         fields: tuple[str, ...],
         meta: tuple[str, ...],
         delivery: Delivery | None,
     ) -> bool:
-        fence = self.fences.get(session.id)
-        if fence is None:
+        track = self._tracks.get(session.id)
+        if track is None:
             return False
-        self._queue.append((session, Append(session.id, fence, entry_id, fields, meta), delivery))
+        entry_id = ""
+        after = format_id(track.queued)
+        if position is not None:
+            entry_id = format_id(position)
+            track.queued = position
+        item = (session, Append(session.id, track.fence, entry_id, fields, meta, after), delivery)
+        if track.lost is not None:
+            track.held.append(item)
+        else:
+            self._queue.append(item)
         self._backlog[session.id] = self._backlog.get(session.id, 0) + 1
         self._idle.clear()
         self._work.set()
@@ -134,55 +240,118 @@ class RedisJournal:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         delay = 0.05
+        generation = self.store.link.generation
+        self.store.link.on_switch(self._work.set)
         while True:
-            if not self._queue:
+            if generation != self.store.link.generation:
+                generation = self.store.link.generation
+                self._check_all()
+            lost = [track for track in self._tracks.values() if track.lost is not None]
+            if not self._queue and not lost:
                 self._idle.set()
                 self._work.clear()
                 await self._work.wait()
+                continue
             batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
             try:
-                results = await self.store.append([item for _, item, _ in batch], self.ttl_ms)
+                for track in lost:
+                    await self._repair(track)
+                results = (
+                    await self.store.append([item for _, item, _ in batch], self.ttl_ms) if batch else []
+                )
             except StoreUnavailable:
                 if self.failing_since is None:
                     self.failing_since = loop.time()
                     log.warning("redis: cannot write the logs of %d sessions; retrying", len(self._backlog))
-                await asyncio.sleep(delay)
+                await self.store.link.switched(delay)
                 delay = min(1.0, delay * 2)
                 continue
             if self.failing_since is not None:
                 log.info("redis: writing again after %.1f s", loop.time() - self.failing_since)
                 self.failing_since = None
+                # Redis was out of reach: it may have come back with less than it had.
+                self._check_all()
             delay = 0.05
             for _ in batch:
                 self._queue.popleft()
-            for (session, _, delivery), result in zip(batch, results, strict=True):
-                # Synchronous per entry; only a session's last entry awaits (its quota).
-                if self._written(session, result, delivery):
-                    try:
-                        await self._on_finished(session)
-                    except StoreUnavailable:
-                        log.warning("session %s: could not release its quota", short_id(session.id))
-                    self._settle(session)
+            found = self._losses(batch, results)
+            for item, result in zip(batch, results, strict=True):
+                if item[0].id not in found:
+                    await self._done(item, result)
 
-    def _written(self, session: StreamingSession, result: str | Exception, delivery: Delivery | None) -> bool:
+    async def _done(self, item: _Item, result: str | Exception) -> None:
+        """An entry is written (or refused): deliver it; release a session it ended."""
+        if self._written(item, result):
+            session = item[0]
+            try:
+                await self._on_finished(session)
+            except StoreUnavailable:
+                log.warning("session %s: could not release its quota", short_id(session.id))
+            self._settle(session)
+
+    def _losses(self, batch: list[_Item], results: list[str | Exception]) -> set[str]:
+        """The sessions whose log the store lost part of: their entries are held back (the
+        ones of this batch first) until :meth:`_repair` has written the lost part again."""
+        found: dict[str, Lost] = {}
+        for (session, _, _), result in zip(batch, results, strict=True):
+            if isinstance(result, Lost) and session.id not in found:
+                found[session.id] = result
+        for session_id, lost in found.items():
+            track = self._tracks.get(session_id)
+            if track is None:
+                continue
+            track.lost = lost
+            track.held = [item for item in batch if item[0].id == session_id] + [
+                item for item in self._queue if item[0].id == session_id
+            ]
+            self._queue = deque(item for item in self._queue if item[0].id != session_id)
+        return set(found)
+
+    def _written(self, item: _Item, result: str | Exception) -> bool:
         """One entry is in the store (or was refused): its viewers get it. ``True`` when it
         ended the session, and the caller releases the session, then :meth:`_settle`."""
+        session, append, delivery = item
+        track = self._tracks.get(session.id)
         if isinstance(result, Fenced):
-            if self.fences.pop(session.id, None) is not None:
-                log.warning("session %s: another process owns it now; stopping here", short_id(session.id))
-                self._drop(session)
-                self._on_lost(session)
+            if track is not None:
+                self._fenced(track)
             return False
         if isinstance(result, Exception):
             log.error("session %s: log write refused: %s", short_id(session.id), result)
+        elif track is not None:
+            self._acknowledged(track, append)
         terminal = delivery is not None and delivery[0] in TERMINAL_EVENTS
         if delivery is not None and session.journal is self:
             session.deliver(*delivery)
-        if terminal:
-            self.fences.pop(session.id, None)
+        if terminal and track is not None and track.finished_at is None:
+            now = asyncio.get_running_loop().time()
+            track.finished_at = now
+            self._ended.append((now, session.id))
+            self._forget_ended(now)
             return True
         self._settle(session)
         return False
+
+    def _fenced(self, track: _Track) -> None:
+        """Another process owns the session now: stop writing it (and, live, running it)."""
+        session = track.session
+        self._tracks.pop(session.id, None)
+        self._drop(session)
+        if track.finished_at is None:
+            log.warning("session %s: another process owns it now; stopping here", short_id(session.id))
+            self._on_lost(session)
+
+    @staticmethod
+    def _acknowledged(track: _Track, append: Append) -> None:
+        if append.entry_id:
+            position = parse_id(append.entry_id)
+            track.written = max(track.written, position)
+            if position[1]:
+                track.events.append((position, tuple(append.fields)))
+        meta = append.meta
+        for index in range(0, len(meta), 2):
+            if meta[index] in _KEPT_META:
+                track.meta[meta[index]] = meta[index + 1]
 
     def _settle(self, session: StreamingSession) -> None:
         """One entry of ``session`` less waits: wake its pump when that frees room."""
@@ -206,6 +375,145 @@ class RedisJournal:
         self._queue = deque(item for item in self._queue if item[0] is not session)
         self._forget(session)
 
+    def _forget_ended(self, now: float) -> None:
+        """Stop checking the sessions that ended more than :data:`RECENT_SECONDS` ago."""
+        while self._ended and now - self._ended[0][0] > RECENT_SECONDS:
+            _, session_id = self._ended.popleft()
+            track = self._tracks.get(session_id)
+            if track is not None and track.finished_at is not None:
+                del self._tracks[session_id]
+
     async def flushed(self) -> None:
         """Wait until every queued entry is written (shutdown)."""
         await self._idle.wait()
+
+    # -- losses --------------------------------------------------------------
+
+    def _check_all(self) -> None:
+        """After a failover or an outage: check every log this process writes (and those
+        that ended lately), so that a loss is found even where nothing more is written."""
+        self._forget_ended(asyncio.get_running_loop().time())
+        for track in tuple(self._tracks.values()):
+            if track.lost is None:
+                self._put(track.session, None, (), (), None)
+
+    async def _repair(self, track: _Track) -> None:
+        """Write back what the store lost of a session, from this process's memory, under
+        a new epoch; then tell this process's viewers and release the held entries."""
+        lost = track.lost
+        session = track.session
+        assert lost is not None
+        head = lost.head
+        # A reader that found the loss first gave the session its new epoch: keep that one.
+        epoch = lost.epoch if lost.flagged and lost.epoch else new_epoch()
+        reset = (
+            "e",
+            RESET_EVENT,
+            "p",
+            encode_json({"sessionId": session.id, "epoch": epoch, "lastSeq": session.last_seq}),
+        )
+        missing = [
+            *(
+                ((seq + 1, 0), _chunk_fields(chunk))
+                for seq, chunk in enumerate(session.chunks.iter_from(head[0]), head[0])
+            ),
+            *(
+                (position, fields)
+                for position, fields in track.events
+                if position > head and fields[1] != RESET_EVENT
+            ),
+        ]
+        missing.sort(key=lambda entry: entry[0])
+        entries = _renumbered(head, [(None, reset), *((position, fields) for position, fields in missing)])
+        meta = dict(track.meta)
+        if session.conversation is not None and "state" in meta and meta["state"] != "created":
+            meta["request"] = session.conversation.to_json()
+        try:
+            answer = await self.store.repair(
+                session.id,
+                track.fence,
+                format_id(head),
+                lost.epoch,
+                epoch,
+                meta,
+                [(format_id(position), fields) for position, fields in entries],
+                self.ttl_ms,
+            )
+        except ResponseError as exc:
+            # The session's keys are not ours to repair (a wrong type): stop logging it.
+            log.error("session %s: cannot write its lost log back: %s", short_id(session.id), exc)
+            answer = "FENCED"
+        if answer == "FENCED":
+            self._fenced(track)
+            return
+        if answer.startswith("HEAD "):
+            # The log moved meanwhile (another failover): start again from where it ends now.
+            track.lost = Lost(answer[5:], lost.epoch, lost.flagged)
+            return
+        if answer.startswith("EPOCH "):
+            # A reader found the loss too and gave the session its new epoch: take that one.
+            track.lost = Lost(format_id(head), answer[6:] or None, True)
+            return
+        chunks = sum(1 for position, _ in entries if position[1] == 0)
+        log.warning(
+            "session %s: the store lost its log after %s; wrote %d chunks back from memory, epoch %s -> %s",
+            short_id(session.id),
+            format_id(head),
+            chunks,
+            session.epoch,
+            epoch,
+            extra={"session": short_id(session.id)},
+        )
+        self.losses += 1
+        self.rewritten += chunks
+        if epoch != session.epoch:
+            self.epochs_changed += 1
+        track.written = entries[-1][0]
+        track.events = [
+            *((position, fields) for position, fields in track.events if position <= head),
+            *((position, fields) for position, fields in entries[1:] if position[1]),
+        ]
+        reset_viewers(session, epoch)
+        held, track.held, track.lost = track.held, [], None
+        rest: list[_Item] = []
+        for item in held:
+            if item[1].entry_id and parse_id(item[1].entry_id) <= head:
+                # Written by an attempt whose answer never came back, and kept by the store.
+                await self._done(item, item[1].entry_id)
+            else:
+                rest.append(item)
+        self._queue = deque([*self._renumbered_items(track, rest, epoch), *self._queue])
+
+    def _renumbered_items(self, track: _Track, held: list[_Item], epoch: str) -> list[_Item]:
+        """Held entries numbered on from the repaired log's end (the ``stream-reset`` took an
+        event id), their ``stream-state`` payloads with the new epoch."""
+        items: list[_Item] = []
+        position = track.written
+        for session, append, delivery in held:
+            after = format_id(position)
+            if not append.entry_id:
+                items.append((session, dataclasses.replace(append, after=after), delivery))
+                continue
+            original = parse_id(append.entry_id)
+            position = original if original[1] == 0 else (position[0], position[1] + 1)
+            fields = append.fields
+            if delivery is not None and delivery[0] == "stream-state":
+                delivery = (delivery[0], {**delivery[1], "epoch": epoch})
+                fields = ("e", delivery[0], "p", encode_json(delivery[1]))
+            renumbered = dataclasses.replace(append, entry_id=format_id(position), after=after, fields=fields)
+            items.append((session, renumbered, delivery))
+        track.queued = position
+        return items
+
+
+def _renumbered(
+    head: StreamId, entries: list[tuple[StreamId | None, tuple[str, ...]]]
+) -> list[tuple[StreamId, tuple[str, ...]]]:
+    """Ids for ``entries`` after ``head``: a chunk keeps its own (``seq+1``-0), an event
+    takes the next one after what precedes it."""
+    out = []
+    position = head
+    for original, fields in entries:
+        position = original if original is not None and original[1] == 0 else (position[0], position[1] + 1)
+        out.append((position, fields))
+    return out

@@ -1,95 +1,184 @@
-"""Everything the server keeps in Redis, and every call it makes there (``REDIS_URL``).
+"""Everything the server keeps in Redis, and every call it makes there (Redis mode).
 
-Imported only when ``REDIS_URL`` is set. Keys of one session share the hash tag
-``{<sessionId>}`` so a script touching them runs on one Redis Cluster node:
+Imported only in Redis mode. Keys of one session share the hash tag ``{<sessionId>}`` so
+a script touching them runs on one Redis Cluster node:
 
 - ``stream:{id}:meta``, a hash: user, config, createdAt, state, epoch, lastSeq, usage,
-  finishReason, error, the owner process and its fencing token (``fence``);
+  finishReason, error, the owner process and its fencing token (``fence``), the id of the
+  log's last entry (``head``) and, once a process found the log shorter than what it had
+  seen, ``lost``;
 - ``stream:{id}:log``, a Redis Stream, the chunk log and the source of truth for replay.
-  Chunk ``seq`` N has the explicit id ``N+1-0``, so Redis itself refuses a second append
-  of a seq; the events that follow chunk N (``stream-state``, ``complete``,
-  ``stream-error``) get ``N+1-1``, ``N+1-2``, ... Appends run in a script that first
-  checks each session's fencing token, so a process that lost a session can never append
-  to it. One script call per flush carries every session's entries (``append``): on one
-  Redis server that is one call however many sessions stream; a Redis Cluster would need
-  one call per hash slot (not supported yet).
+  Chunk ``seq`` N has the id ``N+1-0``; the events that follow chunk N (``stream-state``,
+  ``complete``, ``stream-error``) get ``N+1-1``, ``N+1-2``, ..., numbered by the owner, so
+  a write sent twice is written once.
+
+Appends run in a script (``_APPEND``) that checks each session's fencing token, so a
+process that lost a session can never append to it, and that the entries follow the
+log's ``head`` as the writer knew it: a log that a failover rolled back (a replica
+promoted before it had the last writes) is refused as :class:`Lost` instead of being
+continued with the same ids and other text. One script call per flush carries every
+session's entries; a Redis Cluster would need one call per hash slot (not supported yet:
+the groups of :meth:`RedisStore.append` are per session, so per-slot batches only need
+them gathered by ``CLUSTER KEYSLOT``).
 
 Per process: ``proc:{pid}``, its lease (a key with a TTL it renews), ``proc:{pid}:sessions``
 (the sessions it owns), ``procs`` (a sorted set of lease deadlines, to find the dead) and
 the pub/sub channel ``proc:{pid}:inbox`` for commands. Per user: ``user:{id}:live``, the
 live sessions counted by the quota.
+
+Where Redis is (:class:`RedisTarget`): one server (``REDIS_URL``), or the primary that Redis
+Sentinels name (``REDIS_SENTINELS``), which :class:`RedisLink` follows through failovers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
+import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from server.core.errors import StoreUnavailable
 
+if TYPE_CHECKING:
+    from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
 # Appends the queued entries of several sessions in one call (one call per flush): for each
-# session, if the caller holds its fencing token, its entries in order, then its meta hash
-# updated once and its keys' TTL renewed. KEYS: meta and log of each session, in pairs.
-# ARGV: ttl ms, then per session: fence, entry count, per entry its id, n and n
-# field/values (n = 0: no entry), then the meta count m and m field/values. Returns per
-# session 'FENCED'; its entry count when every entry was written; '!' and the error when
-# its keys could not be used (a wrong type: nothing of it was written but what came
-# before the error); or, when an XADD was refused, a list with one result per entry: its
-# id, '' (no entry), or '!' and the error of its XADD. Every call inside is a pcall, so
-# one session's failure never stops the others' writes halfway.
+# session, if the caller holds its fencing token and the log is as the caller left it, its
+# entries in order, then its meta hash updated once and its keys' TTL renewed.
+# KEYS: meta and log of each session, in pairs. ARGV: ttl ms, then per session: fence, the id
+# of the writer's entry before these ('' = unchecked), entry count, per entry its id, n and n
+# field/values (n = 0: no entry), then the meta count m and m field/values.
+#
+# Returns per session 'FENCED'; 'LOST <head> <epoch> <1 if flagged>' when the log's head is
+# behind what the writer had written (a failover lost it) or a reader flagged it lost:
+# nothing of it was written; its entry count when every entry was written; '!' and the error
+# when its keys could not be used (a wrong type: nothing of it was written); or, when an
+# entry was not written, a list with one result per entry: its id, '' (no entry), '!WRITTEN'
+# (the log has it already: a write sent again), or '!' and the error of its XADD ('!DUPLICATE'
+# and the error when unchecked, as an id at or below the head is). Every call inside is a
+# pcall, so one session's failure never stops the others' writes halfway; a write the
+# server refuses for every key (a read-only replica, NOREPLICAS, out of memory) fails the
+# whole call before anything is written.
 _APPEND = """
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function before(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am < bm or (am == bm and as < bs)
+end
+local function refused_by_server(err)
+  local word = string.match(err, '^%u+')
+  return word == 'READONLY' or word == 'NOREPLICAS' or word == 'OOM' or word == 'MISCONF'
+end
 local ttl = ARGV[1]
 local i = 2
 local out = {}
 for s = 1, #KEYS / 2 do
   local meta, log = KEYS[2 * s - 1], KEYS[2 * s]
-  local fence = ARGV[i]
-  local count = tonumber(ARGV[i + 1])
-  i = i + 2
-  local owner = redis.pcall('HGET', meta, 'fence')
-  local failed = type(owner) == 'table' and owner.err
-  local fenced = not failed and owner ~= fence
-  local results = {}
-  local refused = false
-  for e = 1, count do
-    local n = tonumber(ARGV[i + 1])
-    if failed or fenced then
-      results[e] = ''
-    elseif n > 0 then
-      local id = redis.pcall('XADD', log, ARGV[i], unpack(ARGV, i + 2, i + 1 + n))
-      if type(id) == 'table' and id.err then
-        id = '!DUPLICATE ' .. id.err
-        refused = true
-      end
-      results[e] = id
+  local fence, prev = ARGV[i], ARGV[i + 1]
+  local count = tonumber(ARGV[i + 2])
+  i = i + 3
+  local state = redis.pcall('HMGET', meta, 'fence', 'head', 'lost', 'epoch')
+  local failed = state.err
+  local fenced = not failed and state[1] ~= fence
+  local checked = prev ~= '' and not failed and not fenced
+  local head = '0-0'
+  if checked then
+    if state[2] then
+      head = state[2]
     else
+      local last = redis.pcall('XREVRANGE', log, '+', '-', 'COUNT', 1)
+      if last.err then
+        failed = last.err
+        checked = false
+      elseif last[1] then
+        head = last[1][1]
+      end
+    end
+  end
+  local lost = checked and state[3] ~= false
+  -- The usual case: the log ends where the writer left it, every entry is new.
+  local follows = checked and head == prev
+  local expected = prev
+  local written = nil
+  local results = {}
+  local partial = false
+  for e = 1, count do
+    local id = ARGV[i]
+    local n = tonumber(ARGV[i + 1])
+    if failed or fenced or lost or n == 0 then
       results[e] = ''
+    elseif checked and not follows and not before(head, id) then
+      results[e] = '!WRITTEN'
+      partial = true
+      expected = id
+    elseif checked and not follows and expected ~= head then
+      lost = true
+      results[e] = ''
+    else
+      local reply = redis.pcall('XADD', log, id, unpack(ARGV, i + 2, i + 1 + n))
+      if type(reply) == 'table' and reply.err then
+        if refused_by_server(reply.err) then
+          return redis.error_reply(reply.err)
+        end
+        results[e] = (checked and '!' or '!DUPLICATE ') .. reply.err
+        partial = true
+      else
+        results[e] = reply
+        head, expected, written = reply, reply, reply
+      end
     end
     i = i + 2 + n
+  end
+  if checked and not follows and not lost and before(head, expected) then
+    lost = true
   end
   local m = tonumber(ARGV[i])
   if failed then
     out[s] = '!' .. failed
   elseif fenced then
     out[s] = 'FENCED'
+  elseif lost then
+    out[s] = 'LOST ' .. head .. ' ' .. (state[4] or '-') .. ' ' .. (state[3] and '1' or '0')
   else
+    local fields = {}
+    for f = i + 1, i + m do
+      fields[#fields + 1] = ARGV[f]
+    end
+    if written then
+      fields[#fields + 1] = 'head'
+      fields[#fields + 1] = written
+    end
     local reply = nil
-    if m > 0 then
-      reply = redis.pcall('HSET', meta, unpack(ARGV, i + 1, i + m))
+    if #fields > 0 then
+      reply = redis.pcall('HSET', meta, unpack(fields))
+      if type(reply) == 'table' and reply.err and refused_by_server(reply.err) then
+        return redis.error_reply(reply.err)
+      end
     end
     redis.pcall('PEXPIRE', meta, ttl)
     redis.pcall('PEXPIRE', log, ttl)
     if type(reply) == 'table' and reply.err then
       out[s] = '!' .. reply.err
-    elseif refused then
+    elseif partial then
       out[s] = results
     else
       out[s] = count
@@ -100,16 +189,80 @@ end
 return out
 """
 
-# Moves a session to a new owner if it still belongs to the one the caller saw (and that
-# one's fence): exactly one of several racing processes wins. KEYS: meta.
-# ARGV: expected owner, expected fence, new owner. Returns the new fence, or nil.
-_CLAIM = """
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then
+# Writes back what a failover lost of one session, from its owner's memory: if the caller
+# holds the fence, the log's head is the one it was told and the epoch the one it saw, the
+# entries (a ``stream-reset`` first, so that every reader past the head hears of the new
+# epoch), the meta fields, the new epoch, and ``lost`` cleared. KEYS: meta, log. ARGV: ttl
+# ms, fence, head, epoch seen ('' = none), new epoch, meta count m, m field/values, then per
+# entry its id, n and n field/values. Returns 'OK', 'FENCED', 'HEAD <head>' when the head
+# moved meanwhile, or 'EPOCH <epoch>' when a reader gave the session a new epoch meanwhile.
+_REPAIR = """
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then
+  return 'FENCED'
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch') or ''
+if epoch ~= ARGV[4] then
+  return 'EPOCH ' .. epoch
+end
+local head = redis.call('HGET', KEYS[1], 'head')
+if not head then
+  local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  head = last[1] and last[1][1] or '0-0'
+end
+if head ~= ARGV[3] then
+  return 'HEAD ' .. head
+end
+local m = tonumber(ARGV[6])
+local i = 7 + m
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 1])
+  head = redis.call('XADD', KEYS[2], ARGV[i], unpack(ARGV, i + 2, i + 1 + n))
+  i = i + 2 + n
+end
+if m > 0 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 7, 6 + m))
+end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[5], 'head', head)
+redis.call('HDEL', KEYS[1], 'lost')
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 'OK'
+"""
+
+# A reader found the log shorter than what it had delivered: a new epoch, and ``lost`` for
+# the owner to see on its next write, unless the epoch changed already (someone else found
+# it first). KEYS: meta. ARGV: the epoch the reader knew, a new one. Returns the session's
+# epoch now, or nil when the session is gone.
+_MARK_LOST = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
   return false
 end
-local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
-redis.call('HSET', KEYS[1], 'owner', ARGV[3])
-return fence
+if epoch ~= ARGV[1] then
+  return epoch
+end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'lost', '1')
+return ARGV[2]
+"""
+
+# Moves a session to a new owner if it still belongs to the one the caller saw (and that
+# one's fence): exactly one of several racing processes wins. The new fence is the count
+# plus one and a random part, so that a claim a failover rolled back and another one made
+# after it never hold the same fence. A claim sent again by its winner answers the same.
+# KEYS: meta. ARGV: expected owner, expected fence, new owner, random part. Returns the new
+# fence, or nil.
+_CLAIM = """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+local fence = redis.call('HGET', KEYS[1], 'fence')
+if owner == ARGV[3] and fence then
+  return fence
+end
+if owner ~= ARGV[1] or fence ~= ARGV[2] then
+  return false
+end
+local claimed = (tonumber(string.match(fence, '^%d+')) + 1) .. ':' .. ARGV[4]
+redis.call('HSET', KEYS[1], 'fence', claimed, 'owner', ARGV[3])
+return claimed
 """
 
 # The per-user quota: add the session unless the user has ``limit`` live ones already.
@@ -129,36 +282,32 @@ PROCESSES = "procs"
 CLUSTER_CHANNEL = "procs:left"
 #: Connections to Redis per process (besides the relay's own).
 MAX_CONNECTIONS = 64
+#: The event a repair writes first, so that readers past the old head reload the log.
+RESET_EVENT = "stream-reset"
+
+#: What Sentinels announce on their pub/sub: the primary switched, and (by the one running
+#: a failover) a replica about to be promoted.
+SWITCHED = "+switch-master"
+PROMOTING = "+failover-state-send-slaveof-noone"
+#: Longest that commands wait for a promotion announced to end (a Sentinel promotes within
+#: about a second; an aborted failover never says so).
+HOLD_SECONDS = 3.0
+
+#: A stream entry id as numbers, ``(ms, seq)``, compared as Redis compares them.
+StreamId = tuple[int, int]
 
 
-def _session_args(batch: Sequence[Append], indexes: list[int], fence: str) -> list[Any]:
-    """One session's part of ``_APPEND``'s arguments: its entries, then its meta fields
-    merged (the last value of each field kept)."""
-    args: list[Any] = [fence, len(indexes)]
-    meta: dict[str, str] = {}
-    for index in indexes:
-        item = batch[index]
-        args += [item.entry_id, len(item.fields), *item.fields]
-        meta.update(zip(item.meta[::2], item.meta[1::2], strict=True))
-    args.append(2 * len(meta))
-    for field, value in meta.items():
-        args += [field, value]
-    return args
+def parse_id(entry_id: str) -> StreamId:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
 
 
-class Fenced(Exception):
-    """The session has another owner now: this process may not write to it."""
+def format_id(position: StreamId) -> str:
+    return f"{position[0]}-{position[1]}"
 
 
-@dataclass(frozen=True, slots=True)
-class Append:
-    """One log entry to write for a session this process owns."""
-
-    session_id: str
-    fence: str
-    entry_id: str
-    fields: Sequence[str]
-    meta: Sequence[str] = ()
+def chunk_id(seq: int) -> str:
+    return f"{seq + 1}-0"
 
 
 def meta_key(session_id: str) -> str:
@@ -169,33 +318,93 @@ def log_key(session_id: str) -> str:
     return f"stream:{{{session_id}}}:log"
 
 
-def chunk_id(seq: int) -> str:
-    return f"{seq + 1}-0"
-
-
-def event_id(last_seq: int) -> str:
-    return f"{last_seq + 1}-*"
-
-
-def parse_id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq)
-
-
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def new_epoch() -> str:
+    """A log's history identity, made anew when the history changed (PROTOCOL.md "Epoch")."""
+    return secrets.token_hex(4)
+
+
+def _session_args(batch: Sequence[Append], indexes: list[int], fence: str) -> list[Any]:
+    """One session's part of ``_APPEND``'s arguments: the entry its first item follows, its
+    entries, then its meta fields merged (the last value of each field kept)."""
+    args: list[Any] = [fence, batch[indexes[0]].after, len(indexes)]
+    meta: dict[str, str] = {}
+    for index in indexes:
+        item = batch[index]
+        args += [item.entry_id, len(item.fields), *item.fields]
+        meta.update(zip(item.meta[::2], item.meta[1::2], strict=True))
+    args.append(2 * len(meta))
+    for name, value in meta.items():
+        args += [name, value]
+    return args
+
+
+class Fenced(Exception):
+    """The session has another owner now: this process may not write to it."""
+
+
+class Lost(Exception):
+    """The session's log is behind what its writer had written (a failover lost its end),
+    or a reader flagged it so: nothing of this write went in."""
+
+    def __init__(self, head: str, epoch: str | None, flagged: bool) -> None:
+        super().__init__(f"the log ends at {head}")
+        #: The id of the log's last entry as the store has it.
+        self.head = parse_id(head)
+        #: The session's epoch in the store (``None``: it has none).
+        self.epoch = epoch
+        #: A reader found it shorter and set a new epoch already.
+        self.flagged = flagged
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """One log entry (or, with no ``entry_id``, meta fields alone) to write for a session
+    this process owns; ``after`` is the id of this writer's entry before it (``''``: not
+    checked)."""
+
+    session_id: str
+    fence: str
+    entry_id: str
+    fields: Sequence[str]
+    meta: Sequence[str] = ()
+    after: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """What a reader checks of a log after a failover: its epoch (``None``: the session is
+    gone) and the fields of the entry at the reader's cursor (``None``: the log has none)."""
+
+    epoch: str | None
+    at_cursor: dict[str, str] | None
+
+
 @asynccontextmanager
-async def _guard() -> AsyncIterator[None]:
-    """Redis errors that are about reaching Redis become :class:`StoreUnavailable`."""
+async def _reaching(link: RedisLink) -> AsyncIterator[None]:
+    """Redis errors that are about reaching Redis become :class:`StoreUnavailable`; those
+    that say the primary may have moved also make ``link`` ask the Sentinels again. While a
+    replica is being promoted, the command waits for the new primary."""
+    await link.ready()
     try:
         yield
-    except ResponseError:
+    except ResponseError as exc:
+        if _moved(exc):
+            link.moved()
+            raise StoreUnavailable("The session store is unavailable: try again shortly") from exc
         raise
     except (RedisError, OSError) as exc:
         raise_if_cancelling(exc)
+        link.moved()
         raise StoreUnavailable("The session store is unavailable: try again shortly") from exc
+
+
+def _moved(exc: BaseException) -> bool:
+    """A reply that says this server is no longer the one to write to."""
+    return str(exc).startswith(("READONLY", "NOREPLICAS", "MASTERDOWN"))
 
 
 def raise_if_cancelling(exc: BaseException) -> None:
@@ -206,50 +415,364 @@ def raise_if_cancelling(exc: BaseException) -> None:
         raise asyncio.CancelledError from exc
 
 
+# -- where Redis is --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """Where Redis is: one server (``url``), or the primary that ``sentinels`` name for
+    ``master``. Passwords stay out of ``repr``."""
+
+    url: str | None = None
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = ""
+    password: str | None = field(default=None, repr=False)
+    sentinel_password: str | None = field(default=None, repr=False)
+    #: Seconds between two asks of the Sentinels which server is the primary.
+    check_interval: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisTarget:
+        if settings.redis_sentinels:
+            return cls(
+                sentinels=tuple(_host_port(entry) for entry in settings.redis_sentinels),
+                master=settings.redis_sentinel_master or "",
+                password=_secret(settings.redis_password),
+                sentinel_password=_secret(settings.redis_sentinel_password),
+                check_interval=settings.redis_primary_check_interval,
+            )
+        assert settings.redis_url is not None
+        return cls(url=settings.redis_url)
+
+
+def _host_port(entry: str) -> tuple[str, int]:
+    host, _, port = entry.strip().rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
+def _address(address: tuple[str, int] | None) -> str:
+    return "?" if address is None else f"{address[0]}:{address[1]}"
+
+
+def _secret(value: Any) -> str | None:
+    return None if value is None else str(value.get_secret_value())
+
+
+class _Sentinels(Sentinel):
+    """redis-py's Sentinel client, asking every Sentinel at once and believing the newest
+    configuration. Right after a failover the Sentinels disagree: the one running it still
+    names the old primary (flagged ``failover_in_progress``) until the promoted replica
+    reports itself primary, while the others already name the new one under the same
+    config epoch; redis-py's own ``discover_master`` believes whichever answers first."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        replies = await asyncio.gather(
+            *(sentinel.sentinel_master(service_name) for sentinel in self.sentinels), return_exceptions=True
+        )
+        votes: dict[tuple[int, bool, str, int], int] = {}
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                if not isinstance(reply, RedisError | OSError):
+                    raise reply
+                continue
+            state = cast(dict[str, Any], reply)
+            if self.check_master_state(state, service_name):
+                settled = "failover_in_progress" not in str(state["flags"])
+                key = (int(state["config-epoch"]), settled, str(state["ip"]), int(state["port"]))
+                votes[key] = votes.get(key, 0) + 1
+        if not votes:
+            raise MasterNotFoundError(f"No Sentinel names a primary for {service_name!r}")
+        # The newest epoch; in it, what a Sentinel not failing over says; then the most said.
+        *_, host, port = max(votes, key=lambda key: (key[0], key[1], votes[key]))
+        return host, port
+
+
+class _SentinelPool(SentinelConnectionPool):
+    """Connections to the primary the Sentinels name. One still open to another server (the
+    primary before a failover) is closed before it is handed out: redis-py's asyncio pool
+    would hand it out as it is, and a client would go on writing to the old primary."""
+
+    async def ensure_connection(self, connection: Any) -> None:
+        address = (connection.host, connection.port)
+        if self.master_address is not None and connection.is_connected and address != self.master_address:
+            await connection.disconnect()
+        await super().ensure_connection(connection)
+
+
+class _BlockingSentinelPool(_SentinelPool, BlockingConnectionPool):
+    """:class:`_SentinelPool`, where a burst of requests waits for a free connection (as
+    :class:`BlockingConnectionPool`) instead of failing at once."""
+
+
+class RedisLink:
+    """This process's way to the Redis primary: it makes the clients, and with Sentinels it
+    follows the primary through failovers.
+
+    redis-py asks the Sentinels only when a connection (re)connects, so after a manual
+    failover a client keeps writing to the old primary until it is demoted, about ten
+    seconds later (research/redis.md 3.2): those writes are acknowledged and lost. The link
+    asks the Sentinels every ``check_interval`` and as soon as one announces
+    ``+switch-master`` (or a reply says the server moved: ``READONLY``, ``NOREPLICAS``, a
+    lost connection), and when the primary changed it closes every connection of its
+    clients, in use or not, so that each reconnects to the new one.
+    """
+
+    def __init__(self, target: RedisTarget, *, timeout: float) -> None:
+        self.target = target
+        self.timeout = timeout
+        #: How many times the primary moved since this process started.
+        self.generation = 0
+        #: The primary as last found (Sentinel mode), ``(host, port)``.
+        self.primary: tuple[str, int] | None = None
+        self._pools: list[ConnectionPool] = []
+        self._check: asyncio.Event | None = None
+        self._on_switch: list[Callable[[], None]] = []
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._released = _set_event()
+        self._sentinels: _Sentinels | None = None
+        if target.sentinels:
+            # Sentinels answer at once or are down: never wait the whole store timeout on one.
+            quick = min(timeout, 1.0)
+            self._sentinels = _Sentinels(
+                list(target.sentinels),
+                sentinel_kwargs={
+                    "decode_responses": True,
+                    "password": target.sentinel_password,
+                    "socket_timeout": quick,
+                    "socket_connect_timeout": quick,
+                },
+            )
+
+    def client(
+        self,
+        *,
+        max_connections: int | None = None,
+        socket_timeout: float | None = None,
+        retries: int = 3,
+        **options: Any,
+    ) -> aioredis.Redis:
+        """A client of the primary, followed through failovers. ``max_connections``: at most
+        that many at once, a request waiting up to the timeout for a free one; ``None``: as
+        many as asked (a client for one blocking reader). With Sentinels, a command that
+        meets a moved primary is sent again up to ``retries`` times, to the new one: every
+        write here is safe to resend (see the scripts above); a reader that must notice the
+        move (it checks what it read) takes none."""
+        timeout = self.timeout
+        kwargs: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": timeout if socket_timeout is None else socket_timeout,
+            "socket_connect_timeout": timeout,
+            "health_check_interval": max(1, int(timeout)),
+            **options,
+        }
+        pool: ConnectionPool
+        if self._sentinels is None:
+            assert self.target.url is not None
+            if max_connections is None:
+                pool = ConnectionPool.from_url(self.target.url, **kwargs)
+            else:
+                pool = BlockingConnectionPool.from_url(
+                    self.target.url, max_connections=max_connections, timeout=timeout, **kwargs
+                )
+        else:
+            kwargs["retry"] = Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries)
+            kwargs["password"] = self.target.password
+            if max_connections is None:
+                pool = _SentinelPool(self.target.master, self._sentinels, **kwargs)  # type: ignore[no-untyped-call]
+            else:
+                pool = _BlockingSentinelPool(  # type: ignore[no-untyped-call]
+                    self.target.master,
+                    self._sentinels,
+                    max_connections=max_connections,
+                    timeout=timeout,
+                    **kwargs,
+                )
+        self._pools.append(pool)
+        return aioredis.Redis(connection_pool=pool)
+
+    def on_switch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever the primary moves."""
+        self._on_switch.append(callback)
+
+    async def switched(self, within: float) -> None:
+        """Return after ``within`` seconds, or as soon as the primary moves (a writer that
+        backs off from a dead primary retries on the new one at once)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(within):
+                    await waiter
+        finally:
+            self._waiters.discard(waiter)
+
+    def _hold(self) -> None:
+        """A Sentinel is about to promote a replica while the primary may still be up (a
+        manual failover): what is written to the old primary from now on would be lost, so
+        commands wait until the new primary is found (or :data:`HOLD_SECONDS` at most)."""
+        loop = asyncio.get_running_loop()
+        log.info("redis: a replica is being promoted; holding commands until the new primary is found")
+        self._released = asyncio.Event()
+        loop.call_later(HOLD_SECONDS, self._released.set)
+
+    async def ready(self) -> None:
+        """Return at once, or when a promotion in progress is over (:meth:`_hold`)."""
+        if not self._released.is_set():
+            await self._released.wait()
+
+    def moved(self) -> None:
+        """A reply or an error says the primary may have moved: ask the Sentinels now."""
+        if self._check is not None:
+            self._check.set()
+
+    async def follow(self) -> None:
+        """Follow the primary for the app's lifetime (Sentinel mode; one server: nothing to
+        follow)."""
+        if self._sentinels is None:
+            return
+        self._check = asyncio.Event()
+        listeners = [
+            asyncio.get_running_loop().create_task(self._listen(sentinel))
+            for sentinel in self._sentinels.sentinels
+        ]
+        try:
+            while True:
+                await self._look()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.target.check_interval):
+                        await self._check.wait()
+                self._check.clear()
+        finally:
+            for task in listeners:
+                task.cancel()
+            await asyncio.gather(*listeners, return_exceptions=True)
+
+    async def _look(self) -> None:
+        """Ask the Sentinels which server is the primary; when it is not the one the clients
+        talk to, close their connections so that they reconnect to it."""
+        assert self._sentinels is not None
+        try:
+            primary = await self._sentinels.discover_master(self.target.master)
+        except (RedisError, OSError) as exc:
+            raise_if_cancelling(exc)
+            log.debug("redis: no primary named by the Sentinels now: %s", exc)
+            return
+        moved = self.primary is not None and primary != self.primary
+        if moved:
+            # Counted before the connections close: a reader that sees them fail sees this too.
+            self.generation += 1
+            log.warning("redis: the primary moved from %s to %s:%d", _address(self.primary), *primary)
+        self.primary = primary
+        for pool in self._pools:
+            if isinstance(pool, SentinelConnectionPool) and pool.master_address not in (None, primary):
+                pool.master_address = primary
+                await pool.disconnect(inuse_connections=True)
+        if moved:
+            self._released.set()
+            for callback in self._on_switch:
+                callback()
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _listen(self, sentinel: aioredis.Redis) -> None:
+        """What one Sentinel announces: a replica about to be promoted (hold the commands),
+        the primary switched (look at once)."""
+        delay = 0.1
+        while True:
+            pubsub = sentinel.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(SWITCHED, PROMOTING)
+                delay = 0.1
+                async for message in pubsub.listen():
+                    # "+switch-master <name> <old ip> <old port> <new ip> <new port>";
+                    # "+failover-state-send-slaveof-noone slave <ip:port> <ip> <port> @ <name> ...".
+                    words = str(message.get("data", "")).split()
+                    if message.get("channel") == SWITCHED and words[:1] == [self.target.master]:
+                        self.moved()
+                    elif message.get("channel") == PROMOTING and words[5:6] == [self.target.master]:
+                        self._hold()
+            except (RedisError, OSError) as exc:
+                raise_if_cancelling(exc)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.disconnect()
+        if self._sentinels is not None:
+            await self._sentinels.aclose()
+
+
+# -- the store ---------------------------------------------------------------------------
+
+
 class RedisStore:
     """The server's Redis calls; every method raises :class:`StoreUnavailable` when Redis
-    cannot be reached."""
+    cannot be reached.
 
-    def __init__(self, url: str, *, timeout: float) -> None:
-        # A burst of requests waits for a free connection instead of failing at once.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=timeout,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=max(1, int(timeout)),
-        )
-        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+    ``wait_replicas`` > 0: each append is followed by ``WAIT wait_replicas wait_timeout_ms``
+    on its connection, so that what the viewers get next is on that many replicas too; when
+    fewer answer in time the entries are delivered anyway (the stream goes on, a failover
+    may then lose them, and the loss is detected), counted in :attr:`unreplicated` and
+    logged once until the replicas catch up."""
+
+    def __init__(
+        self,
+        target: str | RedisTarget,
+        *,
+        timeout: float,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
+    ) -> None:
+        self.link = RedisLink(RedisTarget(url=target) if isinstance(target, str) else target, timeout=timeout)
+        self.redis: aioredis.Redis = self.link.client(max_connections=MAX_CONNECTIONS)
         # XREAD BLOCK holds its connection; its own client waits longer than it blocks.
-        self.reader: aioredis.Redis = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=timeout + 5, socket_connect_timeout=timeout
-        )
+        self.reader: aioredis.Redis = self.link.client(socket_timeout=timeout + 5, retries=0)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        #: Appends that fewer than ``wait_replicas`` replicas had when ``WAIT`` returned.
+        self.unreplicated = 0
+        self._replicas_behind = False
         self._append_sha = hashlib.sha1(_APPEND.encode()).hexdigest()
         self._claim = self.redis.register_script(_CLAIM)
         self._reserve = self.redis.register_script(_RESERVE)
+        self._repair = self.redis.register_script(_REPAIR)
+        self._mark_lost = self.redis.register_script(_MARK_LOST)
 
     async def close(self) -> None:
         await self.redis.aclose()
         await self.reader.aclose()
+        await self.link.aclose()
+
+    def _guard(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return _reaching(self.link)
 
     async def ping(self) -> None:
-        async with _guard():
+        async with self._guard():
             await self.redis.ping()
 
     # -- sessions ------------------------------------------------------------
 
     async def reserve(self, user_id: str, session_id: str, limit: int, ttl_ms: int) -> bool:
         """Count a new live session against its user's quota; ``False`` when it is full."""
-        async with _guard():
+        async with self._guard():
             return bool(
                 await self._reserve(keys=[f"user:{{{user_id}}}:live"], args=[session_id, limit, ttl_ms])
             )
 
     async def release(self, user_id: str, session_id: str, owner: str) -> None:
         """A session ended: it no longer counts for its user or its owner."""
-        async with _guard():
+        async with self._guard():
             pipe = self.redis.pipeline(transaction=False)
             pipe.srem(f"user:{{{user_id}}}:live", session_id)
             pipe.srem(f"proc:{{{owner}}}:sessions", session_id)
@@ -257,7 +780,7 @@ class RedisStore:
 
     async def put_session(self, session_id: str, meta: dict[str, str], owner: str, ttl_ms: int) -> None:
         """Write a new session's meta hash, owned by ``owner`` with fence 1."""
-        async with _guard():
+        async with self._guard():
             pipe = self.redis.pipeline(transaction=False)
             fields: dict[Any, Any] = {**meta, "owner": owner, "fence": "1"}
             pipe.hset(meta_key(session_id), mapping=fields)
@@ -267,7 +790,7 @@ class RedisStore:
 
     async def load(self, session_id: str) -> tuple[dict[str, str], list[tuple[str, dict[str, str]]]] | None:
         """A session's meta hash and its whole log, or ``None`` when it does not exist."""
-        async with _guard():
+        async with self._guard():
             pipe = self.redis.pipeline(transaction=False)
             pipe.hgetall(meta_key(session_id))
             pipe.xrange(log_key(session_id))
@@ -278,30 +801,30 @@ class RedisStore:
 
     async def meta(self, session_id: str) -> dict[str, str] | None:
         """A session's meta hash, or ``None`` when it does not exist."""
-        async with _guard():
+        async with self._guard():
             meta = cast(dict[str, str], await self.redis.hgetall(meta_key(session_id)))
             return meta or None
 
     async def entries_after(self, session_id: str, after: str) -> list[tuple[str, dict[str, str]]]:
         """Log entries with an id greater than ``after``."""
-        async with _guard():
+        async with self._guard():
             result = await self.redis.xrange(log_key(session_id), f"({after}")
             return cast(list[tuple[str, dict[str, str]]], result)
 
     async def owner(self, session_id: str) -> str | None:
         """The process that owns a session, or ``None`` when the session does not exist."""
-        async with _guard():
+        async with self._guard():
             owner = await self.redis.hget(meta_key(session_id), "owner")
             return None if owner is None else str(owner)
 
     async def exists(self, session_id: str) -> bool:
-        async with _guard():
+        async with self._guard():
             return bool(await self.redis.exists(meta_key(session_id)))
 
     async def append(self, batch: Sequence[Append], ttl_ms: int) -> list[str | Exception]:
         """Write ``batch`` in one round trip and one script call: each session's entries in
         order, its meta fields once. Each item's result is its entry id, or the
-        :class:`Fenced` / ``ResponseError`` that refused it."""
+        :class:`Fenced` / :class:`Lost` / ``ResponseError`` that refused it."""
         groups: dict[tuple[str, str], list[int]] = {}
         for index, item in enumerate(batch):
             groups.setdefault((item.session_id, item.fence), []).append(index)
@@ -310,63 +833,125 @@ class RedisStore:
         for (session_id, fence), indexes in groups.items():
             keys += [meta_key(session_id), log_key(session_id)]
             args += _session_args(batch, indexes, fence)
-        async with _guard():
-            (reply,) = await self._evalsha_all(self._append_sha, _APPEND, [[len(keys), *keys, *args]])
+        async with self._guard():
+            reply = await self._append_call([len(keys), *keys, *args])
         out: list[str | Exception] = [""] * len(batch)
         if isinstance(reply, Exception):
             # The script did not run (out of memory, a read-only replica, ...): nothing was
             # written, so nothing may be delivered; the journal retries the whole batch.
+            if _moved(reply):
+                self.link.moved()
             raise StoreUnavailable(f"redis refused the append: {reply}")
         for indexes, result in zip(groups.values(), cast(list[Any], reply), strict=True):
-            if result == "FENCED" or (isinstance(result, str) and result.startswith("!")):
-                refused: Exception = Fenced(result) if result == "FENCED" else ResponseError(result[1:])
+            if isinstance(result, str) and (result == "FENCED" or result.startswith(("!", "LOST "))):
+                refused = _refusal(result)
                 for index in indexes:
                     out[index] = refused
                 continue
-            if isinstance(result, int):  # all written: the ids as asked (``N-*`` for events)
+            if isinstance(result, int):  # all written: the ids as asked
                 for index in indexes:
                     out[index] = batch[index].entry_id
                 continue
             for index, entry in zip(indexes, cast(list[str], result), strict=True):
-                out[index] = ResponseError(entry[1:]) if entry.startswith("!") else entry
+                if entry == "!WRITTEN":
+                    out[index] = batch[index].entry_id
+                else:
+                    out[index] = ResponseError(entry[1:]) if entry.startswith("!") else entry
         return out
 
-    async def _evalsha_all(self, sha: str, script: str, calls: list[list[Any]]) -> list[Any]:
-        """``EVALSHA`` of each call (keys count first) in one pipeline, without redis-py's
-        ``SCRIPT EXISTS`` before every pipeline; the calls Redis answers ``NOSCRIPT`` (a
-        restarted or flushed Redis) are sent again once the script is loaded."""
-        replies: list[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
+    async def _append_call(self, call: list[Any]) -> Any:
+        """``EVALSHA`` of the append (then ``WAIT``, when asked) in one pipeline, without
+        redis-py's ``SCRIPT EXISTS`` before every pipeline; sent again once the script is
+        loaded when Redis answers ``NOSCRIPT`` (a restarted or flushed Redis)."""
         for attempt in range(2):
             pipe = self.redis.pipeline(transaction=False)
-            for index in pending:
-                pipe.evalsha(sha, *calls[index])
+            pipe.evalsha(self._append_sha, *call)
+            if self.wait_replicas:
+                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
             results = await pipe.execute(raise_on_error=False)
-            missing = []
-            for index, result in zip(pending, results, strict=True):
-                if isinstance(result, NoScriptError) or (
-                    isinstance(result, ResponseError) and str(result).startswith("NOSCRIPT")
-                ):
-                    missing.append(index)
-                else:
-                    replies[index] = result
-            if not missing:
-                break
-            await self.redis.script_load(script)
-            pending = missing
-            if attempt == 1:
-                for index in missing:
-                    replies[index] = ResponseError("NOSCRIPT after SCRIPT LOAD")
-        return replies
+            reply = results[0]
+            if isinstance(reply, NoScriptError) or (
+                isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
+            ):
+                if attempt == 1:
+                    return ResponseError("NOSCRIPT after SCRIPT LOAD")
+                await self.redis.script_load(_APPEND)
+                continue
+            if self.wait_replicas:
+                self._replicated(results[1])
+            return reply
+        raise AssertionError("unreachable")
+
+    def _replicated(self, acked: Any) -> None:
+        """What ``WAIT`` answered for the batch just written."""
+        if isinstance(acked, int) and acked >= self.wait_replicas:
+            if self._replicas_behind:
+                self._replicas_behind = False
+                log.info("redis: the replicas have the log writes again")
+            return
+        self.unreplicated += 1
+        if not self._replicas_behind:
+            self._replicas_behind = True
+            log.warning(
+                "redis: %s of %d replicas had a log write within %d ms; delivering anyway",
+                acked,
+                self.wait_replicas,
+                self.wait_timeout_ms,
+            )
+
+    async def repair(
+        self,
+        session_id: str,
+        fence: str,
+        head: str,
+        seen: str | None,
+        epoch: str,
+        meta: dict[str, str],
+        entries: Sequence[tuple[str, Sequence[str]]],
+        ttl_ms: int,
+    ) -> str:
+        """Write back what the store lost of a session after ``head``, where the session had
+        the epoch ``seen``, under ``epoch`` (``_REPAIR``): ``'OK'``, ``'FENCED'``,
+        ``'HEAD <head>'`` or ``'EPOCH <epoch>'``."""
+        args: list[Any] = [ttl_ms, fence, head, seen or "", epoch, 2 * len(meta)]
+        for name, value in meta.items():
+            args += [name, value]
+        for entry_id, fields in entries:
+            args += [entry_id, len(fields), *fields]
+        async with self._guard():
+            return str(await self._repair(keys=[meta_key(session_id), log_key(session_id)], args=args))
+
+    async def positions(self, cursors: Sequence[tuple[str, str]]) -> list[Position]:
+        """For each ``(session id, cursor)``: the session's epoch and the log's entry at the
+        cursor, in one round trip."""
+        async with self._guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for session_id, cursor in cursors:
+                pipe.hget(meta_key(session_id), "epoch")
+                pipe.xrange(log_key(session_id), cursor, cursor)
+            replies = await pipe.execute()
+        out = []
+        for index in range(len(cursors)):
+            epoch, entries = replies[2 * index], replies[2 * index + 1]
+            out.append(Position(epoch, dict(entries[0][1]) if entries else None))
+        return out
+
+    async def mark_lost(self, session_id: str, epoch: str) -> str | None:
+        """The log is shorter than what this reader had delivered: give the session a new
+        epoch unless it has another one already. The session's epoch now (``None``: gone)."""
+        async with self._guard():
+            now = await self._mark_lost(keys=[meta_key(session_id)], args=[epoch, new_epoch()])
+            return None if now is None else str(now)
 
     async def claim(
         self, session_id: str, expected_owner: str, expected_fence: str, owner: str
     ) -> str | None:
         """Take a session over from ``expected_owner``; the new fence, or ``None`` when
         another process was faster (or the session moved meanwhile)."""
-        async with _guard():
+        async with self._guard():
             fence = await self._claim(
-                keys=[meta_key(session_id)], args=[expected_owner, expected_fence, owner]
+                keys=[meta_key(session_id)],
+                args=[expected_owner, expected_fence, owner, secrets.token_hex(4)],
             )
             if fence is None:
                 return None
@@ -377,7 +962,7 @@ class RedisStore:
 
     async def heartbeat(self, pid: str, lease_ms: int) -> None:
         """Renew this process's lease."""
-        async with _guard():
+        async with self._guard():
             pipe = self.redis.pipeline(transaction=False)
             pipe.set(f"proc:{{{pid}}}", "1", px=lease_ms)
             pipe.zadd(PROCESSES, {pid: now_ms() + lease_ms})
@@ -387,7 +972,7 @@ class RedisStore:
         """This process stops. Sessions it still owns (handed over, or not started) are
         left for the others to claim: its lease ends now rather than when it would lapse,
         and the others are told to look at once."""
-        async with _guard():
+        async with self._guard():
             pipe = self.redis.pipeline(transaction=False)
             pipe.delete(f"proc:{{{pid}}}")
             pipe.scard(f"proc:{{{pid}}}:sessions")
@@ -402,7 +987,7 @@ class RedisStore:
 
     async def dead_processes(self) -> list[tuple[str, int]]:
         """Processes whose lease has lapsed, with when it lapsed (ms since the epoch)."""
-        async with _guard():
+        async with self._guard():
             found = cast(
                 list[tuple[str, float]],
                 await self.redis.zrangebyscore(PROCESSES, "-inf", now_ms(), withscores=True),
@@ -416,16 +1001,16 @@ class RedisStore:
         return [(pid, int(lapsed)) for (pid, lapsed), up in zip(found, alive, strict=True) if not up]
 
     async def sessions_of(self, pid: str) -> set[str]:
-        async with _guard():
+        async with self._guard():
             return cast(set[str], await self.redis.smembers(f"proc:{{{pid}}}:sessions"))
 
     async def forget(self, pid: str, session_id: str) -> None:
-        async with _guard():
+        async with self._guard():
             await self.redis.srem(f"proc:{{{pid}}}:sessions", session_id)
 
     async def bury(self, pid: str) -> None:
         """A dead process's sessions are all dealt with: forget it."""
-        async with _guard():
+        async with self._guard():
             pipe = self.redis.pipeline(transaction=False)
             pipe.delete(f"proc:{{{pid}}}:sessions")
             pipe.zrem(PROCESSES, pid)
@@ -434,7 +1019,7 @@ class RedisStore:
     # -- commands between processes ------------------------------------------
 
     async def publish(self, pid: str, message: str) -> int:
-        async with _guard():
+        async with self._guard():
             return int(await self.redis.publish(f"proc:{{{pid}}}:inbox", message))
 
     def inbox(self, pid: str) -> str:
@@ -446,10 +1031,20 @@ class RedisStore:
         self, streams: dict[str, str], block_ms: int, count: int
     ) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
         """``XREAD BLOCK`` over many logs at once (keys: log keys or the wake key)."""
-        async with _guard():
+        async with self._guard():
             result: Any = await self.reader.xread(cast(Any, streams), count=count, block=block_ms)
             return list(result or [])
 
     async def wake(self, key: str) -> None:
-        async with _guard():
+        async with self._guard():
             await self.redis.xadd(key, {"w": "1"}, maxlen=16, approximate=True)
+
+
+def _refusal(result: str) -> Exception:
+    """What ``_APPEND`` answered for a session none of whose entries went in."""
+    if result == "FENCED":
+        return Fenced(result)
+    if result.startswith("LOST "):
+        _, head, epoch, flagged = result.split(" ")
+        return Lost(head, None if epoch == "-" else epoch, flagged == "1")
+    return ResponseError(result[1:])

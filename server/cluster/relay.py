@@ -8,6 +8,15 @@ thousand. A relayed session whose viewer lags is left out of the read until the 
 catches up (or is dropped after ``VIEWER_STALL_TIMEOUT``), with the same
 :class:`~server.core.emitter.ViewerSet` rules as the owner's; what it has not read waits in
 Redis, not in this process.
+
+A failover can leave the store with less than a relay already delivered (a replica
+promoted before it had the last writes). After a failover or an outage the relay checks
+each log it reads against what it delivered (:meth:`Relay._validate`): a log whose epoch
+changed is read again whole, and every viewer gets ``stream-reset`` and the whole log
+(PROTOCOL.md "Epoch"); a log that no longer has the entry the relay stood at gets a new
+epoch first (:meth:`RedisStore.mark_lost`), so that its owner writes back what it still
+has under that epoch. A ``stream-reset`` entry in the log (an owner's repair) does the
+same for a relay that had not got that far.
 """
 
 from __future__ import annotations
@@ -22,8 +31,8 @@ from typing import Any
 import orjson
 
 from providers.base import StreamConfig, Usage
-from server.cluster.redis_store import RedisStore, log_key, parse_id
-from server.core.chunklog import LogBudget
+from server.cluster.redis_store import RESET_EVENT, RedisStore, log_key, parse_id
+from server.core.chunklog import ChunkLog, LogBudget
 from server.core.commands import Ack
 from server.core.emitter import FlowLimits, ViewerSet
 from server.core.errors import StoreUnavailable
@@ -48,6 +57,16 @@ def config_from_meta(raw: str) -> StreamConfig:
     fields.pop("history", None)
     fields.pop("task", None)
     return StreamConfig(**fields)
+
+
+def reset_viewers(view: SessionView, epoch: str, viewers: tuple[Viewer, ...] | None = None) -> None:
+    """``view``'s log has another history now (``epoch``): each viewer (its own, or the
+    ``viewers`` it is given back) gets ``stream-reset`` and then the whole log, as one that
+    reconnects with another epoch does."""
+    view.epoch = epoch
+    for viewer in tuple(view.viewers.values()) if viewers is None else viewers:
+        # A lastSeq beyond the log always resets, whatever epoch the viewer knew.
+        view.add_viewer(viewer, view.last_seq + 1)
 
 
 def _weakly(method: Callable[[], None]) -> Callable[[], None]:
@@ -84,31 +103,75 @@ class RelayedSession(SessionView):
             created_at=float(meta["createdAt"]),
             log_budget=log_budget,
         )
-        self.state = SessionState(meta.get("state", "created"))
-        self.owner = meta.get("owner", "")
-        if "request" in meta:
-            self.conversation = Conversation.from_json(meta["request"])
+        self._from_meta(meta)
         self.cursor = "0-0"
+        #: The fields of the entry at the cursor, to compare with the store's after a failover.
+        self.at_cursor: dict[str, str] | None = None
+        #: The log has another history than this view (a ``stream-reset`` entry, or its
+        #: chunks do not follow): to be read again whole before anything else is applied.
+        self.stale = False
         self._relay = relay
         self._forward = forward
         self._on_unused = on_unused
         self._watched = False
 
+    def _from_meta(self, meta: dict[str, str]) -> None:
+        self.epoch = meta["epoch"]
+        self.state = SessionState(meta.get("state", "created"))
+        self.owner = meta.get("owner", "")
+        if "request" in meta:
+            self.conversation = Conversation.from_json(meta["request"])
+
     # -- the log -------------------------------------------------------------
 
-    def apply(self, entries: list[Entry]) -> None:
-        """Entries read from the log, in order; those already applied are skipped."""
+    def apply(self, entries: list[Entry], *, live: bool = True) -> None:
+        """Entries read from the log, in order; those already applied are skipped. ``live``:
+        read as they come (not a whole log being loaded), where a ``stream-reset`` entry or
+        a chunk that does not follow makes the view :attr:`stale`."""
         cursor = parse_id(self.cursor)
         for entry_id, fields in entries:
             position = parse_id(entry_id)
+            if self.stale:
+                return
             if position <= cursor:
                 continue
+            if position[1] == 0 and position[0] - 1 != len(self.chunks):
+                self.stale = True
+                return
+            if (
+                live
+                and position[1]
+                and fields.get("e") == RESET_EVENT
+                and orjson.loads(fields["p"]).get("epoch") != self.epoch
+            ):
+                self.stale = True
+                return
             cursor = position
             self.cursor = entry_id
+            self.at_cursor = fields
             if position[1] == 0:
                 self._apply_chunk(position[0] - 1, fields)
-            else:
+            elif fields["e"] != RESET_EVENT:
                 self._apply_event(fields["e"], orjson.loads(fields["p"]))
+
+    def reload(self, meta: dict[str, str], entries: list[Entry]) -> None:
+        """The log has another history now: rebuild this view from it, and every viewer gets
+        ``stream-reset`` and the whole log."""
+        viewers = tuple(self.viewers.values())
+        self.viewers.clear()
+        budget = self.chunks.budget
+        self.chunks.release()
+        self.chunks = ChunkLog(self.id, budget)
+        self.usage = None
+        self.finish_reason = None
+        self.error = None
+        self._terminal_event = None
+        self.cursor = "0-0"
+        self.at_cursor = None
+        self.stale = False
+        self._from_meta(meta)
+        self.apply(entries, live=False)
+        reset_viewers(self, self.epoch, viewers)
 
     def _apply_chunk(self, seq: int, fields: dict[str, str]) -> None:
         chunk = {
@@ -178,11 +241,17 @@ class RelayedSession(SessionView):
 
 
 class Relay:
-    """One ``XREAD`` loop feeding every :class:`RelayedSession` of this process."""
+    """One ``XREAD`` loop feeding every :class:`RelayedSession` of this process.
 
-    def __init__(self, store: RedisStore, wake_key: str) -> None:
+    ``on_suspect`` is called when the store may have lost writes (after a failover or an
+    outage), for whoever keeps views that the relay does not read."""
+
+    def __init__(
+        self, store: RedisStore, wake_key: str, on_suspect: Callable[[], None] = lambda: None
+    ) -> None:
         self.store = store
         self.wake_key = wake_key
+        self._on_suspect = on_suspect
         self._sessions: dict[str, RelayedSession] = {}
         self._held: set[str] = set()
         self._wake_cursor = "0-0"
@@ -216,20 +285,27 @@ class Relay:
 
     async def run(self) -> None:
         delay = 0.1
+        generation = self.store.link.generation
+        # Checked before the first read: a failover may have happened before this started.
+        suspect = False
         while True:
-            streams = {self.wake_key: self._wake_cursor}
-            for key, session in self._sessions.items():
-                if key not in self._held:
-                    streams[key] = session.cursor
             try:
+                if suspect or generation != self.store.link.generation:
+                    generation = self.store.link.generation
+                    await self._validate()
+                    suspect = False
+                streams = {self.wake_key: self._wake_cursor}
+                for key, session in self._sessions.items():
+                    if key not in self._held:
+                        streams[key] = session.cursor
                 result = await self.store.read(streams, BLOCK_MS, READ_COUNT)
             except StoreUnavailable:
-                await asyncio.sleep(delay)
+                suspect = True
+                await self.store.link.switched(delay)
                 delay = min(2.0, delay * 2)
-                if delay >= 0.4:
-                    await self._check_logs()
                 continue
             delay = 0.1
+            stale = []
             for key, entries in result:
                 if key == self.wake_key:
                     self._wake_cursor = entries[-1][0]
@@ -238,19 +314,69 @@ class Relay:
                 if watched is None:
                     continue
                 watched.apply(entries)
-                if watched.ended:
-                    self.unwatch(watched)
-                elif watched.viewer_set.lagging():
+                if watched.stale:
                     self.hold(watched)
-                    watched.viewer_set.hold()
+                    stale.append(watched)
+                else:
+                    self._after_read(watched)
+            for watched in stale:
+                try:
+                    await self._reload(watched)
+                except StoreUnavailable:
+                    suspect = True
 
-    async def _check_logs(self) -> None:
-        """After an outage: logs the store no longer has end for their viewers here."""
-        for session in tuple(self._sessions.values()):
-            try:
-                exists = await self.store.exists(session.id)
-            except StoreUnavailable:
-                return
-            if not exists:
+    def _after_read(self, session: RelayedSession) -> None:
+        if session.ended:
+            self.unwatch(session)
+        elif session.viewer_set.lagging():
+            self.hold(session)
+            session.viewer_set.hold()
+
+    async def _reload(self, session: RelayedSession) -> None:
+        """Read a log with another history again whole; its viewers start over."""
+        loaded = await self.store.load(session.id)
+        if loaded is None:
+            session.fail_locally("unavailable", "The session store lost this stream")
+            self.unwatch(session)
+            return
+        meta, entries = loaded
+        log.warning(
+            "session %s: its log has another history (epoch %s -> %s); its viewers here start over",
+            short_id(session.id),
+            session.epoch,
+            meta["epoch"],
+            extra={"session": short_id(session.id)},
+        )
+        session.reload(meta, entries)
+        self._held.discard(log_key(session.id))
+        self._after_read(session)
+        self._poke()
+
+    async def _validate(self) -> None:
+        """After a failover or an outage: is each log still what its viewers here were
+        given? A log whose epoch changed is read again; one that lost the entry this relay
+        stood at (or has other text there) gets a new epoch first, so that its owner writes
+        back what it still has; a log that is gone ends for its viewers here."""
+        self._on_suspect()
+        watched = list(self._sessions.values())
+        if not watched:
+            return
+        positions = await self.store.positions([(session.id, session.cursor) for session in watched])
+        for session, position in zip(watched, positions, strict=True):
+            if position.epoch is None:
                 session.fail_locally("unavailable", "The session store lost this stream")
                 self.unwatch(session)
+            elif position.epoch != session.epoch:
+                await self._reload(session)
+            elif session.at_cursor is not None and position.at_cursor != session.at_cursor:
+                log.warning(
+                    "session %s: the store lost what its viewers here were given (after %s)",
+                    short_id(session.id),
+                    session.cursor,
+                    extra={"session": short_id(session.id)},
+                )
+                if await self.store.mark_lost(session.id, session.epoch) is None:
+                    session.fail_locally("unavailable", "The session store lost this stream")
+                    self.unwatch(session)
+                else:
+                    await self._reload(session)

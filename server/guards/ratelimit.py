@@ -7,6 +7,15 @@ or an ack ``{ok: false, error}`` over Socket.IO.
 One :class:`Limits` per app holds them all, shared by every path (HTTP, python-socketio,
 the direct WebSocket path, the plain WebSocket and SSE), so that a client cannot get
 around a limit by changing transport.
+
+In Redis mode the per-user and per-address limits hold for the cluster as a whole
+(:meth:`Limits.share`): every check still answers at once from this process's copy of
+the limit, and what this process spends or holds goes to a :class:`Share` (Redis:
+``server.cluster.redis_limits``), which answers later with what the whole cluster has
+spent or holds; that answer becomes the local copy. A copy is late by what the other
+processes did since this one last heard (the share makes that short), so across processes
+a client gets about one token or connection more per other process at most; a request
+never waits for Redis.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
@@ -29,12 +38,25 @@ __all__ = [
     "AddressCounter",
     "Buckets",
     "Limits",
+    "Share",
     "TokenBucket",
     "TrustedProxies",
     "limits_key",
 ]
 
 Clock = Callable[[], float]
+
+
+class Share(Protocol):
+    """Where the limits of several processes meet. Told what this process spends and
+    holds (soon after, not on the request's path), it answers with what the whole
+    cluster has left or holds, through :meth:`Buckets.adopt` and :meth:`AddressCounter.adopt`."""
+
+    def spent(self, buckets: Buckets, key: str) -> None:
+        """This process spent one token of ``key``'s bucket."""
+
+    def held(self, counter: AddressCounter, address: str) -> None:
+        """This process's count of ``address`` changed, or a refusal needs a fresher total."""
 
 
 @dataclass(slots=True)
@@ -84,6 +106,8 @@ class Buckets:
     burst: float
     scope: str
     clock: Clock = time.monotonic
+    #: The cluster's side (Redis mode), told of every token spent here.
+    share: Share | None = None
     _buckets: dict[str, TokenBucket] = field(default_factory=dict)
     _last_prune: float = 0.0
 
@@ -95,9 +119,32 @@ class Buckets:
         if bucket is None:
             bucket = self._buckets[key] = TokenBucket.full(self.rate, self.burst, now)
         if bucket.take(now):
+            if self.share is not None:
+                self.share.spent(self, key)
             return 0.0
         RATE_LIMITED.labels(scope=self.scope).inc()
         return max(bucket.retry_after(now), 0.001)
+
+    def tokens(self, key: str) -> float:
+        """What is left of ``key``'s bucket now, as this process knows it."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return self.burst
+        bucket._refill(self.clock())
+        return bucket.tokens
+
+    def adopt(self, key: str, tokens: float) -> None:
+        """``key``'s bucket holds ``tokens`` now: what the whole cluster has left (below 0
+        when the processes together spent more than it had), less what this process spent
+        since it asked. Later takes and refills start from there."""
+        now = self.clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if tokens >= self.burst:
+                return
+            bucket = self._buckets[key] = TokenBucket.full(self.rate, self.burst, now)
+        bucket.tokens = min(self.burst, tokens)
+        bucket.stamp = now
 
     def _prune(self, now: float) -> None:
         # A full bucket is the same as none: drop them now and then (at most once per the
@@ -119,15 +166,25 @@ class AddressCounter:
 
     limit: int
     scope: str
+    #: The cluster's side (Redis mode), told whenever an address's count here changes.
+    share: Share | None = None
     _counts: dict[str, int] = field(default_factory=dict)
+    #: What the other processes hold per address, as last heard (Redis mode; no zeros).
+    _others: dict[str, int] = field(default_factory=dict)
 
     def acquire(self, address: str) -> bool:
         """Count one more for ``address``; ``False`` (nothing counted) at the limit."""
         count = self._counts.get(address, 0)
-        if count >= self.limit:
+        others = self._others.get(address, 0)
+        if count + others >= self.limit:
             RATE_LIMITED.labels(scope=self.scope).inc()
+            if others and self.share is not None:
+                # The others may have closed some since: ask again for the next attempt.
+                self.share.held(self, address)
             return False
         self._counts[address] = count + 1
+        if self.share is not None:
+            self.share.held(self, address)
         return True
 
     def release(self, address: str) -> None:
@@ -136,9 +193,28 @@ class AddressCounter:
             self._counts[address] = count
         else:
             self._counts.pop(address, None)
+        if self.share is not None:
+            self.share.held(self, address)
 
     def count(self, address: str) -> int:
+        """What this process holds for ``address``."""
         return self._counts.get(address, 0)
+
+    def others(self, address: str) -> int:
+        """What the other processes hold for ``address``, as last heard."""
+        return self._others.get(address, 0)
+
+    def adopt(self, address: str, others: int) -> None:
+        """The other processes hold ``others`` for ``address`` (as the cluster says now)."""
+        if others > 0:
+            self._others[address] = others
+        else:
+            self._others.pop(address, None)
+
+    def addresses(self, *, mine: bool) -> list[str]:
+        """The addresses this process keeps the others' count of, and (``mine``) those it
+        holds something for."""
+        return list(self._counts.keys() | self._others.keys()) if mine else list(self._others)
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -226,6 +302,13 @@ class Limits:
                 "handshakes_per_address",
             ),
         )
+
+    def share(self, share: Share) -> None:
+        """Make the per-user and per-address limits hold for the whole cluster (Redis
+        mode), through ``share``. Messages per connection stay this process's own."""
+        for buckets in (self.sessions_per_user, self.sessions_per_address, self.handshakes_per_address):
+            buckets.share = share
+        self.connections.share = share
 
     def message_bucket(self) -> TokenBucket:
         return TokenBucket.full(self.message_rate, self.message_burst, self.clock())
