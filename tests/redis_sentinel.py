@@ -28,6 +28,7 @@ import redis
 import redis.asyncio as aioredis
 import socketio
 
+from deploy.cluster import wait_for
 from tests.cluster_nodes import LEASE, Node, StartNodes
 from tests.helpers import EVENTS, WAIT
 from tests.server_process import ServerProcess, free_port
@@ -235,19 +236,9 @@ class SentinelGroup:
         return True
 
     @staticmethod
-    def _wait(condition: object, what: str, timeout: float = STARTUP_TIMEOUT) -> None:
+    def _wait(condition: Callable[[], object], what: str, timeout: float = STARTUP_TIMEOUT) -> None:
         """Poll ``condition`` (a process coming up has no event to wait on) until it holds."""
-        assert callable(condition)
-        deadline = time.monotonic() + timeout
-        last: BaseException | None = None
-        while time.monotonic() < deadline:
-            try:
-                if condition():
-                    return
-            except (redis.RedisError, OSError, KeyError) as exc:
-                last = exc
-            time.sleep(0.05)
-        raise RuntimeError(f"timed out waiting until {what} (last error: {last!r})")
+        wait_for(lambda: bool(condition()), what, timeout)
 
     # -- what the tests do to it ------------------------------------------------
 
