@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     (``make docs``): each one's ``description`` is its meaning there, and ``issue`` names
     the issue that introduced it."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # hide_input_in_errors: a refused value is not repeated in the error (a URL may carry a
+    # password, a key is a secret).
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     host: str = setting("127.0.0.1", "address to bind", 2)
     port: int = setting(3001, "port (the seed's client expects 3001)", 2, ge=0, le=65535)
@@ -407,11 +409,20 @@ class Settings(BaseSettings):
         " it); never logged",
         22,
     )
+    redis_cluster_url: str | None = setting(
+        None,
+        "Redis mode on a Redis Cluster (or Valkey Cluster) instead of `REDIS_URL`: the"
+        " `redis://` (or `rediss://`) URL of one of its nodes, or several comma-separated in"
+        " case one is down at start; the others are found from them. The first URL's password,"
+        " else `REDIS_PASSWORD`, is every node's (docs/scaling.md, Redis Cluster)",
+        22,
+    )
     redis_primary_check_interval: float = setting(
         1.0,
         "Sentinel mode: seconds between two asks of the Sentinels which server is the primary"
         " (besides listening for `+switch-master`); after a failover no write goes to the old"
-        " primary for longer",
+        " primary for longer. Cluster mode: seconds between two looks at which primary serves"
+        " which slots",
         22,
         gt=0,
     )
@@ -452,16 +463,28 @@ class Settings(BaseSettings):
                 raise ValueError(f"a Sentinel is host:port, not {entry!r}")
         return value
 
+    @field_validator("redis_cluster_url")
+    @classmethod
+    def _check_cluster_url(cls, value: str | None) -> str | None:
+        for url in (value or "").split(","):
+            if url.strip() and not url.strip().startswith(("redis://", "rediss://")):
+                # Not the value itself: a URL may carry a password.
+                raise ValueError("REDIS_CLUSTER_URL holds redis:// or rediss:// URLs, comma-separated")
+        return value
+
     @model_validator(mode="after")
     def _sentinel_master_named(self) -> Settings:
         if self.redis_sentinels and not self.redis_sentinel_master:
             raise ValueError("REDIS_SENTINELS needs REDIS_SENTINEL_MASTER (the primary's name)")
+        if sum(map(bool, (self.redis_url, self.redis_sentinels, self.redis_cluster_url))) > 1:
+            raise ValueError("set one of REDIS_URL, REDIS_SENTINELS and REDIS_CLUSTER_URL")
         return self
 
     @property
     def redis_mode(self) -> bool:
-        """Several processes as one server: ``REDIS_URL`` or ``REDIS_SENTINELS`` is set."""
-        return bool(self.redis_url or self.redis_sentinels)
+        """Several processes as one server: ``REDIS_URL``, ``REDIS_SENTINELS`` or
+        ``REDIS_CLUSTER_URL`` is set."""
+        return bool(self.redis_url or self.redis_sentinels or self.redis_cluster_url)
 
     def provider_settings(self) -> ProviderSettings:
         """The subset the provider factories need, with secrets unwrapped."""

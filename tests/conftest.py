@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
@@ -15,6 +16,7 @@ from providers.base import AIProvider
 from server.app import create_app
 from tests.cluster_nodes import behind_nginx, nodes, viewers  # noqa: F401  (fixtures)
 from tests.helpers import LiveServer, ServerFactory, StreamingTestServer, make_settings
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
 
 #: Fixtures of the fake OpenAI/Anthropic upstream (``upstream``, ``upstream_server``) and of
@@ -66,12 +68,27 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="session")
+def shared_redis_cluster() -> Iterator[RedisCluster]:
+    """A Redis Cluster (three primaries) for the whole run, flushed before each test."""
+    with RedisCluster(replicas=0) as cluster:
+        yield cluster
+
+
+#: ``TEST_REDIS_CLUSTER=1``: every server test runs on a Redis Cluster too (``cluster``),
+#: beside memory and one Redis. Off by default: tests/test_ha_cluster.py covers the cluster
+#: in ``make test``.
+STORES = ["memory", "redis", *(["cluster"] if os.environ.get("TEST_REDIS_CLUSTER") else [])]
+
+
+@pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest) -> str:
     """Where sessions live: every server test runs in memory and in Redis mode (one process),
     so that the two modes cannot drift apart."""
     if request.param == "redis":
         request.getfixturevalue("redis_server").flush()
+    elif request.param == "cluster":
+        request.getfixturevalue("shared_redis_cluster").flush()
     return str(request.param)
 
 
@@ -80,10 +97,13 @@ async def start_server(request: pytest.FixtureRequest, store: str) -> AsyncItera
     servers: list[TestServer] = []
     path = request.getfixturevalue("sio_path") if "sio_path" in request.fixturenames else "direct"
     redis_url = request.getfixturevalue("redis_server").url if store == "redis" else None
+    cluster_url = request.getfixturevalue("shared_redis_cluster").url if store == "cluster" else None
 
     async def start(providers: Mapping[str, AIProvider] | None = None, **overrides: Any) -> LiveServer:
         overrides.setdefault("socketio_direct_websocket", path == "direct")
         overrides.setdefault("redis_url", redis_url)
+        if cluster_url is not None and not overrides.get("redis_url"):
+            overrides.setdefault("redis_cluster_url", cluster_url)
         app = create_app(make_settings(**overrides), providers=providers)
         server = StreamingTestServer(app, host="127.0.0.1", port=0)
         await server.start_server()

@@ -13,8 +13,9 @@ Redis Cluster slot per document), behind an optional key prefix:
 ``read`` is one script: the snapshot and the entries after its cursor, merged with pycrdt,
 and that cursor moved to the last entry, from which ``follow`` continues. Every process
 that has a document open follows its stream (replicated rooms, as y-redis does): one
-reader task per process and one blocking ``XREAD`` for all the documents it follows;
-entries the process wrote itself are skipped.
+reader task per process and one blocking ``XREAD`` for all the documents it follows (on a
+Redis Cluster: the streams announced written, one ``XREAD`` per slot, see
+:mod:`server.cluster.redis_cluster`); entries the process wrote itself are skipped.
 
 Past ``compact_entries`` entries or ``compact_bytes`` bytes after the snapshot, the process
 whose write crossed the line writes a new snapshot (the merged state, garbage collected by a
@@ -44,7 +45,8 @@ import redis.asyncio as aioredis
 from pycrdt import Doc, get_update, merge_updates
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from server.cluster.redis_store import RedisLink, raise_if_cancelling
+from server.cluster.redis_cluster import raise_if_cancelling
+from server.cluster.redis_store import BlockingReads, Client, RedisLink, stream_reads
 from server.collab.stores import ReplicatedStore
 from server.core.errors import StoreUnavailable
 
@@ -71,17 +73,22 @@ ORIGIN: StreamId = (0, 0)
 #: A stream entry as ``XREAD`` returns it: its id and its fields.
 Entry = tuple[bytes, dict[bytes, bytes]]
 
-# Appends updates to one document's stream. KEYS: meta, log. ARGV: process id, then the
-# updates. Returns the last id, the entries and the bytes written since the snapshot.
+# Appends updates to one document's stream. KEYS: meta, log. ARGV: process id, '1' to
+# announce the write on the sharded channel named as the stream (Redis Cluster: followers do
+# not block there, they wait for this) or '', then the updates. Returns the last id, the
+# entries and the bytes written since the snapshot.
 _WRITE = """
 local total = 0
 local id
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   id = redis.call('XADD', KEYS[2], '*', 'p', ARGV[1], 'u', ARGV[i])
   total = total + #ARGV[i]
 end
 local bytes = redis.call('HINCRBY', KEYS[1], 'pendingBytes', total)
-local pending = redis.call('HINCRBY', KEYS[1], 'pending', #ARGV - 1)
+local pending = redis.call('HINCRBY', KEYS[1], 'pending', #ARGV - 2)
+if ARGV[2] == '1' then
+  redis.call('SPUBLISH', KEYS[2], id)
+end
 return {id, pending, bytes}
 """
 
@@ -293,8 +300,8 @@ class RedisDocumentStore(ReplicatedStore):
         self.link = link
         self._link_task: asyncio.Task[None] | None = None
         if link is not None:
-            self.redis: aioredis.Redis = link.client(max_connections=MAX_CONNECTIONS, decode_responses=False)
-            self.reader: aioredis.Redis = link.client(
+            self.redis: Client = link.client(max_connections=MAX_CONNECTIONS, decode_responses=False)
+            self.reader: Client = link.client(
                 socket_timeout=timeout + BLOCK_MS / 1000, retries=0, decode_responses=False
             )
         else:
@@ -331,7 +338,13 @@ class RedisDocumentStore(ReplicatedStore):
         #: Followed documents whose stream may have been trimmed past their cursor.
         self._suspects: set[_Followed] = set()
         self._wake_key = f"{prefix}collab:wake:{process_id}".encode()
-        self._wake_cursor = b"0-0"
+        self._reads = (
+            stream_reads(link, self.reader, self._wake_key, WAKE_TTL_MS)
+            if link is not None
+            else BlockingReads(cast(aioredis.Redis, self.reader), self._wake_key, WAKE_TTL_MS)
+        )
+        #: Writes announce themselves (Redis Cluster).
+        self._announce = b"1" if link is not None and link.cluster else b""
         self._reader_task: asyncio.Task[None] | None = None
         self._pokes: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -518,7 +531,13 @@ class RedisDocumentStore(ReplicatedStore):
                     if not queue:
                         del self._queued[document_id]
                 calls = [
-                    [2, *document_keys(self.prefix, document_id)[:2], self.process_id, *(u for u, _ in items)]
+                    [
+                        2,
+                        *document_keys(self.prefix, document_id)[:2],
+                        self.process_id,
+                        self._announce,
+                        *(u for u, _ in items),
+                    ]
                     for document_id, items in batch
                 ]
                 try:
@@ -582,10 +601,7 @@ class RedisDocumentStore(ReplicatedStore):
         # If Redis is down the read loop is failing too, and reads everything once it is back.
         with contextlib.suppress(StoreUnavailable):
             async with _unavailable():
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16, approximate=True)
-                pipe.pexpire(self._wake_key, WAKE_TTL_MS)
-                await pipe.execute()
+                await self._reads.wake()
 
     async def _read_updates(self) -> None:
         """The reader task: one ``XREAD`` for every followed document, then the checks of
@@ -601,15 +617,14 @@ class RedisDocumentStore(ReplicatedStore):
                 return
             if loop.time() - last_read > self.retain_ms / 2000:
                 self._suspects.update(self._followed.values())
-            streams: dict[Any, Any] = {self._wake_key: self._wake_cursor}
-            streams.update(self._streams)
+            streams: dict[Any, Any] = dict(self._streams)
             suspects = [(f, parse_stream_id(streams[f.key])) for f in self._suspects if f.key in streams]
             started = loop.time()
             try:
                 async with _unavailable():
                     # Suspects are checked after the read: it must not wait for new entries.
                     block = None if suspects else BLOCK_MS
-                    result = await self.reader.xread(streams, count=READ_COUNT, block=block)
+                    result = await self._reads.read(streams, block, READ_COUNT)
                 gaps = await self._gaps(suspects)
             except (StoreUnavailable, ResponseError) as exc:
                 if failing_since is None:
@@ -623,10 +638,7 @@ class RedisDocumentStore(ReplicatedStore):
                 failing_since = None
             delay = 0.05
             last_read = started
-            for key, entries in cast(list[tuple[bytes, list[Entry]]], result or []):
-                if key == self._wake_key:
-                    self._wake_cursor = entries[-1][0]
-                    continue
+            for key, entries in cast(list[tuple[bytes, list[Entry]]], result):
                 followed = self._by_key.get(key)
                 if followed is None or followed in gaps:
                     continue

@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from server.cluster.redis_cluster import raise_if_cancelling
 from server.cluster.redis_journal import RedisJournal
-from server.cluster.redis_store import CLUSTER_CHANNEL, RedisStore, RedisTarget, now_ms, raise_if_cancelling
+from server.cluster.redis_store import CLUSTER_CHANNEL, RedisStore, RedisTarget, now_ms
 from server.cluster.relay import Entry, Relay, RelayedSession, config_from_meta
 from server.core.commands import Ack, Action, error_ack, session_command, start_command
 from server.core.errors import StoreUnavailable
@@ -294,6 +295,9 @@ class Cluster:
     async def _inbox(self) -> None:
         """Commands for the sessions this process owns, replies to the ones it sent, and
         the processes that stop."""
+        if self.store.link.cluster:
+            await self._sharded_inbox()
+            return
         delay = 0.1
         while True:
             pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
@@ -315,6 +319,25 @@ class Cluster:
                     await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             await asyncio.sleep(delay)
             delay = min(2.0, delay * 2)
+
+    async def _sharded_inbox(self) -> None:
+        """The inbox on a Redis Cluster: sharded pub/sub (the messages go to the shard of
+        the channel alone), subscribed again wherever the channel's slot moves."""
+        subscriber = self.store.link.new_subscriber()
+        inbox = self.store.inbox(self.pid)
+        subscriber.add(inbox, self._on_message)
+        # Subscribed again (None): a process may have left meanwhile, unheard.
+        subscriber.add(CLUSTER_CHANNEL, lambda _: self._look.set())
+        try:
+            while True:
+                await subscriber.settled.wait()
+                self.listening.set()
+                await subscriber.unsettled.wait()
+                self.listening.clear()
+        finally:
+            self.listening.clear()
+            subscriber.remove(inbox)
+            subscriber.remove(CLUSTER_CHANNEL)
 
     def _on_message(self, data: object) -> None:
         if not isinstance(data, str):

@@ -24,11 +24,16 @@ log: every viewer gets ``stream-reset`` and the whole log again (PROTOCOL.md "Ep
 never two histories spliced. After a failover or an outage the writer also checks the
 sessions that had nothing more to write (paused, or ended within
 :data:`RECENT_SECONDS`), so that a loss at the end of a log is found too.
+
+On a Redis Cluster a node that does not answer refuses only its own sessions' entries:
+those sessions wait (:data:`MAX_PARK` at most between two tries, at once when the topology
+changes) while the others' entries go on being written and delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections import deque
@@ -65,6 +70,9 @@ TERMINAL_EVENTS = frozenset({"complete", "stream-error"})
 #: failover loses was written within the replicas' lag of it (seconds, with
 #: ``min-replicas-max-lag``), so a minute covers it with room to spare.
 RECENT_SECONDS = 60.0
+#: Longest a session whose Redis Cluster node did not answer waits before its entries are
+#: sent again (the delay doubles from 50 ms while the node fails).
+MAX_PARK = 1.0
 #: Meta fields the journal writes and a repair writes back. ``request`` is not kept (it
 #: can be large): a repair takes it from the session again.
 _KEPT_META = frozenset({"state", "lastSeq", "resume", "finishReason", "usage", "error"})
@@ -126,6 +134,8 @@ class RedisJournal:
         self._on_lost = on_lost
         self._on_finished = on_finished
         self._queue: deque[_Item] = deque()
+        #: Sessions whose node did not answer (Redis Cluster), and until when they wait.
+        self._parked: dict[str, float] = {}
         self._backlog: dict[str, int] = {}
         self._settled: dict[str, asyncio.Event] = {}
         self._work = asyncio.Event()
@@ -241,18 +251,16 @@ class RedisJournal:
         loop = asyncio.get_running_loop()
         delay = 0.05
         generation = self.store.link.generation
-        self.store.link.on_switch(self._work.set)
+        self.store.link.on_switch(self._moved)
         while True:
             if generation != self.store.link.generation:
                 generation = self.store.link.generation
                 self._check_all()
             lost = [track for track in self._tracks.values() if track.lost is not None]
-            if not self._queue and not lost:
-                self._idle.set()
-                self._work.clear()
-                await self._work.wait()
+            batch = self._next_batch(loop.time())
+            if not batch and not lost:
+                await self._wait_for_work(loop.time())
                 continue
-            batch = [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
             try:
                 for track in lost:
                     await self._repair(track)
@@ -260,24 +268,95 @@ class RedisJournal:
                     await self.store.append([item for _, item, _ in batch], self.ttl_ms) if batch else []
                 )
             except StoreUnavailable:
-                if self.failing_since is None:
-                    self.failing_since = loop.time()
-                    log.warning("redis: cannot write the logs of %d sessions; retrying", len(self._backlog))
+                self._failing(loop.time())
                 await self.store.link.switched(delay)
                 delay = min(1.0, delay * 2)
                 continue
-            if self.failing_since is not None:
-                log.info("redis: writing again after %.1f s", loop.time() - self.failing_since)
-                self.failing_since = None
-                # Redis was out of reach: it may have come back with less than it had.
-                self._check_all()
-            delay = 0.05
-            for _ in batch:
-                self._queue.popleft()
+            self._unqueue(batch)
+            batch, results, refused = self._park_unwritten(batch, results, loop.time() + delay)
+            if refused:
+                self._failing(loop.time())
+                delay = min(MAX_PARK, delay * 2)
+            else:
+                delay = 0.05
+                if self.failing_since is not None and not self._parked:
+                    log.info("redis: writing again after %.1f s", loop.time() - self.failing_since)
+                    self.failing_since = None
+                    # Redis was out of reach: it may have come back with less than it had.
+                    self._check_all()
             found = self._losses(batch, results)
             for item, result in zip(batch, results, strict=True):
                 if item[0].id not in found:
                     await self._done(item, result)
+
+    def _failing(self, now: float) -> None:
+        if self.failing_since is None:
+            self.failing_since = now
+            log.warning("redis: cannot write the logs of %d sessions; retrying", len(self._backlog))
+
+    def _moved(self) -> None:
+        """The primary moved (a Sentinel or Redis Cluster failover): try every session now."""
+        self._parked.clear()
+        self._work.set()
+
+    def _next_batch(self, now: float) -> list[_Item]:
+        """The entries to send next, in order: the first :data:`BATCH`, but none of a
+        session that waits for its node (:meth:`_park_unwritten`)."""
+        for session_id, until in tuple(self._parked.items()):
+            if until <= now:
+                del self._parked[session_id]
+        if not self._parked:
+            return [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
+        batch = []
+        for item in self._queue:
+            if item[0].id not in self._parked:
+                batch.append(item)
+                if len(batch) == BATCH:
+                    break
+        return batch
+
+    async def _wait_for_work(self, now: float) -> None:
+        """Nothing to send: wait for entries, or until a parked session may be tried again."""
+        self._work.clear()
+        if not self._queue:
+            self._idle.set()
+            await self._work.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, min(self._parked.values(), default=now) - now)):
+                await self._work.wait()
+
+    def _unqueue(self, batch: list[_Item]) -> None:
+        """Take the entries just sent out of the queue (what a repair put in front of them,
+        and what came in meanwhile, stays)."""
+        taken = 0
+        while taken < len(batch) and self._queue and self._queue[0] is batch[taken]:
+            self._queue.popleft()
+            taken += 1
+        if taken < len(batch):
+            sent = {id(item) for item in batch[taken:]}
+            self._queue = deque(item for item in self._queue if id(item) not in sent)
+
+    def _park_unwritten(
+        self, batch: list[_Item], results: list[str | Exception], until: float
+    ) -> tuple[list[_Item], list[str | Exception], bool]:
+        """Entries whose node did not answer (Redis Cluster: the others went in) go back to
+        the front of the queue, in order, and their sessions wait until ``until``; the rest
+        of the batch and its results, and whether some did not go in."""
+        if not any(isinstance(result, StoreUnavailable) for result in results):
+            return batch, results, False
+        kept: list[_Item] = []
+        answers: list[str | Exception] = []
+        unwritten: list[_Item] = []
+        for item, result in zip(batch, results, strict=True):
+            if isinstance(result, StoreUnavailable):
+                unwritten.append(item)
+                self._parked[item[0].id] = until
+            else:
+                kept.append(item)
+                answers.append(result)
+        self._queue.extendleft(reversed(unwritten))
+        return kept, answers, True
 
     async def _done(self, item: _Item, result: str | Exception) -> None:
         """An entry is written (or refused): deliver it; release a session it ended."""

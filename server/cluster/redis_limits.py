@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from server.cluster.redis_store import raise_if_cancelling
+from server.cluster.redis_cluster import raise_if_cancelling, stop
 
 if TYPE_CHECKING:
     from server.cluster.redis_store import RedisStore
@@ -224,8 +224,7 @@ class RedisLimits:
         ]
         yield
         for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            await stop(task)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(self.timeout):
                 await self.store.redis.zrem(LIVE, self.pid)

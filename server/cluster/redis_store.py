@@ -44,12 +44,31 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    NoScriptError,
+    RedisClusterException,
+    RedisClusterUnreachableError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
+from server.cluster.redis_cluster import (
+    ClusterReads,
+    Layout,
+    ShardSubscriber,
+    by_node,
+    raise_if_cancelling,
+    slot_of,
+    topology,
+)
 from server.core.errors import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -60,9 +79,11 @@ log = logging.getLogger(__name__)
 # Appends the queued entries of several sessions in one call (one call per flush): for each
 # session, if the caller holds its fencing token and the log is as the caller left it, its
 # entries in order, then its meta hash updated once and its keys' TTL renewed.
-# KEYS: meta and log of each session, in pairs. ARGV: ttl ms, then per session: fence, the id
-# of the writer's entry before these ('' = unchecked), entry count, per entry its id, n and n
-# field/values (n = 0: no entry), then the meta count m and m field/values.
+# KEYS: meta and log of each session, in pairs (on a Redis Cluster, of one hash slot). ARGV:
+# ttl ms, '1' to announce each session's new entries on the sharded channel named as its log
+# (Redis Cluster: readers do not block there, they wait for this) or '', then per session:
+# fence, the id of the writer's entry before these ('' = unchecked), entry count, per entry
+# its id, n and n field/values (n = 0: no entry), then the meta count m and m field/values.
 #
 # Returns per session 'FENCED'; 'LOST <head> <epoch> <1 if flagged>' when the log's head is
 # behind what the writer had written (a failover lost it) or a reader flagged it lost:
@@ -89,7 +110,8 @@ local function refused_by_server(err)
   return word == 'READONLY' or word == 'NOREPLICAS' or word == 'OOM' or word == 'MISCONF'
 end
 local ttl = ARGV[1]
-local i = 2
+local announce = ARGV[2] == '1'
+local i = 3
 local out = {}
 for s = 1, #KEYS / 2 do
   local meta, log = KEYS[2 * s - 1], KEYS[2 * s]
@@ -176,6 +198,9 @@ for s = 1, #KEYS / 2 do
     end
     redis.pcall('PEXPIRE', meta, ttl)
     redis.pcall('PEXPIRE', log, ttl)
+    if announce and written then
+      redis.pcall('SPUBLISH', log, written)
+    end
     if type(reply) == 'table' and reply.err then
       out[s] = '!' .. reply.err
     elseif partial then
@@ -282,6 +307,9 @@ PROCESSES = "procs"
 CLUSTER_CHANNEL = "procs:left"
 #: Connections to Redis per process (besides the relay's own).
 MAX_CONNECTIONS = 64
+#: On a Redis Cluster, connections per node and client at most: redis-py refuses a command
+#: beyond them (it does not wait for a free one there), so they are many.
+CLUSTER_CONNECTIONS = 256
 #: The event a repair writes first, so that readers past the old head reload the log.
 RESET_EVENT = "stream-reset"
 
@@ -292,9 +320,16 @@ PROMOTING = "+failover-state-send-slaveof-noone"
 #: Longest that commands wait for a promotion announced to end (a Sentinel promotes within
 #: about a second; an aborted failover never says so).
 HOLD_SECONDS = 3.0
+#: Redis Cluster: after a node failed, its topology is looked at this often (seconds) for up
+#: to HURRY_SECONDS, until a replica took the node's slots over (``cluster-node-timeout``,
+#: 15 s by default, then about a second).
+HURRY_INTERVAL = 0.2
+HURRY_SECONDS = 30.0
 
 #: A stream entry id as numbers, ``(ms, seq)``, compared as Redis compares them.
 StreamId = tuple[int, int]
+#: A client of one server (or the primary the Sentinels name), or of a Redis Cluster.
+Client = aioredis.Redis | RedisCluster
 
 
 def parse_id(entry_id: str) -> StreamId:
@@ -396,23 +431,18 @@ async def _reaching(link: RedisLink) -> AsyncIterator[None]:
             link.moved()
             raise StoreUnavailable("The session store is unavailable: try again shortly") from exc
         raise
-    except (RedisError, OSError) as exc:
+    except (RedisError, OSError, SlotNotCoveredError, RedisClusterUnreachableError) as exc:
         raise_if_cancelling(exc)
         link.moved()
         raise StoreUnavailable("The session store is unavailable: try again shortly") from exc
 
 
 def _moved(exc: BaseException) -> bool:
-    """A reply that says this server is no longer the one to write to."""
-    return str(exc).startswith(("READONLY", "NOREPLICAS", "MASTERDOWN"))
-
-
-def raise_if_cancelling(exc: BaseException) -> None:
-    """redis-py may turn a cancellation into a timeout or connection error: a task being
-    cancelled must stop, not retry."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from exc
+    """A reply that says this server is no longer the one to write to (or, on a Redis
+    Cluster, that the slot has no primary that answers now)."""
+    if isinstance(exc, ClusterDownError | TryAgainError):
+        return True
+    return str(exc).startswith(("READONLY", "NOREPLICAS", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN"))
 
 
 # -- where Redis is --------------------------------------------------------------------
@@ -420,19 +450,28 @@ def raise_if_cancelling(exc: BaseException) -> None:
 
 @dataclass(frozen=True, slots=True)
 class RedisTarget:
-    """Where Redis is: one server (``url``), or the primary that ``sentinels`` name for
-    ``master``. Passwords stay out of ``repr``."""
+    """Where Redis is: one server (``url``), the primary that ``sentinels`` name for
+    ``master``, or a Redis Cluster (``cluster``: URLs of some of its nodes, from which the
+    others are found). Passwords (a URL may carry one) stay out of ``repr``."""
 
-    url: str | None = None
+    url: str | None = field(default=None, repr=False)
     sentinels: tuple[tuple[str, int], ...] = ()
     master: str = ""
+    cluster: tuple[str, ...] = field(default=(), repr=False)
     password: str | None = field(default=None, repr=False)
     sentinel_password: str | None = field(default=None, repr=False)
-    #: Seconds between two asks of the Sentinels which server is the primary.
+    #: Seconds between two asks of the Sentinels which server is the primary (on a Redis
+    #: Cluster: between two looks at which primaries serve which slots).
     check_interval: float = 1.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisTarget:
+        if settings.redis_cluster_url:
+            return cls(
+                cluster=tuple(url.strip() for url in settings.redis_cluster_url.split(",") if url.strip()),
+                password=_secret(settings.redis_password),
+                check_interval=settings.redis_primary_check_interval,
+            )
         if settings.redis_sentinels:
             return cls(
                 sentinels=tuple(_host_port(entry) for entry in settings.redis_sentinels),
@@ -462,6 +501,25 @@ def _address(address: tuple[str, int] | None) -> str:
 
 def _secret(value: Any) -> str | None:
     return None if value is None else str(value.get_secret_value())
+
+
+def _cluster_nodes(target: RedisTarget) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The nodes a Redis Cluster target names, and the first URL's options for every node
+    (password, TLS; a cluster has one database)."""
+    nodes: list[tuple[str, int]] = []
+    first: dict[str, Any] | None = None
+    for url in target.cluster:
+        options = dict(parse_url(url))
+        nodes.append((str(options.pop("host", "localhost")), int(cast(int, options.pop("port", 6379)))))
+        if first is None:
+            first = options
+    options = dict(first or {})
+    options.pop("db", None)
+    if options.pop("connection_class", None) is SSLConnection:
+        options["ssl"] = True
+    if options.get("password") is None:
+        options["password"] = target.password
+    return nodes, options
 
 
 class _Sentinels(Sentinel):
@@ -521,13 +579,29 @@ class RedisLink:
     ``+switch-master`` (or a reply says the server moved: ``READONLY``, ``NOREPLICAS``, a
     lost connection), and when the primary changed it closes every connection of its
     clients, in use or not, so that each reconnects to the new one.
+
+    On a Redis Cluster (``target.cluster``) its clients are redis-py's cluster clients, which
+    follow the slots to their primaries by themselves (a demoted primary answers ``MOVED``);
+    the link looks at which primary serves which slots every ``check_interval`` (and at once
+    when a node fails), so that a failover inside the cluster is noticed like a Sentinel
+    one (:attr:`generation`), and it holds the process's sharded subscriptions
+    (:meth:`subscriber`).
     """
 
     def __init__(self, target: RedisTarget, *, timeout: float) -> None:
         self.target = target
         self.timeout = timeout
-        #: How many times the primary moved since this process started.
+        #: How many times the primary moved since this process started (on a Redis Cluster:
+        #: the primary of some slots).
         self.generation = 0
+        #: Redis Cluster mode.
+        self.cluster = bool(target.cluster)
+        self._clusters: list[RedisCluster] = []
+        self._watch: RedisCluster | None = None
+        self._layout: Layout | None = None
+        self._subscribers: list[ShardSubscriber] = []
+        #: Until when the topology is looked at every HURRY_INTERVAL (a node failed).
+        self._hurry_until = 0.0
         #: The primary as last found (Sentinel mode), ``(host, port)``.
         self.primary: tuple[str, int] | None = None
         self._pools: list[ConnectionPool] = []
@@ -556,13 +630,18 @@ class RedisLink:
         socket_timeout: float | None = None,
         retries: int = 3,
         **options: Any,
-    ) -> aioredis.Redis:
+    ) -> Client:
         """A client of the primary, followed through failovers. ``max_connections``: at most
         that many at once, a request waiting up to the timeout for a free one; ``None``: as
         many as asked (a client for one blocking reader). With Sentinels, a command that
         meets a moved primary is sent again up to ``retries`` times, to the new one: every
         write here is safe to resend (see the scripts above); a reader that must notice the
-        move (it checks what it read) takes none."""
+        move (it checks what it read) takes none. On a Redis Cluster: a cluster client
+        (:meth:`cluster_client`)."""
+        if self.cluster:
+            return self.cluster_client(
+                max_connections=max_connections, socket_timeout=socket_timeout, retries=retries, **options
+            )
         timeout = self.timeout
         kwargs: dict[str, Any] = {
             "decode_responses": True,
@@ -596,6 +675,92 @@ class RedisLink:
         self._pools.append(pool)
         return aioredis.Redis(connection_pool=pool)
 
+    def cluster_client(
+        self,
+        *,
+        max_connections: int | None = None,
+        socket_timeout: float | None = None,
+        retries: int = 3,
+        **options: Any,
+    ) -> RedisCluster:
+        """A client of the Redis Cluster, found from the nodes the target names (the first
+        URL's password and TLS apply to every node). A command that meets a node that does
+        not answer is sent again up to ``retries`` times, after redis-py looked at the
+        topology again. redis-py never waits for a free connection on a cluster: it holds
+        at most ``max_connections`` per node (at least :data:`CLUSTER_CONNECTIONS`) and
+        refuses more."""
+        timeout = self.timeout
+        client = self._new_cluster_client(
+            max(max_connections or 0, CLUSTER_CONNECTIONS),
+            timeout if socket_timeout is None else socket_timeout,
+            timeout,
+            retries,
+            **options,
+        )
+        self._clusters.append(client)
+        return client
+
+    def _new_cluster_client(
+        self,
+        max_connections: int,
+        socket_timeout: float,
+        connect_timeout: float,
+        retries: int,
+        **options: Any,
+    ) -> RedisCluster:
+        nodes, url_options = _cluster_nodes(self.target)
+        kwargs: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+            "health_check_interval": max(1, int(self.timeout)),
+            **url_options,
+            "decode_responses": True,
+            **options,
+        }
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+            max_connections=max_connections,
+            retry=Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries),
+            # After an error, the slots are asked again this soon (redis-py's default, 1 s,
+            # would hold writes that long after a replica took a dead primary's slots over).
+            topology_refresh_min_interval=HURRY_INTERVAL,
+            **kwargs,
+        )
+
+    def _node_client(self, host: str, port: int) -> aioredis.Redis:
+        """A client of one node of the Redis Cluster (a sharded subscription): it fails at
+        once when the node does not answer, and the subscriber moves on."""
+        kwargs: dict[str, Any] = {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+            "health_check_interval": max(1, int(self.timeout)),
+            **_cluster_nodes(self.target)[1],
+            "decode_responses": True,
+        }
+        return aioredis.Redis(host=host, port=port, retry=Retry(NoBackoff(), 0), **kwargs)
+
+    def subscriber(self) -> ShardSubscriber:
+        """The sharded subscriptions of this link's readers (Redis Cluster), shared."""
+        if not self._subscribers:
+            return self.new_subscriber()
+        return self._subscribers[0]
+
+    def new_subscriber(self) -> ShardSubscriber:
+        """Sharded subscriptions of their own (Redis Cluster): whether they are all in place
+        (:attr:`ShardSubscriber.settled`) is about them alone."""
+        subscriber = ShardSubscriber(self.layout, self._node_client, self.moved)
+        self._subscribers.append(subscriber)
+        return subscriber
+
+    async def layout(self) -> Layout:
+        """Which primary serves which slots (Redis Cluster), as last seen; looked at now
+        when never seen."""
+        if self._layout is None:
+            await self._look_cluster()
+            if self._layout is None:
+                raise RedisError("no node of the Redis Cluster answers")
+        return self._layout
+
     def on_switch(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever the primary moves."""
         self._on_switch.append(callback)
@@ -627,25 +792,30 @@ class RedisLink:
             await self._released.wait()
 
     def moved(self) -> None:
-        """A reply or an error says the primary may have moved: ask the Sentinels now."""
+        """A reply or an error says the primary may have moved: ask the Sentinels now (on a
+        Redis Cluster: look at the topology now, then often until it changes, so that a
+        replica's takeover is seen within :data:`HURRY_INTERVAL`)."""
         if self._check is not None:
             self._check.set()
+        if self.cluster:
+            self._hurry_until = time.monotonic() + HURRY_SECONDS
 
     async def follow(self) -> None:
-        """Follow the primary for the app's lifetime (Sentinel mode; one server: nothing to
-        follow)."""
-        if self._sentinels is None:
+        """Follow the primary for the app's lifetime (Sentinel mode; a Redis Cluster: its
+        topology; one server: nothing to follow)."""
+        if self._sentinels is None and not self.cluster:
             return
         self._check = asyncio.Event()
-        listeners = [
-            asyncio.get_running_loop().create_task(self._listen(sentinel))
-            for sentinel in self._sentinels.sentinels
-        ]
+        sentinels = self._sentinels.sentinels if self._sentinels is not None else []
+        listeners = [asyncio.get_running_loop().create_task(self._listen(sentinel)) for sentinel in sentinels]
         try:
             while True:
-                await self._look()
+                await (self._look_cluster() if self.cluster else self._look())
+                interval = self.target.check_interval
+                if time.monotonic() < self._hurry_until:
+                    interval = min(interval, HURRY_INTERVAL)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.target.check_interval):
+                    async with asyncio.timeout(interval):
                         await self._check.wait()
                 self._check.clear()
         finally:
@@ -681,6 +851,40 @@ class RedisLink:
                 if not waiter.done():
                     waiter.set_result(None)
 
+    async def _look_cluster(self) -> None:
+        """Ask the cluster which primary serves which slots; when that changed (a failover,
+        slots moved), tell whoever follows the primary, as a Sentinel failover does."""
+        if self._watch is None:
+            # Its own client, which answers at once or fails: the topology is looked at often.
+            quick = min(self.timeout, 1.0)
+            self._watch = self._new_cluster_client(4, quick, quick, 0)
+        try:
+            layout = await topology(self._watch, min(self.timeout, 1.0))
+        except (RedisError, OSError, RedisClusterException) as exc:
+            raise_if_cancelling(exc)
+            log.debug("redis cluster: no node answers now: %s", type(exc).__name__)
+            return
+        moved = self._layout is not None and layout != self._layout
+        self._layout = layout
+        if not moved:
+            return
+        self._hurry_until = 0.0
+        self.generation += 1
+        log.warning(
+            "redis cluster: the primaries moved; now %s",
+            ", ".join(f"{first}-{last} at {primary}" for first, last, primary in layout),
+        )
+        with contextlib.suppress(RedisError, OSError, RedisClusterException):
+            # Nodes added since are asked next time too.
+            await self._watch.nodes_manager.initialize()
+        for subscriber in self._subscribers:
+            subscriber.topology_changed()
+        for callback in self._on_switch:
+            callback()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     async def _listen(self, sentinel: aioredis.Redis) -> None:
         """What one Sentinel announces: a replica about to be promoted (hold the commands),
         the primary switched (look at once)."""
@@ -709,8 +913,66 @@ class RedisLink:
     async def aclose(self) -> None:
         for pool in self._pools:
             await pool.disconnect()
+        for subscriber in self._subscribers:
+            await subscriber.aclose()
+        for client in [*self._clusters, *([self._watch] if self._watch is not None else [])]:
+            await client.aclose()
         if self._sentinels is not None:
             await self._sentinels.aclose()
+
+
+# -- reading many logs at once -------------------------------------------------------------
+
+
+class BlockingReads:
+    """What the readers of many streams (the relay, the documents' follower) use on one
+    Redis server: one ``XREAD BLOCK`` over all of them, which an entry in this reader's
+    own wake stream ``wake_key`` ends early (the reader follows other streams now)."""
+
+    #: Never: one server answers for all of the streams or for none.
+    incomplete = False
+
+    def __init__(self, client: aioredis.Redis, wake_key: Any, wake_ttl_ms: int | None = None) -> None:
+        self._client = client
+        self._wake_key = wake_key
+        self._wake_cursor: Any = b"0-0" if isinstance(wake_key, bytes) else "0-0"
+        self._wake_ttl_ms = wake_ttl_ms
+
+    async def read(self, streams: dict[Any, Any], block_ms: int | None, count: int) -> list[tuple[Any, Any]]:
+        """``XREAD [BLOCK block_ms] COUNT count STREAMS ...`` and the wake stream."""
+        result: Any = await self._client.xread(
+            {self._wake_key: self._wake_cursor, **streams}, count=count, block=block_ms
+        )
+        out = []
+        for key, entries in result or ():
+            if key == self._wake_key:
+                self._wake_cursor = entries[-1][0]
+            else:
+                out.append((key, entries))
+        return out
+
+    async def wake(self) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.xadd(self._wake_key, {"w": "1"}, maxlen=16, approximate=True)
+        if self._wake_ttl_ms is not None:
+            pipe.pexpire(self._wake_key, self._wake_ttl_ms)
+        await pipe.execute()
+
+
+#: Many streams read at once: one blocking ``XREAD`` on one server, announced reads on a
+#: Redis Cluster.
+StreamReads = BlockingReads | ClusterReads
+
+
+def stream_reads(
+    link: RedisLink, client: Client, wake_key: Any, wake_ttl_ms: int | None = None
+) -> StreamReads:
+    """How a reader of many streams reads them through ``client``: :class:`BlockingReads`
+    on one server, :class:`~server.cluster.redis_cluster.ClusterReads` on a Redis Cluster
+    (where ``XREAD`` cannot block on the streams of several slots)."""
+    if isinstance(client, RedisCluster):
+        return ClusterReads(client, link.subscriber())
+    return BlockingReads(client, wake_key, wake_ttl_ms)
 
 
 # -- the store ---------------------------------------------------------------------------
@@ -735,9 +997,15 @@ class RedisStore:
         wait_timeout_ms: int = 100,
     ) -> None:
         self.link = RedisLink(RedisTarget(url=target) if isinstance(target, str) else target, timeout=timeout)
-        self.redis: aioredis.Redis = self.link.client(max_connections=MAX_CONNECTIONS)
-        # XREAD BLOCK holds its connection; its own client waits longer than it blocks.
-        self.reader: aioredis.Redis = self.link.client(socket_timeout=timeout + 5, retries=0)
+        self.redis: Client = self.link.client(max_connections=MAX_CONNECTIONS)
+        if self.link.cluster:
+            # Reads do not block on a cluster (ClusterReads). Appends go through this client
+            # too: a node that does not answer fails their call at once, and the journal
+            # tries that node's sessions again while the others go on.
+            self.reader: Client = self.link.client(retries=0)
+        else:
+            # XREAD BLOCK holds its connection; its own client waits longer than it blocks.
+            self.reader = self.link.client(socket_timeout=timeout + 5, retries=0)
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         #: Appends that fewer than ``wait_replicas`` replicas had when ``WAIT`` returned.
@@ -759,7 +1027,11 @@ class RedisStore:
 
     async def ping(self) -> None:
         async with self._guard():
-            await self.redis.ping()
+            if isinstance(self.redis, RedisCluster):
+                # One node that answers: a cluster whose other shards fail still serves theirs.
+                await self.redis.ping(target_nodes=RedisCluster.DEFAULT_NODE)
+            else:
+                await self.redis.ping()
 
     # -- sessions ------------------------------------------------------------
 
@@ -824,25 +1096,78 @@ class RedisStore:
     async def append(self, batch: Sequence[Append], ttl_ms: int) -> list[str | Exception]:
         """Write ``batch`` in one round trip and one script call: each session's entries in
         order, its meta fields once. Each item's result is its entry id, or the
-        :class:`Fenced` / :class:`Lost` / ``ResponseError`` that refused it."""
+        :class:`Fenced` / :class:`Lost` / ``ResponseError`` that refused it.
+
+        On a Redis Cluster: one script call per hash slot, in one pipeline per node, the nodes
+        at once; an item whose node did not answer (or refused the whole call) gets
+        :class:`StoreUnavailable`: nothing of its session was written in this call, while the
+        other nodes' sessions were."""
         groups: dict[tuple[str, str], list[int]] = {}
         for index, item in enumerate(batch):
             groups.setdefault((item.session_id, item.fence), []).append(index)
-        keys: list[str] = []
-        args: list[Any] = [ttl_ms]
-        for (session_id, fence), indexes in groups.items():
-            keys += [meta_key(session_id), log_key(session_id)]
-            args += _session_args(batch, indexes, fence)
-        async with self._guard():
-            reply = await self._append_call([len(keys), *keys, *args])
         out: list[str | Exception] = [""] * len(batch)
-        if isinstance(reply, Exception):
-            # The script did not run (out of memory, a read-only replica, ...): nothing was
-            # written, so nothing may be delivered; the journal retries the whole batch.
-            if _moved(reply):
-                self.link.moved()
-            raise StoreUnavailable(f"redis refused the append: {reply}")
-        for indexes, result in zip(groups.values(), cast(list[Any], reply), strict=True):
+        if not isinstance(self.reader, RedisCluster):
+            call = list(groups)
+            async with self._guard():
+                reply = await self._append_call(self._append_args(batch, groups, call, ttl_ms))
+            if isinstance(reply, Exception):
+                # The script did not run (out of memory, a read-only replica, ...): nothing was
+                # written, so nothing may be delivered; the journal retries the whole batch.
+                if _moved(reply):
+                    self.link.moved()
+                raise StoreUnavailable(f"redis refused the append: {reply}")
+            self._appended(out, batch, groups, call, reply)
+            return out
+        slots: dict[int, list[tuple[str, str]]] = {}
+        for group in groups:
+            slots.setdefault(slot_of(meta_key(group[0])), []).append(group)
+        calls = list(slots.values())
+        replies = await self._append_cluster(
+            self.reader,
+            [(slot, self._append_args(batch, groups, call, ttl_ms)) for slot, call in slots.items()],
+        )
+        for call, reply in zip(calls, replies, strict=True):
+            if isinstance(reply, Exception):
+                if not isinstance(reply, StoreUnavailable) and _moved(reply):
+                    self.link.moved()
+                unavailable = (
+                    reply
+                    if isinstance(reply, StoreUnavailable)
+                    else StoreUnavailable(f"redis refused the append: {reply}")
+                )
+                for group in call:
+                    for index in groups[group]:
+                        out[index] = unavailable
+                continue
+            self._appended(out, batch, groups, call, reply)
+        return out
+
+    def _append_args(
+        self,
+        batch: Sequence[Append],
+        groups: dict[tuple[str, str], list[int]],
+        call: list[tuple[str, str]],
+        ttl_ms: int,
+    ) -> list[Any]:
+        """``_APPEND``'s keys count, keys and arguments for the sessions of ``call``."""
+        keys: list[str] = []
+        args: list[Any] = [ttl_ms, "1" if self.link.cluster else ""]
+        for session_id, fence in call:
+            keys += [meta_key(session_id), log_key(session_id)]
+            args += _session_args(batch, groups[(session_id, fence)], fence)
+        return [len(keys), *keys, *args]
+
+    @staticmethod
+    def _appended(
+        out: list[str | Exception],
+        batch: Sequence[Append],
+        groups: dict[tuple[str, str], list[int]],
+        call: list[tuple[str, str]],
+        reply: Any,
+    ) -> None:
+        """What ``_APPEND`` answered for the sessions of ``call``, item by item, in ``out``."""
+        for group, result in zip(call, cast(list[Any], reply), strict=True):
+            indexes = groups[group]
             if isinstance(result, str) and (result == "FENCED" or result.startswith(("!", "LOST "))):
                 refused = _refusal(result)
                 for index in indexes:
@@ -857,7 +1182,6 @@ class RedisStore:
                     out[index] = batch[index].entry_id
                 else:
                     out[index] = ResponseError(entry[1:]) if entry.startswith("!") else entry
-        return out
 
     async def _append_call(self, call: list[Any]) -> Any:
         """``EVALSHA`` of the append (then ``WAIT``, when asked) in one pipeline, without
@@ -870,9 +1194,7 @@ class RedisStore:
                 pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
             results = await pipe.execute(raise_on_error=False)
             reply = results[0]
-            if isinstance(reply, NoScriptError) or (
-                isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
-            ):
+            if _no_script(reply):
                 if attempt == 1:
                     return ResponseError("NOSCRIPT after SCRIPT LOAD")
                 await self.redis.script_load(_APPEND)
@@ -881,6 +1203,64 @@ class RedisStore:
                 self._replicated(results[1])
             return reply
         raise AssertionError("unreachable")
+
+    async def _append_cluster(self, client: RedisCluster, calls: list[tuple[int, list[Any]]]) -> list[Any]:
+        """The calls of :meth:`append` on a Redis Cluster (each with its slot): a pipeline
+        per node, the nodes at once. Each call's reply, or the :class:`StoreUnavailable` of
+        its node."""
+        async with self._guard():
+            await client.initialize()
+        nodes = list(by_node(client, ((slot, index) for index, (slot, _) in enumerate(calls))).values())
+        answers = await asyncio.gather(
+            *(
+                self._append_node(client, node, [calls[index][1] for index in indexes])
+                for node, indexes in nodes
+            )
+        )
+        replies: list[Any] = [None] * len(calls)
+        for (_, indexes), answer in zip(nodes, answers, strict=True):
+            for index, reply in zip(indexes, answer, strict=True):
+                replies[index] = reply
+        return replies
+
+    async def _append_node(
+        self, client: RedisCluster, node: ClusterNode, calls: list[list[Any]]
+    ) -> list[Any]:
+        """One node's calls in one pipeline (then its ``WAIT``, when asked); the calls Redis
+        answers ``NOSCRIPT`` (a node that restarted, a replica promoted: the scripts are not
+        replicated) are sent again once the script is loaded there."""
+        replies: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        try:
+            for attempt in range(2):
+                async with self._guard():
+                    pipe = client.pipeline(transaction=False)
+                    for index in pending:
+                        pipe.evalsha(self._append_sha, *calls[index])
+                    if self.wait_replicas:
+                        pipe.execute_command(
+                            "WAIT", self.wait_replicas, self.wait_timeout_ms, target_nodes=node
+                        )
+                    results = await pipe.execute(raise_on_error=False)
+                missing = []
+                for index, result in zip(pending, results, strict=False):
+                    replies[index] = result
+                    if _no_script(result):
+                        missing.append(index)
+                if self.wait_replicas:
+                    self._replicated(results[-1])
+                if not missing:
+                    break
+                if attempt == 1:
+                    for index in missing:
+                        replies[index] = ResponseError("NOSCRIPT after SCRIPT LOAD")
+                    break
+                async with self._guard():
+                    await client.execute_command("SCRIPT LOAD", _APPEND, target_nodes=node)
+                pending = missing
+        except StoreUnavailable as exc:
+            return [exc] * len(calls)
+        return replies
 
     def _replicated(self, acked: Any) -> None:
         """What ``WAIT`` answered for the batch just written."""
@@ -919,7 +1299,11 @@ class RedisStore:
         for entry_id, fields in entries:
             args += [entry_id, len(fields), *fields]
         async with self._guard():
-            return str(await self._repair(keys=[meta_key(session_id), log_key(session_id)], args=args))
+            answer = str(await self._repair(keys=[meta_key(session_id), log_key(session_id)], args=args))
+            if answer == "OK" and isinstance(self.redis, RedisCluster):
+                # Readers on a cluster wait for this to read the log (the append's own says so).
+                await self.redis.spublish(log_key(session_id), "repaired")
+            return answer
 
     async def positions(self, cursors: Sequence[tuple[str, str]]) -> list[Position]:
         """For each ``(session id, cursor)``: the session's epoch and the log's entry at the
@@ -980,7 +1364,10 @@ class RedisStore:
             pipe = self.redis.pipeline(transaction=False)
             if owned:
                 pipe.zadd(PROCESSES, {pid: now_ms()})
-                pipe.publish(CLUSTER_CHANNEL, pid)
+                if self.link.cluster:
+                    pipe.spublish(CLUSTER_CHANNEL, pid)
+                else:
+                    pipe.publish(CLUSTER_CHANNEL, pid)
             else:
                 pipe.zrem(PROCESSES, pid)
             await pipe.execute()
@@ -1019,25 +1406,39 @@ class RedisStore:
     # -- commands between processes ------------------------------------------
 
     async def publish(self, pid: str, message: str) -> int:
+        """Send a message to a process's inbox (on a Redis Cluster, sharded pub/sub: to the
+        one shard of the channel); how many heard it."""
         async with self._guard():
-            return int(await self.redis.publish(f"proc:{{{pid}}}:inbox", message))
+            if isinstance(self.redis, RedisCluster):
+                return int(await self.redis.spublish(self.inbox(pid), message))
+            return int(await self.redis.publish(self.inbox(pid), message))
 
     def inbox(self, pid: str) -> str:
         return f"proc:{{{pid}}}:inbox"
 
     # -- the relay -----------------------------------------------------------
 
-    async def read(
-        self, streams: dict[str, str], block_ms: int, count: int
-    ) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
-        """``XREAD BLOCK`` over many logs at once (keys: log keys or the wake key)."""
-        async with self._guard():
-            result: Any = await self.reader.xread(cast(Any, streams), count=count, block=block_ms)
-            return list(result or [])
+    def stream_reads(self, wake_key: str) -> StreamReads:
+        """How the relay reads many logs at once (:func:`stream_reads`)."""
+        return stream_reads(self.link, self.reader, wake_key)
 
-    async def wake(self, key: str) -> None:
+    async def read(
+        self, reads: StreamReads, streams: dict[str, str], block_ms: int, count: int
+    ) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
+        """New entries of many logs at once, waiting up to ``block_ms`` for some."""
         async with self._guard():
-            await self.redis.xadd(key, {"w": "1"}, maxlen=16, approximate=True)
+            return await reads.read(streams, block_ms, count)
+
+    async def wake(self, reads: StreamReads) -> None:
+        """End the wait of a :meth:`read` (the relay reads another set of logs now)."""
+        async with self._guard():
+            await reads.wake()
+
+
+def _no_script(reply: Any) -> bool:
+    return isinstance(reply, NoScriptError) or (
+        isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
+    )
 
 
 def _refusal(result: str) -> Exception:

@@ -4,8 +4,10 @@ A :class:`RelayedSession` is this process's view of a session owned elsewhere: b
 the session's Redis log, it replays like the owner's session does and then stays live on
 what the :class:`Relay` reads. The relay is one task and one blocking ``XREAD`` for every
 log this process's viewers watch, so a thousand remote sessions cost one loop, not a
-thousand. A relayed session whose viewer lags is left out of the read until the viewer
-catches up (or is dropped after ``VIEWER_STALL_TIMEOUT``), with the same
+thousand (on a Redis Cluster, where ``XREAD`` cannot block on logs of several slots: the
+logs announced written, one ``XREAD`` per slot, see :mod:`server.cluster.redis_cluster`).
+A relayed session whose viewer lags is left out of the read until the viewer catches up
+(or is dropped after ``VIEWER_STALL_TIMEOUT``), with the same
 :class:`~server.core.emitter.ViewerSet` rules as the owner's; what it has not read waits in
 Redis, not in this process.
 
@@ -250,11 +252,10 @@ class Relay:
         self, store: RedisStore, wake_key: str, on_suspect: Callable[[], None] = lambda: None
     ) -> None:
         self.store = store
-        self.wake_key = wake_key
         self._on_suspect = on_suspect
         self._sessions: dict[str, RelayedSession] = {}
         self._held: set[str] = set()
-        self._wake_cursor = "0-0"
+        self._reads = store.stream_reads(wake_key)
 
     def watch(self, session: RelayedSession) -> None:
         self._sessions[log_key(session.id)] = session
@@ -281,35 +282,39 @@ class Relay:
     async def _wake(self) -> None:
         # If Redis is down the read loop is failing too, and reads everything once it is back.
         with contextlib.suppress(StoreUnavailable):
-            await self.store.wake(self.wake_key)
+            await self.store.wake(self._reads)
 
     async def run(self) -> None:
         delay = 0.1
         generation = self.store.link.generation
         # Checked before the first read: a failover may have happened before this started.
         suspect = False
+        # Some logs wait for a node that does not answer (Redis Cluster) while the others
+        # are read: once it answers, the logs are checked as after an outage.
+        incomplete = False
         while True:
             try:
                 if suspect or generation != self.store.link.generation:
                     generation = self.store.link.generation
                     await self._validate()
                     suspect = False
-                streams = {self.wake_key: self._wake_cursor}
-                for key, session in self._sessions.items():
-                    if key not in self._held:
-                        streams[key] = session.cursor
-                result = await self.store.read(streams, BLOCK_MS, READ_COUNT)
+                streams = {
+                    key: session.cursor for key, session in self._sessions.items() if key not in self._held
+                }
+                result = await self.store.read(self._reads, streams, BLOCK_MS, READ_COUNT)
             except StoreUnavailable:
                 suspect = True
                 await self.store.link.switched(delay)
                 delay = min(2.0, delay * 2)
                 continue
+            if self._reads.incomplete:
+                incomplete = True
+            elif incomplete:
+                incomplete = False
+                suspect = True
             delay = 0.1
             stale = []
             for key, entries in result:
-                if key == self.wake_key:
-                    self._wake_cursor = entries[-1][0]
-                    continue
                 watched = self._sessions.get(key)
                 if watched is None:
                     continue
