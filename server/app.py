@@ -142,7 +142,7 @@ def create_app(
     app.cleanup_ctx.append(_collab_ctx)
 
     if settings.redis_mode:
-        # Imported here: without REDIS_URL or REDIS_SENTINELS nothing of Redis is loaded.
+        # Imported here: outside Redis mode nothing of Redis is loaded.
         from server.cluster.coordinator import Cluster
 
         manager.cluster = Cluster(settings, manager)
@@ -226,7 +226,7 @@ def _document_store(settings: Settings) -> DocumentStore:
     """Where collaborative documents persist: Redis in Redis mode (any process serves any
     document), else ``COLLAB_STORE``."""
     if settings.redis_mode:
-        # Imported here: without REDIS_URL or REDIS_SENTINELS nothing of Redis is loaded.
+        # Imported here: outside Redis mode nothing of Redis is loaded.
         from server.cluster.collab_store import RedisDocumentStore
         from server.cluster.redis_store import RedisLink, RedisTarget
 

@@ -11,7 +11,9 @@ bus port (``cluster-port``): the default, port + 10000, may not exist for an eph
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,7 +27,7 @@ from redis.crc import key_slot
 from deploy.cluster import wait_for
 from tests.cluster_nodes import LEASE, Node, StartNodes
 from tests.redis_sentinel import RedisNode
-from tests.server_process import ServerProcess, free_port
+from tests.server_process import ServerProcess
 
 PRIMARIES = 3
 NODE_TIMEOUT_MS = 1000
@@ -35,13 +37,16 @@ FAILOVER_TIMEOUT = 30.0
 
 
 class RedisCluster:
-    """Three primaries and their replicas on 127.0.0.1."""
+    """Three primaries and their replicas on 127.0.0.1 (each with ``password`` as its
+    ``requirepass`` and ``masterauth``, when given)."""
 
-    def __init__(self, replicas: int = 1) -> None:
+    def __init__(self, replicas: int = 1, password: str | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="redis-cluster-test-"))
         self.replicas = replicas
+        self.password = password
         self.nodes = [RedisNode(self.root, f"node{i}") for i in range(PRIMARIES * (1 + replicas))]
-        self.bus_ports = {node.port: free_port() for node in self.nodes}
+        ports = _other_free_ports(len(self.nodes), {node.port for node in self.nodes})
+        self.bus_ports = {node.port: port for node, port in zip(self.nodes, ports, strict=True)}
 
     # -- what a server process is given ----------------------------------------
 
@@ -64,9 +69,7 @@ class RedisCluster:
         for node in self.nodes:
             node.start(self._config(node))
         for node in self.nodes:
-            wait_for(
-                lambda node=node: bool(self.client(node.port).ping()), f"redis-server :{node.port} answers"
-            )
+            wait_for(lambda node=node: self._answers(node), f"redis-server :{node.port} answers")
         create = subprocess.run(
             [
                 shutil.which("redis-cli") or "redis-cli",
@@ -81,6 +84,7 @@ class RedisCluster:
             text=True,
             timeout=STARTUP_TIMEOUT,
             check=False,
+            env={**os.environ, **({"REDISCLI_AUTH": self.password} if self.password else {})},
         )
         if create.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed:\n{create.stdout}\n{create.stderr}")
@@ -104,6 +108,13 @@ class RedisCluster:
             node.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def _answers(self, node: RedisNode) -> bool:
+        if not node.alive:
+            log = node.dir / "redis.log"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(f"redis-server :{node.port} exited: {tail}")
+        return bool(self.client(node.port).ping())
+
     def _config(self, node: RedisNode) -> list[str]:
         return [
             f"port {node.port}",
@@ -126,6 +137,7 @@ class RedisCluster:
             # A replica is listed (CLUSTER SLOTS) once its offset moved: a PING every second
             # moves it, instead of every 10 s.
             "repl-ping-replica-period 1",
+            *([f"requirepass {self.password}", f"masterauth {self.password}"] if self.password else []),
         ]
 
     def _ready(self) -> bool:
@@ -141,9 +153,14 @@ class RedisCluster:
 
     # -- looking at it ----------------------------------------------------------
 
-    @staticmethod
-    def client(port: int) -> redis.Redis:
-        return redis.Redis(port=port, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(
+            port=port,
+            password=self.password,
+            decode_responses=True,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+        )
 
     def node(self, port: int) -> RedisNode:
         return next(n for n in self.nodes if n.port == port)
@@ -210,6 +227,25 @@ class RedisCluster:
 
         wait_for(taken_over, f"a replica of :{old} takes its slots over", timeout)
         return found[-1]
+
+
+def _other_free_ports(count: int, taken: set[int]) -> list[int]:
+    """``count`` free ports of 127.0.0.1, none of ``taken`` and no two the same (held open
+    together while they are picked)."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            if port not in taken:
+                ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    return ports
 
 
 # -- fixtures: a cluster per module, and server processes in Redis mode on it ---------

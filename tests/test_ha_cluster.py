@@ -1,22 +1,26 @@
 """Redis mode on a Redis Cluster (``REDIS_CLUSTER_URL``): real server processes on three
 primaries with a replica each (``tests/redis_cluster.py``).
 
-The store's batched append spans every shard in one call per slot; two processes serve
-sessions whose keys live on different shards (created on one, started and watched on the
+Two processes serve sessions whose keys live on different shards (created on one, started and watched on the
 other: commands over sharded pub/sub, viewers through the announced reads); a killed
 owner's stream is continued by the other process, contiguous; collaborative documents
 converge across processes; the per-address limit is shared. Then a primary inside the
 cluster dies with streams running on it and viewers on every process: the streams go on
 once its replica takes over, no viewer ever holds two histories spliced, new sessions work,
-and the streams of the other shards do not wait for it. Last, an injected loss (the replica
-paused so that it misses appends, then the primary killed): the loss is found, the epoch
-changes, every viewer of that stream starts over, never a ``seq`` reused for other text.
+and the streams of the other shards do not wait for it; a manual ``CLUSTER FAILOVER`` (the
+old primary stays up) loses nothing. Last, an injected loss (the replica paused so that it
+misses appends, then the primary killed): the loss is found, the epoch changes, every
+viewer of that stream starts over, never a ``seq`` reused for other text.
+
+The store alone first: one append spans every shard, ``WAIT`` asks each node that took
+writes, and the limits' announcements reach every process through the cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -258,30 +262,7 @@ async def finish(
     http: Any, node: Node, sessions: list[str], histories: list[History]
 ) -> list[dict[str, Any]]:
     """Wait for every viewer's end; each ends with ``GET``'s text, never spliced."""
-    try:
-        await asyncio.gather(*(h.wait_for(lambda h=h: h.finished, 20) for h in histories))
-    except TimeoutError:
-        for i, h in enumerate(histories):
-            st = await status_of(http, node, sessions[i // 2])
-            print(
-                "DEBUG",
-                i,
-                sessions[i // 2][:8],
-                "node",
-                i % 2,
-                "chunks",
-                len(h.chunks()),
-                "resets",
-                len(h.resets()),
-                "finished",
-                h.finished,
-                "last",
-                [e for e, _, _ in h.events[-3:]],
-                "GET",
-                st["state"],
-                st["chunks"],
-            )
-        raise
+    await asyncio.gather(*(h.wait_for(lambda h=h: h.finished, FINISH) for h in histories))
     per_session = len(histories) // len(sessions)
     finals = []
     for index, session_id in enumerate(sessions):
@@ -371,6 +352,72 @@ async def test_a_primary_killed_inside_the_cluster(fresh_cluster: RedisCluster, 
     )
     if spared:
         assert meanwhile > 0, "the streams of the other shards went on during the failover"
+
+
+async def test_a_manual_failover_inside_the_cluster(fresh_cluster: RedisCluster, http: Any):
+    """``CLUSTER FAILOVER`` on a replica while its primary stays up: the primary stops
+    writes until the replica has them, then answers ``MOVED``; the subscriptions of its
+    slots move with them (the node unsubscribes them). Nothing is lost or written back."""
+    started: list[ServerProcess] = []
+    a, b = await process_starter(fresh_cluster, started)(2)
+    try:
+        sessions, histories, clients = await watched_streams(http, [a, b], 4)
+        shards = [await shard_of(fresh_cluster, s) for s in sessions]
+        victim = shards[0]
+        hit = [h for index, h in enumerate(histories) if shards[index // 2] == victim]
+        try:
+            await asyncio.gather(*(h.wait_for(lambda h=h: len(h.chunks()) >= 5) for h in histories))
+            replica = fresh_cluster.replicas_of(victim)[0]
+            asked_at = time.time()
+            await asyncio.to_thread(fresh_cluster.client(replica).execute_command, "CLUSTER FAILOVER")
+            await asyncio.to_thread(fresh_cluster.wait_failover, victim)
+            switched_after = time.time() - asked_at
+            finals = await finish(http, a, sessions, histories)
+        finally:
+            await close(clients)
+    finally:
+        await stop_processes(started)
+    assert fresh_cluster.role(victim) == "slave", "the old primary follows its replica now"
+    assert repairs([a, b]) == [], "nothing was lost"
+    assert all(final["epoch"] == first_epoch(h) for final, h in zip(finals, histories[::2], strict=True))
+    gap = max(max(b - a for a, b in itertools.pairwise(chunk_times(h))) for h in hit)
+    print(
+        f"CLUSTER FAILOVER: the slots moved {switched_after:.2f} s after the command; the longest wait"
+        f" between two chunks of its {len(hit) // 2} streams at any viewer {gap:.2f} s; nothing written back"
+    )
+
+
+async def test_the_password_stays_secret(http: Any):
+    """Every node with a password, given in ``REDIS_CLUSTER_URL``: the server works through a
+    primary's failover, and the password shows neither in its logs (debug included) nor in
+    its answers."""
+    password = "cluster-test-password-0123456789"
+    with RedisCluster(password=password) as cluster:
+        url = ",".join(f"redis://:{password}@{u.removeprefix('redis://')}" for u in cluster.urls)
+        started: list[ServerProcess] = []
+        start_processes = process_starter(cluster, started)
+        try:
+            (a,) = await start_processes(
+                1, REDIS_CLUSTER_URL=url, LOG_LEVEL="debug", DEMO_TOKENS_PER_SECOND="0"
+            )
+            session_id = await create(http, a, "u", maxTokens=20)
+            assert (await start(http, a, session_id, PROMPT))[0] == 200
+            victim = await shard_of(cluster, session_id)
+            await asyncio.to_thread(cluster.kill, victim)
+            await asyncio.to_thread(cluster.wait_failover, victim)
+            await new_session_works(http, a)
+            final = await status_of(http, a, session_id)
+        finally:
+            await stop_processes(started)
+    assert final["state"] == "completed"
+    output = started[0].output
+    assert "redis cluster: the primaries moved" in output, "the failover was seen"
+    assert password not in output
+    assert password not in str(final)
+
+
+def chunk_times(history: History) -> list[float]:
+    return [when for event, _, when in history.events if event == "chunk"]
 
 
 async def test_a_replica_misses_appends_then_its_primary_dies(fresh_cluster: RedisCluster, http: Any):

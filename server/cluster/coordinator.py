@@ -1,4 +1,5 @@
-"""Several processes as one server, through Redis (``REDIS_URL``, or ``REDIS_SENTINELS``).
+"""Several processes as one server, through Redis (``REDIS_URL``, ``REDIS_SENTINELS`` or
+``REDIS_CLUSTER_URL``).
 
 Each process owns the sessions it creates: it runs their providers, keeps them in memory
 like a single process does, and writes their logs to Redis (:mod:`server.cluster.redis_journal`).

@@ -80,7 +80,9 @@ def by_node(
 
 class _NodeListener:
     """One connection to one node, holding the sharded subscriptions of the channels whose
-    slots that node serves, and the task that reads their messages."""
+    slots that node serves, and the task that reads their messages. ``broken``: the
+    connection is lost; ``dropped``: the node unsubscribed a channel by itself (its slot
+    moved to another node, as in a manual failover, while this node stays up)."""
 
     def __init__(
         self,
@@ -88,6 +90,7 @@ class _NodeListener:
         client: aioredis.Redis,
         deliver: Callable[[str, str], None],
         broken: Callable[[_NodeListener], None],
+        dropped: Callable[[_NodeListener, str], None],
     ) -> None:
         self.name = name
         self.client = client
@@ -95,6 +98,7 @@ class _NodeListener:
         self.channels: set[str] = set()
         self._deliver = deliver
         self._broken = broken
+        self._dropped = dropped
         self._task: asyncio.Task[None] | None = None
 
     async def subscribe(self, channel: str) -> None:
@@ -114,8 +118,14 @@ class _NodeListener:
                 # A bounded wait, so that the client's health check (a PING) runs between.
                 message = await self.pubsub.get_message(timeout=1.0)
                 raise_if_cancelling()
-                if message is not None and message.get("type") == "smessage":
-                    self._deliver(str(message["channel"]), str(message["data"]))
+                if message is None:
+                    continue
+                channel = str(message["channel"])
+                if message.get("type") == "smessage":
+                    self._deliver(channel, str(message["data"]))
+                elif message.get("type") == "sunsubscribe" and channel in self.channels:
+                    self.channels.discard(channel)
+                    self._dropped(self, channel)
         except (RedisError, OSError) as exc:
             raise_if_cancelling(exc)
             log.debug("redis cluster: subscriptions at %s lost: %s", self.name, type(exc).__name__)
@@ -158,6 +168,7 @@ class ShardSubscriber:
         #: Where each channel is subscribed now: the node's name.
         self._where: dict[str, str] = {}
         self._changed = asyncio.Event()
+        self._moved = asyncio.Event()
         #: Set while every channel is subscribed at the node that serves its slot.
         self.settled = asyncio.Event()
         #: Set while one is not (the contrary of :attr:`settled`, to wait on).
@@ -175,7 +186,9 @@ class ShardSubscriber:
             self._kick()
 
     def topology_changed(self) -> None:
-        """Slots may serve from other nodes now: subscribe each channel where it is."""
+        """Slots may serve from other nodes now: subscribe each channel where it is (at
+        once, even while waiting after a failure)."""
+        self._moved.set()
         self._kick()
 
     def _kick(self) -> None:
@@ -189,6 +202,13 @@ class ShardSubscriber:
         handler = self._handlers.get(channel)
         if handler is not None:
             handler(data)
+
+    def _dropped(self, listener: _NodeListener, channel: str) -> None:
+        """A node no longer serves a channel's slot: subscribe it where the slot is now."""
+        if self._where.get(channel) == listener.name:
+            del self._where[channel]
+        self._on_lost()
+        self._kick()
 
     def _broken(self, listener: _NodeListener) -> None:
         """A node's connection broke: its channels are subscribed again (elsewhere if
@@ -214,8 +234,11 @@ class ShardSubscriber:
                 raise_if_cancelling(exc)
                 log.debug("redis cluster: cannot subscribe now: %s", type(exc).__name__)
                 self._changed.set()
-                await asyncio.sleep(delay)
-                delay = min(MAX_PARK, delay * 2)
+                self._moved.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._moved.wait()
+                delay = 0.05 if self._moved.is_set() else min(MAX_PARK, delay * 2)
                 continue
             raise_if_cancelling()
             delay = 0.05
@@ -242,7 +265,9 @@ class ShardSubscriber:
             listener = self._listeners.get(name)
             if listener is None:
                 host, _, port = name.rpartition(":")
-                listener = _NodeListener(name, self._connect(host, int(port)), self._deliver, self._broken)
+                listener = _NodeListener(
+                    name, self._connect(host, int(port)), self._deliver, self._broken, self._dropped
+                )
                 self._listeners[name] = listener
             try:
                 await listener.subscribe(channel)
@@ -287,14 +312,16 @@ class ClusterReads:
         self._due: set[Any] = set()
         #: Streams of a node that failed, and when they are tried again (loop time).
         self._parked: dict[Any, float] = {}
+        #: Streams not read since their node failed.
+        self._failing: set[Any] = set()
         self._delay = 0.05
         self._event = asyncio.Event()
         self._swept = 0.0
 
     @property
     def incomplete(self) -> bool:
-        """Some streams wait for a node that failed."""
-        return bool(self._parked)
+        """Some streams were not read since their node failed."""
+        return bool(self._failing)
 
     async def wake(self) -> None:
         self._event.set()
@@ -303,7 +330,8 @@ class ClusterReads:
         def handle(_: str | None) -> None:
             # Announced, or subscribed again where its slot is now: its node answers.
             self._due.add(key)
-            self._parked.pop(key, None)
+            if self._parked.pop(key, None) is not None:
+                self._delay = 0.05
             self._event.set()
 
         return handle
@@ -316,6 +344,7 @@ class ClusterReads:
             self._subscriber.remove(_channel(key))
             self._due.discard(key)
             self._parked.pop(key, None)
+            self._failing.discard(key)
         self._followed = keys
 
     async def read(self, streams: dict[Any, Any], block_ms: int | None, count: int) -> list[tuple[Any, Any]]:
@@ -339,7 +368,11 @@ class ClusterReads:
         if not ready:
             return []
         self._due.difference_update(ready)
-        return await self._read({key: streams[key] for key in ready}, count)
+        try:
+            return await self._read({key: streams[key] for key in ready}, count)
+        except BaseException:
+            self._due.update(ready)
+            raise
 
     def _ready(self, now: float) -> list[Any]:
         for key, until in tuple(self._parked.items()):
@@ -354,23 +387,32 @@ class ClusterReads:
         await self._client.initialize()
         nodes = list(by_node(self._client, ((slot, slot) for slot in slots)).values())
         replies = await asyncio.gather(
-            *(self._read_node([slots[slot] for slot in node_slots], count) for _, node_slots in nodes),
+            *(
+                self._read_node(node, [slots[slot] for slot in node_slots], count)
+                for node, node_slots in nodes
+            ),
             return_exceptions=True,
         )
         out: list[tuple[Any, Any]] = []
         failed: list[BaseException] = []
         now = asyncio.get_running_loop().time()
         for (_, node_slots), reply in zip(nodes, replies, strict=True):
+            keys = [key for slot in node_slots for key in slots[slot]]
             if isinstance(reply, BaseException):
-                if not isinstance(reply, RedisError | OSError | RedisClusterException):
+                # redis-py may end a read with a CancelledError of its own: a failure too,
+                # unless this task is being cancelled.
+                if not isinstance(
+                    reply, RedisError | OSError | RedisClusterException | asyncio.CancelledError
+                ):
                     raise reply
                 raise_if_cancelling(reply)
                 failed.append(reply)
-                for slot in node_slots:
-                    for key in slots[slot]:
-                        self._due.add(key)
-                        self._parked[key] = now + self._delay
+                for key in keys:
+                    self._due.add(key)
+                    self._parked[key] = now + self._delay
+                    self._failing.add(key)
                 continue
+            self._failing.difference_update(keys)
             for result in reply:
                 for key, entries in result or ():
                     if len(entries) >= count:
@@ -381,19 +423,20 @@ class ClusterReads:
             return out
         self._delay = min(MAX_PARK, self._delay * 2)
         if len(failed) == len(nodes):
-            raise failed[0]
+            raise RedisError("no node of the streams answers") from failed[0]
         return out
 
-    async def _read_node(self, slots: list[dict[Any, Any]], count: int) -> list[Any]:
+    async def _read_node(self, node: ClusterNode, slots: list[dict[Any, Any]], count: int) -> list[Any]:
+        """One ``XREAD`` per slot, to the node that serves them. Named, not routed by its keys:
+        redis-py finds the keys of ``XREAD`` by asking one fixed node (``COMMAND GETKEYS``),
+        and after that node died every ``XREAD`` it routes fails until its topology is read
+        again, which that failure never asks for."""
         pipe = self._client.pipeline(transaction=False)
         for streams in slots:
-            pipe.xread(streams, count=count)
+            pipe.execute_command(
+                "XREAD", "COUNT", count, "STREAMS", *streams, *streams.values(), target_nodes=node
+            )
         return list(await pipe.execute())
-
-    def close(self) -> None:
-        for key in self._followed:
-            self._subscriber.remove(_channel(key))
-        self._followed = set()
 
 
 def _channel(key: Any) -> str:

@@ -136,6 +136,8 @@ class RedisJournal:
         self._queue: deque[_Item] = deque()
         #: Sessions whose node did not answer (Redis Cluster), and until when they wait.
         self._parked: dict[str, float] = {}
+        #: How long the next failed write waits (doubling while writes fail).
+        self._delay = 0.05
         self._backlog: dict[str, int] = {}
         self._settled: dict[str, asyncio.Event] = {}
         self._work = asyncio.Event()
@@ -249,7 +251,6 @@ class RedisJournal:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        delay = 0.05
         generation = self.store.link.generation
         self.store.link.on_switch(self._moved)
         while True:
@@ -269,16 +270,16 @@ class RedisJournal:
                 )
             except StoreUnavailable:
                 self._failing(loop.time())
-                await self.store.link.switched(delay)
-                delay = min(1.0, delay * 2)
+                await self.store.link.switched(self._delay)
+                self._delay = min(1.0, self._delay * 2)
                 continue
             self._unqueue(batch)
-            batch, results, refused = self._park_unwritten(batch, results, loop.time() + delay)
+            batch, results, refused = self._park_unwritten(batch, results, loop.time() + self._delay)
             if refused:
                 self._failing(loop.time())
-                delay = min(MAX_PARK, delay * 2)
+                self._delay = min(MAX_PARK, self._delay * 2)
             else:
-                delay = 0.05
+                self._delay = 0.05
                 if self.failing_since is not None and not self._parked:
                     log.info("redis: writing again after %.1f s", loop.time() - self.failing_since)
                     self.failing_since = None
@@ -295,8 +296,10 @@ class RedisJournal:
             log.warning("redis: cannot write the logs of %d sessions; retrying", len(self._backlog))
 
     def _moved(self) -> None:
-        """The primary moved (a Sentinel or Redis Cluster failover): try every session now."""
+        """The primary moved (a Sentinel or Redis Cluster failover): try every session now,
+        and soon again if the client has not seen the move yet."""
         self._parked.clear()
+        self._delay = 0.05
         self._work.set()
 
     def _next_batch(self, now: float) -> list[_Item]:

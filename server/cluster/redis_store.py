@@ -17,17 +17,16 @@ process that lost a session can never append to it, and that the entries follow 
 log's ``head`` as the writer knew it: a log that a failover rolled back (a replica
 promoted before it had the last writes) is refused as :class:`Lost` instead of being
 continued with the same ids and other text. One script call per flush carries every
-session's entries; a Redis Cluster would need one call per hash slot (not supported yet:
-the groups of :meth:`RedisStore.append` are per session, so per-slot batches only need
-them gathered by ``CLUSTER KEYSLOT``).
+session's entries (on a Redis Cluster, one call per hash slot, one pipeline per node).
 
 Per process: ``proc:{pid}``, its lease (a key with a TTL it renews), ``proc:{pid}:sessions``
 (the sessions it owns), ``procs`` (a sorted set of lease deadlines, to find the dead) and
-the pub/sub channel ``proc:{pid}:inbox`` for commands. Per user: ``user:{id}:live``, the
-live sessions counted by the quota.
+the pub/sub channel ``proc:{pid}:inbox`` for commands (sharded on a Redis Cluster). Per
+user: ``user:{id}:live``, the live sessions counted by the quota.
 
-Where Redis is (:class:`RedisTarget`): one server (``REDIS_URL``), or the primary that Redis
-Sentinels name (``REDIS_SENTINELS``), which :class:`RedisLink` follows through failovers.
+Where Redis is (:class:`RedisTarget`): one server (``REDIS_URL``), the primary that Redis
+Sentinels name (``REDIS_SENTINELS``), which :class:`RedisLink` follows through failovers, or
+a Redis Cluster (``REDIS_CLUSTER_URL``, :mod:`server.cluster.redis_cluster`).
 """
 
 from __future__ import annotations
@@ -1215,10 +1214,20 @@ class RedisStore:
             *(
                 self._append_node(client, node, [calls[index][1] for index in indexes])
                 for node, indexes in nodes
-            )
+            ),
+            return_exceptions=True,
         )
         replies: list[Any] = [None] * len(calls)
         for (_, indexes), answer in zip(nodes, answers, strict=True):
+            if isinstance(answer, asyncio.CancelledError):
+                # redis-py may end a pipeline with a CancelledError of its own: that node's
+                # calls did not answer, unless this task is being cancelled.
+                raise_if_cancelling(answer)
+                answer = [StoreUnavailable("The session store is unavailable: try again shortly")] * len(
+                    indexes
+                )
+            elif isinstance(answer, BaseException):
+                raise answer
             for index, reply in zip(indexes, answer, strict=True):
                 replies[index] = reply
         return replies
