@@ -75,16 +75,16 @@ def shared_redis_cluster() -> Iterator[RedisCluster]:
         yield cluster
 
 
-#: ``TEST_REDIS_CLUSTER=1``: every server test runs on a Redis Cluster too (``cluster``),
-#: beside memory and one Redis. Off by default: tests/test_ha_cluster.py covers the cluster
-#: in ``make test``.
-STORES = ["memory", "redis", *(["cluster"] if os.environ.get("TEST_REDIS_CLUSTER") else [])]
+#: Every server test runs in memory, on one Redis and on a Redis Cluster (three primaries
+#: started once per worker). ``TEST_STORES=memory,redis`` picks some, for a quicker local run;
+#: ``make test`` runs them all.
+STORES = [s for s in os.environ.get("TEST_STORES", "memory,redis,cluster").split(",") if s]
 
 
 @pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest) -> str:
-    """Where sessions live: every server test runs in memory and in Redis mode (one process),
-    so that the two modes cannot drift apart."""
+    """Where sessions live: every server test runs in memory and in Redis mode (one process,
+    on one Redis and on a Redis Cluster), so that the modes cannot drift apart."""
     if request.param == "redis":
         request.getfixturevalue("redis_server").flush()
     elif request.param == "cluster":
