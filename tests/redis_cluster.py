@@ -26,7 +26,7 @@ from redis.crc import key_slot
 
 from deploy.cluster import wait_for
 from tests.cluster_nodes import LEASE, Node, StartNodes
-from tests.redis_sentinel import RedisNode
+from tests.redis_sentinel import RedisNode, node_client
 from tests.server_process import ServerProcess
 
 PRIMARIES = 3
@@ -154,13 +154,7 @@ class RedisCluster:
     # -- looking at it ----------------------------------------------------------
 
     def client(self, port: int) -> redis.Redis:
-        return redis.Redis(
-            port=port,
-            password=self.password,
-            decode_responses=True,
-            socket_timeout=5,
-            socket_connect_timeout=5,
-        )
+        return node_client(port, self.password)
 
     def node(self, port: int) -> RedisNode:
         return next(n for n in self.nodes if n.port == port)

@@ -40,6 +40,13 @@ STARTUP_TIMEOUT = 30.0
 PROMOTION_TIMEOUT = 30.0
 
 
+def node_client(port: int, password: str | None = None) -> redis.Redis:
+    """A synchronous client of one redis-server on 127.0.0.1, for a test to look or act."""
+    return redis.Redis(
+        port=port, password=password, decode_responses=True, socket_timeout=5, socket_connect_timeout=5
+    )
+
+
 class RedisNode:
     """One ``redis-server`` process (a data node or a Sentinel) and its directory."""
 
@@ -186,13 +193,7 @@ class SentinelGroup:
     # -- looking at it ----------------------------------------------------------
 
     def client(self, port: int) -> redis.Redis:
-        return redis.Redis(
-            port=port,
-            password=self.password,
-            decode_responses=True,
-            socket_timeout=5,
-            socket_connect_timeout=5,
-        )
+        return node_client(port, self.password)
 
     def node(self, port: int) -> RedisNode:
         return next(n for n in self.nodes if n.port == port)
