@@ -19,6 +19,16 @@
 //                              the fragment's XML, ProseMirror JSON for StarterKit's schema,
 //                              the whole document as a base64 update
 //   awareness                  -> {states: {clientId: state}}, the others' states
+//   authors                    -> {clients: {clientId: {chars, session}}, shared}: per client
+//                              that made visible content of the `default` fragment, its
+//                              characters there and the AI session its awareness last named
+//                              (`user.aiInstanceId`, kept after the state went, as the editor
+//                              package's AiPeers does), and `shared`: how many remote
+//                              transactions since the sync inserted items of several clients
+//                              one of which named an AI session
+//   reject {client}            delete every item `client` made in the `default` fragment, in
+//                              one transaction, keeping an element that holds someone else's
+//                              content (what the editor package's reject deletes)
 //   raw {base64}               send these bytes on the socket as one binary frame
 //   anchor {index}             -> {anchor}: base64 of Y.encodeRelativePosition of `index` in the
 //                              `default` fragment, assoc -1 (after block index-1), as the editor
@@ -112,6 +122,55 @@ doc.on('update', () => {
 provider.on('sync', changed)
 provider.awareness.on('change', changed)
 
+// The AI session each client last named in its awareness, and the remote transactions
+// whose insertions came from several clients, one of them an AI's (an editor attributes a
+// transaction to an AI session only when that session's client is its sole author).
+const sessions = new Map()
+let shared = 0
+const noteSessions = () => {
+  for (const [clientId, state] of provider.awareness.getStates()) {
+    const session = state?.user?.aiInstanceId
+    if (typeof session === 'string') sessions.set(clientId, session)
+  }
+}
+provider.awareness.on('change', noteSessions)
+doc.on('afterTransaction', (transaction) => {
+  if (transaction.local || !provider.synced) return
+  const authors = [...transaction.afterState].filter(
+    ([client, clock]) => clock > (transaction.beforeState.get(client) ?? 0),
+  )
+  if (authors.length > 1 && authors.some(([client]) => sessions.has(client))) shared += 1
+})
+
+/** Each client's visible characters in a type (an element or an embed counts one). */
+const countAuthors = (type, counts) => {
+  for (let item = type._start; item !== null; item = item.right) {
+    if (item.deleted) continue
+    counts.set(item.id.client, (counts.get(item.id.client) ?? 0) + (item.countable ? item.length : 0))
+    if (item.content instanceof Y.ContentType) countAuthors(item.content.type, counts)
+  }
+  return counts
+}
+
+/** Whether a type holds visible content some other client than `client` made. */
+const holdsOthers = (type, client) => {
+  for (let item = type._start; item !== null; item = item.right) {
+    if (item.deleted) continue
+    if (item.id.client !== client) return true
+    if (item.content instanceof Y.ContentType && holdsOthers(item.content.type, client)) return true
+  }
+  return false
+}
+
+/** The items `client` made in a type and below, not deleted. */
+const itemsOf = (type, client, found) => {
+  for (let item = type._start; item !== null; item = item.right) {
+    if (item.content instanceof Y.ContentType) itemsOf(item.content.type, client, found)
+    if (!item.deleted && item.id.client === client) found.push(item)
+  }
+  return found
+}
+
 const peers = () =>
   [...provider.awareness.getStates().entries()].filter(([clientId]) => clientId !== doc.clientID)
 
@@ -174,6 +233,23 @@ const ops = {
     state: Buffer.from(Y.encodeStateAsUpdate(doc)).toString('base64'),
   }),
   awareness: () => ({ states: Object.fromEntries(peers()) }),
+  authors: () => {
+    noteSessions()
+    const clients = {}
+    for (const [client, chars] of countAuthors(fragment, new Map())) {
+      clients[client] = { chars, session: sessions.get(client) ?? null }
+    }
+    return { clients, shared }
+  },
+  reject: ({ client }) => {
+    const items = itemsOf(fragment, client, []).filter(
+      (item) => !(item.content instanceof Y.ContentType && holdsOthers(item.content.type, client)),
+    )
+    doc.transact((transaction) => {
+      for (const item of items) item.delete(transaction)
+    })
+    return { deleted: items.length }
+  },
   anchor: ({ index }) => ({
     anchor: Buffer.from(
       Y.encodeRelativePosition(Y.createRelativePositionFromTypeIndex(fragment, index, -1)),

@@ -20,6 +20,7 @@ import jwt
 import pytest
 from pycrdt import Doc, Map, XmlElement, XmlFragment, XmlText
 
+from server.collab import peer
 from server.collab.export import document_json
 from server.collab.writer import WRITERS, AnswerWriter
 from tests.collab_fixtures import Collab, Collaborator
@@ -355,3 +356,125 @@ async def test_the_ais_text_reaches_collaborators_only_once_stored(start_collab,
     for collaborator in (client, other, late):
         dump = await written_done(collaborator, session_id)
         assert writer_state(dump, session_id)[0] == len(final["text"])
+
+
+def _paragraph(text: str) -> dict[str, Any]:
+    return {"type": "paragraph", "content": [{"type": "text", "text": text}]}
+
+
+def _ai_clients(states: dict[str, Any]) -> dict[int, str]:
+    """The awareness states that name an AI session: client id -> session."""
+    return {
+        int(client): state["user"]["aiInstanceId"]
+        for client, state in states.items()
+        if "aiInstanceId" in (state or {}).get("user", {})
+    }
+
+
+async def test_two_sessions_write_into_one_document_each_as_its_own_client(collab, collaborators, http):
+    """Each session writes with a Yjs client id of its own and names itself in an awareness
+    state of its own, so that an editor tells the two answers apart (fade-in, reject)."""
+    document_id = new_document()
+    watcher = await collaborators(collab, document_id)
+    reviewer = await collaborators(collab, document_id)
+    await watcher.command("paragraph", text="First")
+    await watcher.command("paragraph", text="Second")
+    await reviewer.command("wait", contains="Second")
+    # One answer after "First", the other after "Second" (the end).
+    anchors = [(await watcher.command("anchor", index=index))["anchor"] for index in (1, 2)]
+    prompts = ["Explain streaming", "Explain collaborative editing"]
+    sessions = [await create(http, collab, tokensPerSecond=60, maxTokens=150) for _ in prompts]
+    for session_id, prompt, anchor in zip(sessions, prompts, anchors, strict=True):
+        status, body = await post(
+            http,
+            f"{collab.url}/api/streaming/{session_id}/start",
+            {"prompt": prompt, "target": {"documentId": document_id, "anchor": anchor}},
+        )
+        assert status == 200, body
+
+    # While both write: two AI states, one per session, neither under the room's client id.
+    shown: dict[int, str] = {}
+
+    async def both_shown() -> bool:
+        shown.clear()
+        shown.update(_ai_clients((await watcher.command("awareness"))["states"]))
+        return len(shown) == 2
+
+    await poll(both_shown)
+    room = collab.rooms.loaded(document_id)
+    assert room is not None
+    assert sorted(shown.values()) == sorted(sessions)
+    assert room.doc.client_id not in shown
+    client_of = {session: client for client, session in shown.items()}
+
+    finals = [await ended(http, collab, session_id) for session_id in sessions]
+    assert [final["state"] for final in finals] == ["completed", "completed"]
+    for session_id in sessions:
+        await written_done(watcher, session_id)
+        await written_done(reviewer, session_id)
+    # Both states are gone once the answers are written.
+    await watcher.command("waitNoPeer", peer="aiInstanceId")
+    await reviewer.command("waitNoPeer", peer="aiInstanceId")
+
+    # Every character of each answer came from its session's client, in transactions of
+    # that client alone; the room's own client wrote nothing.
+    for client in (watcher, reviewer):
+        authors = await client.command("authors")
+        assert authors["shared"] == 0
+        ai = {int(c): a["session"] for c, a in authors["clients"].items() if a["session"] is not None}
+        assert ai == shown
+        assert all(authors["clients"][str(c)]["chars"] > 0 for c in shown)
+        assert str(room.doc.client_id) not in authors["clients"]
+
+    # Both answers whole, each where its anchor was.
+    first = expected([], finals[0]["text"])["content"]
+    if first[-1] == {"type": "paragraph"}:
+        first.pop()  # not the end of the document: no trailing paragraph
+    second = expected([], finals[1]["text"])["content"]
+    dump = await watcher.dump()
+    assert dump["json"]["content"] == [_paragraph("First"), *first, _paragraph("Second"), *second]
+    assert (await reviewer.dump())["json"] == dump["json"]
+
+    # Reject the first answer as the editor does (every item its client made): the second
+    # stays whole, for everyone, and in the store.
+    rejected = await reviewer.command("reject", client=client_of[sessions[0]])
+    assert rejected["deleted"] > 0
+    after = [_paragraph("First"), _paragraph("Second"), *second]
+
+    async def rejected_everywhere() -> bool:
+        for client in (watcher, reviewer):
+            if (await client.dump())["json"]["content"] != after:
+                return False
+        async with http.get(f"{collab.url}/api/collab/{document_id}", params={"format": "json"}) as response:
+            return (await response.json())["content"] == after
+
+    await poll(rejected_everywhere)
+    authors = (await watcher.command("authors"))["clients"]
+    assert str(client_of[sessions[0]]) not in authors
+    assert authors[str(client_of[sessions[1]])]["chars"] > 0
+
+
+async def test_a_writing_sessions_awareness_state_is_renewed(collab, collaborators, http, monkeypatch):
+    """y-protocols drops a state not renewed within 30 s: a pen announces its own again."""
+    monkeypatch.setattr(peer, "RENEW_AWARENESS", 0.05)
+    document_id = new_document()
+    client = await collaborators(collab, document_id)
+    session_id = await create(http, collab, tokensPerSecond=5, maxTokens=400)
+    await post(
+        http,
+        f"{collab.url}/api/streaming/{session_id}/start",
+        {"prompt": "Explain streaming", "target": {"documentId": document_id}},
+    )
+    await client.command("wait", peer="aiInstanceId")
+    (pen,) = _ai_clients((await client.command("awareness"))["states"])
+    room = collab.rooms.loaded(document_id)
+    assert room is not None
+
+    async def renewed() -> bool:
+        return room.awareness.meta[pen]["clock"] >= 4 and pen in room.awareness.states
+
+    await poll(renewed)
+    status, _ = await post(http, f"{collab.url}/api/streaming/{session_id}/cancel", {})
+    assert status == 200
+    await client.command("waitNoPeer", peer="aiInstanceId")
+    assert pen not in room.awareness.states

@@ -25,7 +25,9 @@ its users is done here (research/collab.md §2.3 and §3):
   have, or an update that would take the document past its size is closed with a code
   that says which; the document and the other clients go on.
 - Awareness: a client that joins is sent every known state, and the states of one that
-  leaves are removed for the others, as y-websocket's own server does.
+  leaves are removed for the others, as y-websocket's own server does. The server's own
+  clients (each AI session writing, ``server.collab.peer``) announce theirs through
+  :meth:`DocumentRoom.announce`.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ DOCUMENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 FRAGMENT = "default"
 #: Origin of the transactions that apply updates other processes wrote (``ReplicatedStore``).
 ORIGIN_REMOTE = "remote"
+#: Origin of the awareness updates of the server's own clients (:meth:`DocumentRoom.announce`).
+_SERVER = "server"
 #: The y-protocols message by which a client asks for every awareness state.
 QUERY_AWARENESS = 3
 #: The sync messages there are: step 1 (a state vector), step 2 and update (an update).
@@ -202,6 +206,8 @@ class DocumentRoom(YRoom):
         self._peers: set[_Peer] = set()
         self.clients = cast(set[Channel], self._peers)
         self._stored_bytes = 0
+        #: Transactions that changed the document since the room observes it.
+        self.changes = 0
         #: Updates not stored yet, each with whether it waits for that to reach the clients.
         self._unsaved: list[tuple[bytes, bool]] = []
         self._held_origin = hash(AI_ORIGIN)
@@ -241,6 +247,14 @@ class DocumentRoom(YRoom):
         ``{"user": {"name", "color", "aiInstanceId"}}``; ``None`` takes it away. A room
         whose server shows as a peer stays in memory."""
         self.awareness.set_local_state(state)
+
+    def announce(self, update: bytes) -> None:
+        """Apply an awareness update (y-protocols' encoding) of one of the server's own
+        clients, e.g. an AI session's pen, and send it to every client."""
+        self.awareness.apply_awareness_update(update, _SERVER)
+        message = create_awareness_message(update)
+        for peer in self._peers:
+            peer.put(message)
 
     async def open(self) -> None:
         """Start the room, load the document, observe it: only then may it be used."""
@@ -439,6 +453,7 @@ class DocumentRoom(YRoom):
         """Every update of the document: to the clients, and to store (not those other
         processes stored, which are only sent on)."""
         update = event.update
+        self.changes += 1
         if self._applying_remote:
             self._broadcast(update)
             return

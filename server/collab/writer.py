@@ -1,4 +1,4 @@
-"""The AI peer's pen: one session's Markdown answer written into a shared document.
+"""One session's Markdown answer written into a shared document, by the AI peer.
 
 The answer goes into the ``default`` XmlFragment in exactly the shapes y-prosemirror gives
 StarterKit's nodes and marks (``research/collab.md`` §1.1), a batch per transaction, so
@@ -357,12 +357,12 @@ class AnswerWriter:
     def _known(self, item: _ItemId) -> bool:
         """Whether the document holds ``item`` (pycrdt panics on a sticky index to an item
         it has not seen)."""
-        return item.clock < _state_vector(self._doc).get(item.client, 0)
+        return item.clock < state_vector(self._doc).get(item.client, 0)
 
     def _next_id(self) -> _ItemId:
         """The id the next item this document creates gets: its client and next clock."""
         client = self._doc.client_id
-        return _ItemId(client, _state_vector(self._doc).get(client, 0))
+        return _ItemId(client, state_vector(self._doc).get(client, 0))
 
     def _child(self, index: int) -> XmlElement:
         child = self._fragment.children[index]
@@ -539,7 +539,7 @@ def _plain(text: XmlText) -> str:
     return "".join(chunk for chunk, _ in text.diff() if isinstance(chunk, str))
 
 
-def _state_vector(doc: Doc[Any]) -> Mapping[int, int]:
+def state_vector(doc: Doc[Any]) -> Mapping[int, int]:
     """The document's state vector: each client's next clock."""
     decoder = Decoder(doc.get_state())
     count = decoder.read_var_uint()

@@ -339,3 +339,43 @@ describe('review of an answer in the shared document', () => {
     ])
   })
 })
+
+describe('several AI sessions writing into one document', () => {
+  it('tells them apart by client, and rejects one whole, written by two clients (a takeover)', () => {
+    // The server writes each session as a client of its own; a process that takes a
+    // session over writes it as a new client, named by the same session.
+    const peers = createPeers(4)
+    const [mine, first, successor, other] = peers as [Peer, Peer, Peer, Peer]
+    const editor = collabEditor(mine)
+    cleanups.push(() => {
+      editor.destroy()
+      destroyPeers(peers)
+    })
+    editor.commands.setContent('<p>Top</p>')
+    const shared = sharedDocument(editor)
+    shared.follow('session-a')
+    shared.follow('session-b')
+
+    const a = new AiWriter(first, 'session-a')
+    a.block('paragraph', 'A one')
+    const b = new AiWriter(other, 'session-b')
+    b.block('paragraph', 'B one')
+    a.append(', more.')
+    a.end() // its process dies
+    const taken = new AiWriter(successor, 'session-a')
+    taken.block('paragraph', 'A two.')
+    b.append(', more.')
+    taken.end()
+    b.end()
+
+    expect(blockTexts(editor)).toEqual(['Top', 'A one, more.', 'B one, more.', 'A two.'])
+    expect(shared.peers.sessionOf(first.doc.clientID)).toBe('session-a')
+    expect(shared.peers.sessionOf(successor.doc.clientID)).toBe('session-a')
+    expect(shared.peers.sessionOf(other.doc.clientID)).toBe('session-b')
+
+    expect(shared.reject('session-a')).toBe(true)
+    expect(blockTexts(editor)).toEqual(['Top', 'B one, more.'])
+    expect(shared.reject('session-b')).toBe(true)
+    expect(blockTexts(editor)).toEqual(['Top'])
+  })
+})
