@@ -31,7 +31,7 @@ PER_CHUNK_BYTES = 4 + 4 + 4
 BLOCK_BYTES = 16 * 1024
 #: ``tokens`` absent from a chunk's metadata.
 NO_TOKENS = -1
-_INT32 = range(-(2**31), 2**31)
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
 class LogBudget:
@@ -87,42 +87,42 @@ class ChunkLog(Sequence[Payload]):
 
     def append(self, chunk: Payload) -> int:
         """Log a chunk payload (its ``seq`` must be the next one); its content's size in
-        UTF-8 bytes."""
+        UTF-8 bytes. (Once per chunk: written for as few steps as it takes.)"""
         data = chunk["content"].encode()
         size = len(data)
         tail = self._tail
-        if isinstance(tail, bytes):  # sealed, and yet written to: make it growable again
+        if type(tail) is bytes:  # sealed, and yet written to: make it growable again
             tail = self._tail = bytearray(tail)
         tail += data
         if len(tail) >= BLOCK_BYTES:
             while len(tail) >= BLOCK_BYTES:
                 self._blocks.append(bytes(tail[:BLOCK_BYTES]))
                 del tail[:BLOCK_BYTES]
-        self._size += size
-        self._ends.append(self._size)
+        end = self._size = self._size + size
+        self._ends.append(end)
         stamp: int = chunk["timestamp"]
-        if self._t0 is None:
-            self._t0 = stamp
-        offset = stamp - self._t0
-        self._stamps.append(offset if offset in _INT32 else 0)
+        t0 = self._t0
+        if t0 is None:
+            t0 = self._t0 = stamp
+        offset = stamp - t0
+        self._stamps.append(offset if _INT32_MIN <= offset <= _INT32_MAX else 0)
         metadata: Payload = chunk["metadata"]
         tokens = metadata.get("tokens", NO_TOKENS)
         metas = self._metas
-        if type(tokens) is int and tokens in _INT32 and tokens != NO_TOKENS:
+        if type(tokens) is int and _INT32_MIN <= tokens <= _INT32_MAX and tokens != NO_TOKENS:
             self._tokens.append(tokens)
             # Per chunk: the metadata without its count, compared with the run's in C.
             rest = metadata.copy()
             del rest["tokens"]
-            if metas and rest == metas[-1]:
-                rest = metas[-1]
         else:
             self._tokens.append(NO_TOKENS)
             rest = metadata
-        if not metas or (rest is not metas[-1] and rest != metas[-1]):
+        if not metas or rest != metas[-1]:
             self._meta_starts.append(len(self._ends) - 1)
             metas.append(rest)
-        if self._budget is not None:
-            self._budget.used += size + PER_CHUNK_BYTES
+        budget = self._budget
+        if budget is not None:
+            budget.used += size + PER_CHUNK_BYTES
         return size
 
     def seal(self) -> None:

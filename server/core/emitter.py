@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from server.guards.metrics import TALLY
@@ -74,17 +74,6 @@ class Pacer:
         self.interval = min(self.ceiling, max(self.base, 2 * lag))
 
 
-@dataclass(slots=True)
-class _Pending:
-    """Text received but not yet emitted as a chunk."""
-
-    parts: list[str] = field(default_factory=list)
-    chars: int = 0
-    metadata: Payload = field(default_factory=dict)
-    #: When its first part was received (``time.monotonic()``), for the chunk latency metric.
-    since: float = 0.0
-
-
 class ViewerSet:
     """The viewers of one stream and their flow control.
 
@@ -126,6 +115,13 @@ class ViewerSet:
             TALLY.chunk_sends += len(viewers)
         for viewer in viewers:
             viewer.send(event, payload)
+
+    def broadcast_chunk(self, chunk: Payload) -> None:
+        """:meth:`broadcast` of a ``chunk`` event (once per chunk: the event is not compared)."""
+        viewers = tuple(self.viewers.values())
+        TALLY.chunk_sends += len(viewers)
+        for viewer in viewers:
+            viewer.send("chunk", chunk)
 
     def lagging(self) -> bool:
         max_lag = self.limits.max_lag
@@ -171,7 +167,7 @@ class ViewerSet:
         self._on_caught_up()
 
 
-def _no_chunk(content: str, metadata: Payload) -> Payload:
+def _no_chunk(content: str, metadata: Payload) -> None:
     raise RuntimeError("the session is gone")
 
 
@@ -183,17 +179,19 @@ def _nothing() -> None:
     return None
 
 
-def _none_in_flight() -> int:
-    return 0
+_monotonic = time.monotonic
 
 
 class ChunkEmitter(ViewerSet):
     """Viewers, pending text and the flush schedule of one stream.
 
     ``make_chunk(content, metadata)`` logs a chunk and sends it on (now, or once it is
-    written, see :meth:`server.core.sessions.StreamingSession.deliver`); ``may_emit()``
-    says whether chunks may leave now (not while paused); ``on_emitted()`` is called
-    after each chunk, so the producer can read more.
+    written, see :meth:`server.core.sessions.StreamingSession.deliver`), and lets the
+    producer read more; ``may_emit()`` says whether a chunk may leave now (not while
+    paused, nor while the chunk before is still being written).
+
+    The text waiting to go out is kept in plain attributes rather than an object of its
+    own: they change on every token.
     """
 
     def __init__(
@@ -201,51 +199,50 @@ class ChunkEmitter(ViewerSet):
         label: str,
         limits: FlowLimits,
         pacer: Pacer,
-        make_chunk: Callable[[str, Payload], Payload],
+        make_chunk: Callable[[str, Payload], None],
         may_emit: Callable[[], bool],
-        on_emitted: Callable[[], None],
-        in_flight: Callable[[], int] = lambda: 0,
     ) -> None:
         super().__init__(label, limits, self.schedule)
         self.pacer = pacer
         self.last_flush = 0.0
         self._make_chunk = make_chunk
         self._may_emit = may_emit
-        self._on_emitted = on_emitted
-        self._in_flight = in_flight
-        self._pending = _Pending()
+        #: The text received and not yet emitted: its parts, their length in characters,
+        #: the metadata of the latest part, and when its first part was received
+        #: (``time.monotonic()``, for the chunk latency metric).
+        self._parts: list[str] = []
+        self.pending_chars = 0
+        self._metadata: Payload = {}
+        self._since = 0.0
         self._flush_handle: asyncio.Handle | None = None
         #: When the text of the chunk being made was first received (``time.monotonic()``).
         self.received_at = 0.0
+        #: The event loop, once known: ``asyncio.get_running_loop()`` costs a ``getpid()``
+        #: system call in CPython 3.11, and a flush needs the loop's time.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def dispose(self) -> None:
         """The session is gone: let go of its callbacks (they refer back to it)."""
         self.cancel_flush()
         self._make_chunk = _no_chunk
         self._may_emit = _never
-        self._on_emitted = _nothing
-        self._in_flight = _none_in_flight
         super().dispose()
 
     # -- pending text --------------------------------------------------------
 
     @property
-    def pending_chars(self) -> int:
-        return self._pending.chars
-
-    @property
     def has_pending(self) -> bool:
-        return bool(self._pending.parts)
+        return bool(self._parts)
 
-    def push(self, content: str, metadata: Payload, *, flush_now: bool = False) -> None:
+    def push(self, content: str, metadata: Payload, flush_now: bool = False) -> None:
         """Add text to the next chunk, and flush at once (``flush_now``: a producer that
         hands over everything already due, when the interval is up) or when it is due."""
-        pending = self._pending
-        if not pending.parts:
-            pending.since = time.monotonic()
-        pending.parts.append(content)
-        pending.chars += len(content)
-        pending.metadata = metadata
+        parts = self._parts
+        if not parts:
+            self._since = _monotonic()
+        parts.append(content)
+        self.pending_chars += len(content)
+        self._metadata = metadata
         if flush_now:
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
@@ -259,8 +256,8 @@ class ChunkEmitter(ViewerSet):
         An idle stream sends each piece at once; a fast one (or any, on a busy server)
         sends at most one chunk per ``pacer.interval``, with everything received meanwhile.
         """
-        if self._flush_handle is None and self._pending.parts:
-            loop = asyncio.get_running_loop()
+        if self._flush_handle is None and self._parts:
+            loop = self._loop or self._running_loop()
             due = self.last_flush + self.pacer.interval
             if loop.time() >= due:
                 self._flush_handle = loop.call_soon(self.flush)
@@ -268,34 +265,39 @@ class ChunkEmitter(ViewerSet):
                 self._flush_handle = loop.call_at(due, self.flush)
 
     def flush(self) -> None:
-        """Emit everything pending as one chunk, unless emission is stopped or held."""
+        """Emit everything pending as one chunk, unless emission is stopped or held.
+
+        While the chunk before is still being written (Redis mode), ``may_emit()`` is false:
+        what arrives meanwhile joins the next chunk, sent when that write is done
+        (``deliver`` schedules it). One chunk in flight per session makes a busy Redis get
+        fewer, larger writes.
+        """
         self._flush_handle = None
-        pending = self._pending
-        if not pending.parts or not self._may_emit():
+        parts = self._parts
+        if not parts or not self._may_emit():
             return
-        in_flight = self._in_flight()
-        if in_flight:
-            # The chunk before is still being written (Redis mode): what arrives meanwhile
-            # joins the next one, sent when that write is done (``deliver`` schedules it).
-            # One chunk in flight per session makes a busy Redis get fewer, larger writes.
-            return
-        if self.lagging():
-            self.hold()
-            return
-        content = pending.parts[0] if len(pending.parts) == 1 else "".join(pending.parts)
-        self.received_at = pending.since
+        max_lag = self.limits.max_lag
+        for viewer in self.viewers.values():
+            if viewer.backlog() > max_lag:
+                self.hold()
+                return
+        self.received_at = self._since
         # Taken before the chunk is made: delivering it (memory mode: at once) must not find
         # its own text still pending and schedule a second, off-interval flush.
-        self._pending = _Pending()
-        self.last_flush = asyncio.get_running_loop().time()
-        self._make_chunk(content, pending.metadata)
-        self._on_emitted()
+        self._parts = []
+        self.pending_chars = 0
+        self.last_flush = (self._loop or self._running_loop()).time()
+        self._make_chunk(parts[0] if len(parts) == 1 else "".join(parts), self._metadata)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def restamp(self) -> None:
         """Text held while paused counts as received now (the chunk latency metric
         measures the server, not the pause)."""
-        if self._pending.parts:
-            self._pending.since = time.monotonic()
+        if self._parts:
+            self._since = _monotonic()
 
     def cancel_flush(self) -> None:
         """The stream has ended: no further chunk (what is pending is dropped)."""

@@ -24,15 +24,6 @@ __all__ = ["ProviderPump"]
 
 def _well_formed(item: object) -> bool:
     """An :class:`AIChunk` whose fields have their declared types (else a provider's bug)."""
-    if (
-        type(item) is AIChunk
-        and type(item.content) is str
-        and item.usage is None
-        and item.finish_reason is None
-        and item.checkpoint is None
-        and type(item.metadata) is dict
-    ):
-        return True  # the common case, per token: a piece of text and nothing else
     return (
         isinstance(item, AIChunk)
         and isinstance(item.content, str)
@@ -41,6 +32,22 @@ def _well_formed(item: object) -> bool:
         and (item.finish_reason is None or isinstance(item.finish_reason, str))
         and (item.checkpoint is None or isinstance(item.checkpoint, dict))
     )
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _sleep(loop: asyncio.AbstractEventLoop, delay: float) -> None:
+    """``asyncio.sleep(delay)`` on a loop already at hand: ``asyncio.sleep`` looks the
+    running loop up, a ``getpid()`` system call in CPython 3.11, and this is per chunk."""
+    future = loop.create_future()
+    handle = loop.call_later(delay, _wake, future)
+    try:
+        await future
+    finally:
+        handle.cancel()
 
 
 def _never() -> bool:
@@ -55,8 +62,10 @@ class ProviderPump:
     """One session's provider task, its pull gate and its pull deadlines.
 
     ``streaming()`` says whether the session streams (not paused, not ended), ``alive()``
-    whether it is live at all; ``take(item, due)`` hands the session a well-formed item, with
-    ``due`` true when a batching provider's text is to be flushed at once.
+    whether it is live at all; ``take(item, due)`` hands the session a well-formed item that
+    carries more than text (usage, a finish reason, a checkpoint), with ``due`` true when a
+    batching provider's text is to be flushed at once. A plain piece of text, the item of
+    nearly every token, goes straight to the emitter.
     """
 
     def __init__(
@@ -106,20 +115,25 @@ class ProviderPump:
         """Pull the provider while the session may, and hand each item to the session."""
         loop = asyncio.get_running_loop()
         emitter = self.emitter
+        push = emitter.push
         pacer = emitter.pacer
+        limits = self.limits
+        max_pending = limits.max_pending_chars
+        # Per token, so each step is written out here rather than called: the pull gate,
+        # the item's check and the hand-over of a plain piece of text.
         # A provider whose pull hands over everything that is due (the demo, ``batching``)
         # is pulled once per chunk while the pacer is stretched: the tokens still leave at
         # the same flush, and the server wakes once per chunk instead of once per token.
+        timeout = limits.first_token_timeout
         first = True
         while True:
             if batching and pacer.interval > pacer.base:
                 wait = emitter.last_flush + pacer.interval - loop.time()
                 if wait > 0:
-                    await asyncio.sleep(wait)
-            while not self._may_pull():
+                    await _sleep(loop, wait)
+            while not (self._streaming() and emitter.pending_chars < max_pending):
                 self._gate.clear()
                 await self._gate.wait()
-            timeout = self.limits.first_token_timeout if first else self.limits.token_idle_timeout
             self._deadline = loop.time() + timeout
             self._pulling = True
             try:
@@ -131,14 +145,25 @@ class ProviderPump:
                 raise
             finally:
                 self._pulling = False
-            first = False
-            if not _well_formed(item):
-                raise TypeError(f"the provider yielded a malformed item ({type(item).__name__})")
+            if first:
+                first = False
+                timeout = limits.token_idle_timeout
             due = batching and loop.time() >= emitter.last_flush + pacer.interval
-            self._take(item, due)
-
-    def _may_pull(self) -> bool:
-        return self._streaming() and self.emitter.pending_chars < self.limits.max_pending_chars
+            if (
+                type(item) is AIChunk
+                and item.usage is None
+                and item.finish_reason is None
+                and item.checkpoint is None
+                and type(item.content) is str
+                and type(item.metadata) is dict
+            ):
+                # The common case, per token: a piece of text and nothing else.
+                if item.content:
+                    push(item.content, item.metadata, due)
+            elif _well_formed(item):
+                self._take(item, due)
+            else:
+                raise TypeError(f"the provider yielded a malformed item ({type(item).__name__})")
 
     async def drain(self) -> None:
         """Wait until every received token has been emitted (respecting pause)."""

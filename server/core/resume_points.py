@@ -18,12 +18,15 @@ __all__ = ["ResumePoints"]
 
 
 class ResumePoints:
-    """Characters received from the provider and made into chunks, the checkpoints not
-    yet covered by a chunk made, the latest that is, and the latest seen."""
+    """Characters made into chunks, the checkpoints not yet covered by a chunk made, the
+    latest that is, and the latest seen.
+
+    What the provider sent so far is not counted here per token: the session knows it
+    when a checkpoint comes (the characters made into chunks and those still pending).
+    """
 
     def __init__(self) -> None:
-        #: Characters of content received from the provider, and those in chunks made.
-        self.received = 0
+        #: Characters of content in chunks made.
         self.made = 0
         self._waiting: deque[tuple[int, dict[str, Any]]] = deque()
         #: The latest checkpoint whose text is all in chunks made (``(chars, checkpoint)``).
@@ -32,12 +35,13 @@ class ResumePoints:
         #: The latest checkpoint seen (the provider's work upstream, while not completed).
         self.last: dict[str, Any] | None = None
 
-    def add(self, checkpoint: dict[str, Any]) -> bool:
-        """The provider's position after the text received so far; ``True`` when it is
-        the resume point right away (nothing of it waits to be emitted)."""
+    def add(self, checkpoint: dict[str, Any], received: int) -> bool:
+        """The provider's position after the ``received`` characters of content it sent so
+        far; ``True`` when it is the resume point right away (nothing of it waits to be
+        emitted)."""
         self.last = checkpoint
-        self._waiting.append((self.received, checkpoint))
-        if self.received <= self.made:
+        self._waiting.append((received, checkpoint))
+        if received <= self.made:
             self._advance()
             return True
         return False
@@ -64,13 +68,12 @@ class ResumePoints:
 
     def restore(self, chars: int) -> None:
         """A log of ``chars`` characters taken over from another process."""
-        self.made = self.received = chars
+        self.made = chars
 
     def restart(self, chars: int, checkpoint: dict[str, Any]) -> int:
         """Go on from a logged resume point (``chars`` characters at ``checkpoint``); returns
         how many characters the provider is to skip (those the log holds beyond it)."""
         skip = self.made - chars
-        self.received = self.made
         self.point = (self.made, checkpoint)
         self.last = checkpoint
         return skip

@@ -57,6 +57,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_monotonic = time.monotonic
+_time = time.time
+
 
 class Journal(Protocol):
     """Where an owner's session writes what must outlive its process (Redis mode).
@@ -112,9 +115,7 @@ class StreamingSession(SessionView):
             limits,
             pacer or Pacer(),
             make_chunk=self._log_chunk,
-            may_emit=self._streaming,
-            on_emitted=self.wake,
-            in_flight=self._in_flight,
+            may_emit=self._may_emit,
         )
         super().__init__(
             session_id,
@@ -129,9 +130,10 @@ class StreamingSession(SessionView):
         self.limits = limits
         self.journal = journal
         self.finished_at: float | None = None
-        #: Chunks made so far (delivered or waiting for the journal).
+        #: Chunks made so far (delivered or waiting for the journal), and those delivered.
         self._made = 0
-        # Characters received and made into chunks, and (resumable providers) checkpoints.
+        self._delivered = 0
+        # Characters made into chunks, and (resumable providers) checkpoints.
         self._resumable = is_resumable(provider, config)
         self._resume = ResumePoints()
         #: Stopped here without an end, to be continued by another process.
@@ -142,6 +144,7 @@ class StreamingSession(SessionView):
         self.pump = ProviderPump(
             self.emitter, limits, streaming=self._streaming, alive=lambda: self.is_live, take=self._take
         )
+        self._wake_pump = self.pump.wake
         #: Called once when the session reaches a terminal state (the registry's quota count).
         self.on_finish: Callable[[StreamingSession], None] | None = None
         # Metrics: when it started (until its first chunk is delivered), and when the text
@@ -178,39 +181,42 @@ class StreamingSession(SessionView):
     def deliver(self, event: str, payload: Payload) -> None:
         """An event is logged (or needs no log): the viewers get it, joiners replay it."""
         if event == "chunk":
-            self._count_chunk(payload, self.chunks.append(payload))
-        elif event in ("complete", "stream-error"):
+            marks = self._received_at
+            seq = payload["seq"]
+            while marks and marks[0][0] < seq:
+                marks.popleft()
+            received = marks.popleft()[1] if marks and marks[0][0] == seq else None
+            self._deliver_chunk(payload, received)
+            if self.emitter.has_pending:
+                self.emitter.schedule()  # it may have waited for this chunk to be delivered
+            return
+        if event in ("complete", "stream-error"):
             self._terminal_event = (event, payload)
             self.chunks.seal()
         self.emitter.broadcast(event, payload)
-        if event == "chunk" and self.emitter.has_pending:
-            self.emitter.schedule()  # it may have waited for this chunk to be delivered
 
-    def _in_flight(self) -> int:
-        """Chunks made and waiting for the journal before the viewers get them."""
-        return self._made - len(self.chunks)
-
-    def _count_chunk(self, chunk: Payload, size: int) -> None:
-        now = time.monotonic()
+    def _deliver_chunk(self, chunk: Payload, received: float | None) -> None:
+        """A chunk is logged: count it (``received``: when its text was first received,
+        for the latency metric), log it here and send it to the viewers."""
+        size = self.chunks.append(chunk)
+        self._delivered += 1
+        now = _monotonic()
         tally = TALLY
         tally.chunks += 1
         tally.chunk_bytes += size
-        marks = self._received_at
-        seq = chunk["seq"]
-        while marks and marks[0][0] < seq:
-            marks.popleft()
-        if marks and marks[0][0] == seq:
-            tally.chunk_latency.observe(now - marks.popleft()[1])
+        if received is not None:
+            tally.chunk_latency.observe(now - received)
         if self._started_at is not None:
             TIME_TO_FIRST_TOKEN.labels(provider=self.config.provider).observe(now - self._started_at)
             self._started_at = None
+        self.emitter.broadcast_chunk(chunk)
 
     def restore(self, chunks: ChunkLog, state: SessionState, usage: Usage | None) -> None:
         """The log of a session taken over from another process (counted from now on
         against this session's budget)."""
         chunks.adopt(self.chunks.budget)
         self.chunks = chunks
-        self._made = len(chunks)
+        self._made = self._delivered = len(chunks)
         self._resume.restore(chunks.chars)
         self.state = state
         self.usage = usage
@@ -376,14 +382,15 @@ class StreamingSession(SessionView):
                 await cast(ResumableProvider, self.provider).cancel(checkpoint)
 
     def _take(self, item: AIChunk, due: bool) -> None:
-        """An item the pump pulled: its text goes to the emitter (at once when ``due``)."""
+        """An item the pump pulled that carries more than text (the pump hands a plain
+        piece of text to the emitter itself): its text goes to the emitter (at once when
+        ``due``)."""
         if item.usage is not None:
             self.usage = item.usage
         if item.finish_reason is not None:
             self.finish_reason = item.finish_reason
         if item.content:
-            self._resume.received += len(item.content)
-            self.emitter.push(item.content, item.metadata, flush_now=due)
+            self.emitter.push(item.content, item.metadata, due)
         if item.checkpoint is not None and self._resumable:
             self._add_checkpoint(item.checkpoint)
 
@@ -392,29 +399,44 @@ class StreamingSession(SessionView):
     def _streaming(self) -> bool:
         return self.state is SessionState.STREAMING
 
+    def _may_emit(self) -> bool:
+        """Streaming, and no chunk made is still waiting for the journal."""
+        return self.state is SessionState.STREAMING and self._made == self._delivered
+
     def wake(self) -> None:
         """Let the pump look again whether it may read the provider."""
         self.pump.wake()
 
-    def _log_chunk(self, content: str, metadata: Payload) -> Payload:
+    def _log_chunk(self, content: str, metadata: Payload) -> None:
+        """Make the next chunk of the text the emitter flushed: through the journal, which
+        delivers it once written, or (one process) delivered at once; then let the pump
+        read more."""
+        seq = self._made
         chunk = {
             "content": content,
-            "timestamp": int(time.time() * 1000),
+            "timestamp": int(_time() * 1000),
             "metadata": metadata,
-            "seq": self._made,
+            "seq": seq,
             "sessionId": self.id,
         }
-        self._received_at.append((self._made, self.emitter.received_at))
-        self._made += 1
+        self._made = seq + 1
         self._resume.made_chunk(len(content))
-        self._publish("chunk", chunk)
-        return chunk
+        journal = self.journal
+        if journal is None:
+            self._deliver_chunk(chunk, self.emitter.received_at)
+        else:
+            self._received_at.append((seq, self.emitter.received_at))
+            if not journal.chunk(self, chunk):
+                self.deliver("chunk", chunk)
+        self._wake_pump()
 
     # -- resume points (resumable providers) ---------------------------------
 
     def _add_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """The provider's position after the text received so far."""
-        if self._resume.add(checkpoint) and self.journal is not None:
+        """The provider's position after the text received so far (what is in chunks made
+        and what waits in the emitter)."""
+        received = self._resume.made + self.emitter.pending_chars
+        if self._resume.add(checkpoint, received) and self.journal is not None:
             self.journal.checkpoint(self)
 
     def take_resume(self) -> tuple[int, dict[str, Any]] | None:
