@@ -301,6 +301,16 @@ class Settings(BaseSettings):
         ge=1,
         le=5000,
     )
+    collab_awareness_flush_ms: int = setting(
+        50,
+        "Redis mode: a document's awareness changes (carets, selections, who is in it, the AI's"
+        " state) go to the other processes at most this often per process (milliseconds),"
+        " the latest state of each client that changed meanwhile in one update; 0 sends them"
+        " on the next event-loop turn. Carets on other processes lag by up to this much",
+        21,
+        ge=0,
+        le=5000,
+    )
     collab_ai_name: str = setting(
         "AI", "the name collaborators see for the AI peer (its awareness `user.name`)", 21, min_length=1
     )

@@ -10,11 +10,14 @@
 //   paragraph {text}           append a paragraph holding `text` to the `default` fragment
 //   type {text, block, offset} insert `text` at `offset` of the text of top-level block `block`
 //   delete {block}             delete top-level block `block`
-//   wait {contains?, synced?, peer?, timeout?}
+//   wait {contains?, synced?, peer?, value?, timeout?}
 //                              until the document's text contains `contains`, the provider
-//                              synced, and another client's awareness state has `user[peer]`;
-//                              `timeout` ms (default 10000)
-//   waitNoPeer {peer, timeout?} until no other client's awareness state has `user[peer]`
+//                              synced, and another client's awareness state has `user[peer]`
+//                              (equal to `value` when given); `timeout` ms (default 10000)
+//   waitNoPeer {peer, value?, timeout?}
+//                              until no other client's awareness state has `user[peer]`
+//                              (equal to `value` when given)
+//   user {fields}              merge `fields` into this client's awareness `user`
 //   dump                       -> {text, xml, json, state}: plain text (blocks joined by "\n"),
 //                              the fragment's XML, ProseMirror JSON for StarterKit's schema,
 //                              the whole document as a base64 update
@@ -174,7 +177,11 @@ const itemsOf = (type, client, found) => {
 const peers = () =>
   [...provider.awareness.getStates().entries()].filter(([clientId]) => clientId !== doc.clientID)
 
-const hasPeer = (key) => peers().some(([, state]) => state?.user?.[key] !== undefined)
+const hasPeer = (key, value) =>
+  peers().some(([, state]) => {
+    const found = state?.user?.[key]
+    return found !== undefined && (value === undefined || found === value)
+  })
 
 const until = (predicate, timeout) =>
   new Promise((resolve, reject) => {
@@ -213,17 +220,20 @@ const ops = {
   delete: ({ block }) => {
     fragment.delete(block, 1)
   },
-  wait: async ({ contains, synced, peer, timeout = 10000 }) => {
+  wait: async ({ contains, synced, peer, value, timeout = 10000 }) => {
     await until(
       () =>
         (contains === undefined || plainText(fragment).includes(contains)) &&
         (!synced || provider.synced) &&
-        (peer === undefined || hasPeer(peer)),
+        (peer === undefined || hasPeer(peer, value)),
       timeout,
     )
   },
-  waitNoPeer: async ({ peer, timeout = 10000 }) => {
-    await until(() => !hasPeer(peer), timeout)
+  waitNoPeer: async ({ peer, value, timeout = 10000 }) => {
+    await until(() => !hasPeer(peer, value), timeout)
+  },
+  user: ({ fields }) => {
+    provider.awareness.setLocalStateField('user', { ...provider.awareness.getLocalState()?.user, ...fields })
   },
   dump: () => ({
     text: plainText(fragment),

@@ -4,7 +4,10 @@ Clients of one document on different processes converge; a process that joins la
 catches up; the AI's answer survives the SIGKILL of the process writing it: the process
 that takes the stream over finishes it in the same blocks, with no character written
 twice or left out (the collaborators' documents, checked against StarterKit's schema
-after every update, end equal to the whole answer written at once).
+after every update, end equal to the whole answer written at once). Awareness crosses
+processes too: a collaborator on one process sees the states of those on another (set,
+changed, gone when they leave), the AI's state while it writes from another process,
+and, joining late, the states already there.
 """
 
 from __future__ import annotations
@@ -113,3 +116,60 @@ async def test_collaborators_and_the_ai_through_nginx(behind_nginx, collaborator
     assert dumps[0]["json"] == dumps[1]["json"]
     final = await answered(http, type("N", (), {"url": url})(), session_id)
     assert dumps[0]["json"] == expected(["Hello from one"], final["text"])
+
+
+async def test_awareness_crosses_processes_and_leaves_with_its_client(nodes, collaborators):
+    a, b = await nodes(2)
+    document_id = new_document()
+    on_b = await collaborators(ws(b), document_id)
+    leaving = await collaborators(ws(a), document_id)
+    killed = await collaborators(ws(a), document_id)
+    await leaving.command("user", fields={"name": "Leaving"})
+    await killed.command("user", fields={"name": "Killed", "caret": 1})
+    await on_b.command("wait", peer="name", value="Leaving")
+    await on_b.command("wait", peer="name", value="Killed")
+    await killed.command("user", fields={"caret": 2})
+    await on_b.command("wait", peer="caret", value=2)
+    # One says goodbye (its own null state); the other's process removes it for it.
+    await leaving.leave()
+    await on_b.command("waitNoPeer", peer="name", value="Leaving")
+    killed.kill()
+    await on_b.command("waitNoPeer", peer="name", value="Killed")
+    # And back: A's room has B's client (the server sent every state it knew).
+    watcher = await collaborators(ws(a), document_id)
+    await on_b.command("user", fields={"name": "On B"})
+    await watcher.command("wait", peer="name", value="On B")
+
+
+async def test_a_late_joiner_on_another_process_sees_the_states_already_there(nodes, collaborators):
+    """Process B opens the document after A's client set its state: it reads the document's
+    recent awareness first, so its client sees A's at once, not at A's next renewal."""
+    a, b = await nodes(2)
+    document_id = new_document()
+    on_a = await collaborators(ws(a), document_id)
+    await on_a.command("user", fields={"name": "Early"})
+    await on_a.command("paragraph", text="from A")
+    late = await collaborators(ws(b), document_id)
+    await late.command("wait", contains="from A", peer="name", value="Early", timeout=5000)
+
+
+async def test_the_ais_state_shows_on_another_process_while_it_writes(nodes, collaborators, http):
+    owner, other = await nodes(2)
+    document_id = new_document()
+    watcher = await collaborators(ws(other), document_id)
+    await watcher.command("paragraph", text="Agenda")
+    session_id = await create(http, owner, tokensPerSecond=40, maxTokens=120)
+    status, body = await post(
+        http,
+        f"{owner.url}/api/streaming/{session_id}/start",
+        {"prompt": "Explain streaming", "target": {"documentId": document_id}},
+    )
+    assert status == 200, body
+    await watcher.command("wait", peer="aiInstanceId", value=session_id)
+    dump = await done_in(watcher, session_id)
+    assert writer_state(dump, session_id)[0] > 0
+    # Done: its state is taken away, for the collaborators of every process.
+    assert (await answered(http, owner, session_id))["state"] == "completed"
+    await watcher.command("waitNoPeer", peer="aiInstanceId")
+    authors = (await watcher.command("authors"))["clients"]
+    assert session_id in {client["session"] for client in authors.values()}

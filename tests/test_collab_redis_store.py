@@ -2,7 +2,9 @@
 two processes (two stores, each with its own pycrdt ``Doc``) converge through write and
 follow, a late reader and a restarted store read the same state, compaction racing
 writers and readers loses nothing, a follower left behind by a trim catches up, and
-Redis going away is an error with a deadline, not a hang."""
+Redis going away is an error with a deadline, not a hang. Awareness updates reach the
+other processes (on one Redis and on a Redis Cluster), a late follower gets the recent
+ones, and they are neither part of the document nor kept past their window."""
 
 from __future__ import annotations
 
@@ -13,14 +15,18 @@ from typing import Any
 import pytest
 from pycrdt import Doc, Text, TransactionEvent, merge_updates
 
+from server.cluster import collab_store
 from server.cluster.collab_store import (
     DocumentFollower,
     RedisDocumentStore,
+    awareness_key,
     compacted,
     document_keys,
     parse_stream_id,
 )
+from server.cluster.redis_store import RedisLink, RedisTarget
 from server.core.errors import StoreUnavailable
+from tests.redis_sentinel import MASTER, sentinel_group_fixture  # noqa: F401 (a fixture)
 from tests.redis_server import RedisServer
 
 DOC = "notes:1"
@@ -426,3 +432,109 @@ async def test_one_process_compacts_at_a_time(stores):
     _, _, lock = document_keys("", DOC)
     assert not await a.redis.exists(lock)
     assert text_of(await b.read(DOC)) == str(replica.text)
+
+
+# -- awareness ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["redis", "sentinel", "cluster"])
+async def shaped_stores(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
+    """Stores as ``stores`` makes them, on each shape of Redis the server supports: one
+    server, a primary named by Sentinels and a Redis Cluster (through a link, as the server
+    makes them; on a cluster: announced reads, sharded pub/sub)."""
+    made: list[RedisDocumentStore] = []
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.flush()
+    elif request.param == "sentinel":
+        group = request.getfixturevalue("sentinel_group")
+        target = RedisTarget(sentinels=tuple(("127.0.0.1", s.port) for s in group.sentinels), master=MASTER)
+    else:
+        cluster = request.getfixturevalue("shared_redis_cluster")
+        cluster.flush()
+        target = RedisTarget(cluster=cluster.urls)
+
+    def make(process_id: str, **options: Any) -> RedisDocumentStore:
+        if request.param == "redis":
+            store = RedisDocumentStore(server.url, process_id=process_id, timeout=3.0, **options)
+        else:
+            link = RedisLink(target, timeout=3.0)
+            store = RedisDocumentStore(None, process_id=process_id, timeout=3.0, link=link, **options)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        await store.close()
+
+
+class Heard:
+    """The awareness updates one follower is handed."""
+
+    def __init__(self) -> None:
+        self.updates: list[bytes] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, update: bytes) -> None:
+        self.updates.append(update)
+        self.changed.set()
+
+    async def wait_for(self, count: int) -> list[bytes]:
+        async with asyncio.timeout(WAIT):
+            while len(self.updates) < count:
+                self.changed.clear()
+                await self.changed.wait()
+        return self.updates
+
+
+async def test_awareness_reaches_the_other_processes_not_the_sender(shaped_stores):
+    a, b = shaped_stores("a"), shaped_stores("b")
+    heard_a, heard_b = Heard(), Heard()
+    await a.read(DOC)
+    await b.read(DOC)
+    on_a = a.follow(DOC, awareness=heard_a)
+    on_b = b.follow(DOC, awareness=heard_b)
+    a.publish_awareness(DOC, b"first")
+    a.publish_awareness(DOC, b"second")
+    b.publish_awareness(DOC, b"from b")
+    assert await heard_b.wait_for(2) == [b"first", b"second"]
+    assert await heard_a.wait_for(1) == [b"from b"]
+    # Not part of the document: neither read, nor counted, nor in its stream.
+    assert await a.read(DOC) is None
+    assert await a.size(DOC) == 0
+    _, log, _ = document_keys("", DOC)
+    assert await a.redis.xlen(log) == 0
+    # A document's updates still come as before.
+    writer = await Replica(a, "other").open()
+    reader = await Replica(b, "other").open()
+    writer.type("text;")
+    await writer.written()
+    await reader.wait_for(lambda: str(reader.text) == "text;")
+    await reader.close()
+    await writer.close()
+    await on_a.aclose()
+    await on_b.aclose()
+    assert len(heard_b.updates) == 2
+
+
+async def test_a_late_follower_gets_the_recent_awareness_and_the_window_is_bounded(
+    shaped_stores, monkeypatch
+):
+    a, late = shaped_stores("a"), shaped_stores("late")
+    key = awareness_key("", DOC)
+    # An entry older than the window, as if written long ago: the next publish drops it.
+    await a.redis.xadd(key, {"p": "gone", "a": b"stale"}, id="1-1")
+    a.publish_awareness(DOC, b"recent")
+    heard = Heard()
+    await late.read(DOC)
+    follower = late.follow(DOC, awareness=heard)
+    assert await heard.wait_for(1) == [b"recent"]
+    assert await a.redis.xlen(key) == 1
+    assert 0 < await a.redis.pttl(key) <= collab_store.AWARENESS_WINDOW_MS
+    await follower.aclose()
+    # The stream outlives its last update by the window, and then nothing is left.
+    monkeypatch.setattr(collab_store, "AWARENESS_WINDOW_MS", 1)
+    a.publish_awareness(DOC, b"last")
+    async with asyncio.timeout(WAIT):
+        while await a.redis.exists(key):
+            await asyncio.sleep(0.01)

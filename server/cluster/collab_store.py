@@ -26,6 +26,16 @@ often never misses one; one that could have (newly following, held back, or afte
 outage) compares its cursor with ``trimmed`` after its read and, if entries it had not read
 were trimmed, reads the whole document again. Yjs applies an update twice as once, so
 replays and overlaps cost bytes, never content.
+
+Awareness (who is in a document, their carets, the AI's state) is not part of the document
+and is not stored with it: each document has a second stream, ``…:awareness``, of the
+awareness updates of its clients on every process (``p``, ``a``), which the same reader
+task reads with the updates (the same ``XREAD``; on a Redis Cluster the same slot, announced
+the same way) and hands to a callback, skipping the process's own. Each write of it trims
+what is older than :data:`AWARENESS_WINDOW_MS` and sets the key to expire after as long,
+so the stream holds what came in the 30 s before its last write, and nothing once the
+document's clients are gone; a process that starts following a document reads it first,
+which gives it every state alive (y-protocols clients renew theirs every 15 s).
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ import hashlib
 import logging
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, cast
@@ -66,6 +76,12 @@ INLINE_MERGE = 64
 READ_CURSORS = 4096
 #: How long the per-process wake stream outlives its last poke.
 WAKE_TTL_MS = 600_000
+#: Awareness updates a document's stream keeps (and how long it outlives the last one): a
+#: y-protocols client drops a state not renewed for this long (its ``outdatedTimeout``).
+AWARENESS_WINDOW_MS = 30_000
+#: Awareness updates of one document waiting for the round trip in flight; past it the
+#: oldest go (a state not sent is sent again when it is renewed).
+AWARENESS_QUEUE = 64
 
 #: A stream id as numbers, ``(ms, seq)``: compared as Redis compares them.
 StreamId = tuple[int, int]
@@ -90,6 +106,25 @@ if ARGV[2] == '1' then
   redis.call('SPUBLISH', KEYS[2], id)
 end
 return {id, pending, bytes}
+"""
+
+# Appends awareness updates to one document's awareness stream, drops what is older than
+# the window, and lets the stream expire a window after its last update. KEYS: the
+# awareness stream. ARGV: process id, '1' to announce the write on the sharded channel
+# named as the stream (Redis Cluster) or '', the window in ms, then the updates.
+_PUBLISH_AWARENESS = """
+local now = redis.call('TIME')
+local horizon = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  - tonumber(ARGV[3]))
+local id
+for i = 4, #ARGV do
+  id = redis.call('XADD', KEYS[1], 'MINID', horizon, '*', 'p', ARGV[1], 'a', ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if ARGV[2] == '1' then
+  redis.call('SPUBLISH', KEYS[1], id)
+end
+return id
 """
 
 # The document as stored: the snapshot, its cursor and the entries after it, read at one
@@ -146,6 +181,11 @@ def document_keys(prefix: str, document_id: str) -> tuple[str, str, str]:
     """The meta hash, the update stream and the compaction lock of one document."""
     base = f"{prefix}{{collab:{document_id}}}"
     return f"{base}:meta", f"{base}:log", f"{base}:lock"
+
+
+def awareness_key(prefix: str, document_id: str) -> str:
+    """The stream of one document's awareness updates (in the document's slot)."""
+    return f"{prefix}{{collab:{document_id}}}:awareness"
 
 
 def parse_stream_id(raw: str | bytes) -> StreamId:
@@ -214,6 +254,8 @@ class _Subscription:
     queue: deque[bytes] = field(default_factory=deque)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     ended: BaseException | None = None
+    #: Called with each awareness update another process sends (``None``: not followed).
+    awareness: Callable[[bytes], None] | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -226,6 +268,9 @@ class _Followed:
     subscriptions: list[_Subscription] = field(default_factory=list)
     #: Left out of the reads until its followers take what they were given.
     held: bool = False
+    #: Its awareness stream's key and how far it was read (from the start: the window).
+    awareness_key: bytes = b""
+    awareness_cursor: StreamId = ORIGIN
 
     def cursor(self) -> StreamId:
         return min(sub.cursor for sub in self.subscriptions)
@@ -320,6 +365,7 @@ class RedisDocumentStore(ReplicatedStore):
                 url, socket_timeout=timeout + BLOCK_MS / 1000, socket_connect_timeout=timeout
             )
         self._write_sha = hashlib.sha1(_WRITE.encode()).hexdigest()
+        self._awareness_sha = hashlib.sha1(_PUBLISH_AWARENESS.encode()).hexdigest()
         self._read_script = self.redis.register_script(_READ)
         self._compact_script = self.redis.register_script(_COMPACT)
         self._release_script = self.redis.register_script(_RELEASE)
@@ -332,6 +378,11 @@ class RedisDocumentStore(ReplicatedStore):
         self._read_cursors: OrderedDict[str, StreamId] = OrderedDict()
         self._followed: dict[str, _Followed] = {}
         self._by_key: dict[bytes, _Followed] = {}
+        self._by_awareness_key: dict[bytes, _Followed] = {}
+        #: Awareness updates waiting for the round trip in flight, per document.
+        self._awareness_queued: dict[str, deque[bytes]] = {}
+        self._awareness_task: asyncio.Task[None] | None = None
+        self._awareness_failing = False
         #: What the next ``XREAD`` asks, kept up to date rather than built per read (its
         #: cost grows with the documents followed): stream key -> cursor, both encoded.
         self._streams: dict[bytes, bytes] = {}
@@ -404,8 +455,9 @@ class RedisDocumentStore(ReplicatedStore):
     async def close(self) -> None:
         """Finish the writes under way, stop following, close the connections."""
         self._closed = True
-        if self._writer_task is not None:
-            await asyncio.wait([self._writer_task])
+        for sender in (self._writer_task, self._awareness_task):
+            if sender is not None:
+                await asyncio.wait([sender])
         tasks = [*self._compacting.values(), *self._pokes]
         if self._reader_task is not None:
             tasks.append(self._reader_task)
@@ -417,6 +469,7 @@ class RedisDocumentStore(ReplicatedStore):
                 _end(sub, StopAsyncIteration())
         self._followed.clear()
         self._by_key.clear()
+        self._by_awareness_key.clear()
         self._streams.clear()
         self._suspects.clear()
         with contextlib.suppress(RedisError, OSError):
@@ -431,22 +484,33 @@ class RedisDocumentStore(ReplicatedStore):
 
     # -- ReplicatedStore -----------------------------------------------------
 
-    def follow(self, document_id: str, after: str | bytes | None = None) -> DocumentFollower:
+    def follow(
+        self,
+        document_id: str,
+        after: str | bytes | None = None,
+        awareness: Callable[[bytes], None] | None = None,
+    ) -> DocumentFollower:
         """Updates other processes write to the document, from the position ``after`` (a
         cursor of :meth:`read_with_cursor`) or, without one, right after this process's
         last ``read`` of it (from the start when there was none since the last ``follow``:
-        updates handed over twice change nothing)."""
+        updates handed over twice change nothing). ``awareness`` is called with each
+        awareness update the other processes send, from the reader task, starting with
+        those of the last :data:`AWARENESS_WINDOW_MS` when the process did not follow the
+        document yet."""
         if self._closed:
             raise StoreUnavailable("The document store is closed")
         remembered = self._read_cursors.pop(document_id, ORIGIN)
         cursor = remembered if after is None else parse_stream_id(after)
-        sub = _Subscription(document_id, cursor)
+        sub = _Subscription(document_id, cursor, awareness=awareness)
         followed = self._followed.get(document_id)
         if followed is None:
             _, stream, _ = document_keys(self.prefix, document_id)
-            followed = _Followed(document_id, stream.encode())
+            followed = _Followed(
+                document_id, stream.encode(), awareness_key=awareness_key(self.prefix, document_id).encode()
+            )
             self._followed[document_id] = followed
             self._by_key[followed.key] = followed
+            self._by_awareness_key[followed.awareness_key] = followed
         followed.subscriptions.append(sub)
         self._suspects.add(followed)
         self._refresh(followed)
@@ -455,6 +519,20 @@ class RedisDocumentStore(ReplicatedStore):
         else:
             self._poke()
         return DocumentFollower(self, sub)
+
+    def publish_awareness(self, document_id: str, update: bytes) -> None:
+        """Send an awareness update (y-protocols' encoding) to the other processes that
+        follow the document; not stored with it. Returns at once: what waits for the round
+        trip in flight goes in the next one, and what Redis refuses or does not get is
+        dropped (states are renewed)."""
+        if self._closed:
+            return
+        queue = self._awareness_queued.get(document_id)
+        if queue is None:
+            queue = self._awareness_queued[document_id] = deque(maxlen=AWARENESS_QUEUE)
+        queue.append(update)
+        if self._awareness_task is None:
+            self._awareness_task = asyncio.create_task(self._send_awareness())
 
     # -- compaction ----------------------------------------------------------
 
@@ -542,7 +620,7 @@ class RedisDocumentStore(ReplicatedStore):
                 ]
                 try:
                     async with _unavailable():
-                        replies = await self._evalsha_all(calls)
+                        replies = await self._evalsha_all(_WRITE, self._write_sha, calls)
                 except StoreUnavailable as exc:
                     replies = [exc] * len(batch)
                 for (document_id, items), reply in zip(batch, replies, strict=True):
@@ -559,16 +637,16 @@ class RedisDocumentStore(ReplicatedStore):
         finally:
             self._writer_task = None
 
-    async def _evalsha_all(self, calls: list[list[Any]]) -> list[Any]:
-        """``EVALSHA`` of the write script for each call (keys count first) in one pipeline;
-        the calls Redis answers ``NOSCRIPT`` (a restarted or flushed Redis) are sent again
-        once the script is loaded. Each reply is the script's, or the error of its call."""
+    async def _evalsha_all(self, script: str, sha: str, calls: list[list[Any]]) -> list[Any]:
+        """``EVALSHA`` of ``script`` for each call (keys count first) in one pipeline; the
+        calls Redis answers ``NOSCRIPT`` (a restarted or flushed Redis) are sent again once
+        the script is loaded. Each reply is the script's, or the error of its call."""
         replies: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
         for attempt in range(2):
             pipe = self.redis.pipeline(transaction=False)
             for index in pending:
-                pipe.evalsha(self._write_sha, *calls[index])
+                pipe.evalsha(sha, *calls[index])
             results = await pipe.execute(raise_on_error=False)
             missing = []
             for index, result in zip(pending, results, strict=True):
@@ -580,12 +658,43 @@ class RedisDocumentStore(ReplicatedStore):
                     replies[index] = result
             if not missing:
                 break
-            await self.redis.script_load(_WRITE)
+            await self.redis.script_load(script)
             pending = missing
             if attempt == 1:
                 for index in missing:
                     replies[index] = ResponseError("NOSCRIPT after SCRIPT LOAD")
         return replies
+
+    async def _send_awareness(self) -> None:
+        """Send the awareness updates that wait, one pipeline per round trip with a script
+        call per document, until none waits."""
+        try:
+            while self._awareness_queued:
+                batch, self._awareness_queued = self._awareness_queued, {}
+                calls = [
+                    [
+                        1,
+                        awareness_key(self.prefix, document_id),
+                        self.process_id,
+                        self._announce,
+                        AWARENESS_WINDOW_MS,
+                        *updates,
+                    ]
+                    for document_id, updates in batch.items()
+                ]
+                try:
+                    async with _unavailable():
+                        replies = await self._evalsha_all(_PUBLISH_AWARENESS, self._awareness_sha, calls)
+                except StoreUnavailable as exc:
+                    replies = [exc] * len(calls)
+                failed = [reply for reply in replies if isinstance(reply, Exception)]
+                if failed and not self._awareness_failing:
+                    log.warning("collab: awareness of %d documents not sent: %s", len(failed), failed[0])
+                elif not failed and self._awareness_failing:
+                    log.info("collab: awareness updates sent again")
+                self._awareness_failing = bool(failed)
+        finally:
+            self._awareness_task = None
 
     # -- the follow path -----------------------------------------------------
 
@@ -639,6 +748,11 @@ class RedisDocumentStore(ReplicatedStore):
             delay = 0.05
             last_read = started
             for key, entries in cast(list[tuple[bytes, list[Entry]]], result):
+                listened = self._by_awareness_key.get(key)
+                if listened is not None:
+                    self._deliver_awareness(listened, entries)
+                    self._refresh(listened)
+                    continue
                 followed = self._by_key.get(key)
                 if followed is None or followed in gaps:
                     continue
@@ -695,18 +809,34 @@ class RedisDocumentStore(ReplicatedStore):
                 if fields.get(b"p") != own:
                     self._put(followed, sub, fields[b"u"])
 
+    def _deliver_awareness(self, followed: _Followed, entries: list[Entry]) -> None:
+        """Awareness updates of other processes to the subscriptions that listen."""
+        own = self.process_id.encode()
+        for raw_id, fields in entries:
+            followed.awareness_cursor = max(followed.awareness_cursor, parse_stream_id(raw_id))
+            if fields.get(b"p") == own:
+                continue
+            for sub in followed.subscriptions:
+                if sub.awareness is None:
+                    continue
+                try:
+                    sub.awareness(fields[b"a"])
+                except Exception:
+                    log.exception("collab: an awareness update of %s was not taken", followed.document_id)
+
     def _refresh(self, followed: _Followed) -> None:
-        """Put the document's current position in the next read, or leave it out (held or
-        no longer followed)."""
-        if (
-            followed.held
-            or not followed.subscriptions
-            or self._followed.get(followed.document_id) is not followed
-        ):
+        """Put the document's current positions in the next read, or leave them out (held,
+        no longer followed, or no listener of its awareness)."""
+        following = bool(followed.subscriptions) and self._followed.get(followed.document_id) is followed
+        if not following or followed.held:
             self._streams.pop(followed.key, None)
         else:
             cursor = min(sub.cursor for sub in followed.subscriptions)
             self._streams[followed.key] = format_stream_id(cursor).encode()
+        if following and any(sub.awareness is not None for sub in followed.subscriptions):
+            self._streams[followed.awareness_key] = format_stream_id(followed.awareness_cursor).encode()
+        else:
+            self._streams.pop(followed.awareness_key, None)
 
     def _put(self, followed: _Followed, sub: _Subscription, update: bytes) -> None:
         sub.queue.append(update)
@@ -736,6 +866,7 @@ class RedisDocumentStore(ReplicatedStore):
         if not followed.subscriptions:
             del self._followed[sub.document_id]
             del self._by_key[followed.key]
+            del self._by_awareness_key[followed.awareness_key]
             self._suspects.discard(followed)
         elif followed.held:
             self._taken(followed.subscriptions[0])

@@ -27,7 +27,12 @@ its users is done here (research/collab.md §2.3 and §3):
 - Awareness: a client that joins is sent every known state, and the states of one that
   leaves are removed for the others, as y-websocket's own server does. The server's own
   clients (each AI session writing, ``server.collab.peer``) announce theirs through
-  :meth:`DocumentRoom.announce`.
+  :meth:`DocumentRoom.announce`. With a ``ReplicatedAwareness`` store (Redis mode), every
+  change of the awareness made in this process (a client's, its removal, the server's
+  own) goes to the other processes that have the document open, at most every
+  ``COLLAB_AWARENESS_FLUSH_MS``, with the latest state of each client that changed; what
+  they send is applied with the origin ``ORIGIN_REMOTE`` and sent to this room's
+  clients, never back.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ from pycrdt import (
 )
 from pycrdt.websocket import YRoom
 
-from server.collab.stores import DocumentStore, ReplicatedStore
+from server.collab.stores import DocumentStore, ReplicatedAwareness, ReplicatedStore
 from server.collab.writer import AI_ORIGIN
 from server.core.errors import StoreUnavailable
 from server.settings import Settings
@@ -73,6 +78,8 @@ FRAGMENT = "default"
 ORIGIN_REMOTE = "remote"
 #: Origin of the awareness updates of the server's own clients (:meth:`DocumentRoom.announce`).
 _SERVER = "server"
+#: pycrdt's origin of the changes of the room's own awareness state (:meth:`set_peer_state`).
+_LOCAL = "local"
 #: The y-protocols message by which a client asks for every awareness state.
 QUERY_AWARENESS = 3
 #: The sync messages there are: step 1 (a state vector), step 2 and update (an update).
@@ -128,6 +135,8 @@ class RoomLimits:
     max_connections: int = 200
     idle_timeout: float = 60.0
     sync_timeout: float = 10.0
+    #: Seconds between two awareness updates of one document to the other processes.
+    awareness_flush: float = 0.05
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RoomLimits:
@@ -136,6 +145,7 @@ class RoomLimits:
             max_connections=settings.collab_max_connections_per_document,
             idle_timeout=settings.collab_room_idle_timeout,
             sync_timeout=settings.collab_sync_timeout,
+            awareness_flush=settings.collab_awareness_flush_ms / 1000,
         )
 
 
@@ -221,6 +231,12 @@ class DocumentRoom(YRoom):
         #: Clients being closed for want of a sync step 1.
         self._closing: set[asyncio.Task[None]] = set()
         self._store_subscription: Subscription | None = None
+        #: Where this process's awareness changes go (Redis mode), once the room follows it.
+        self._replicated: ReplicatedAwareness | None = None
+        #: Clients whose awareness changed since the last update sent to the other processes.
+        self._awareness_out: set[int] = set()
+        self._awareness_flush: asyncio.TimerHandle | None = None
+        self._awareness_sent = float("-inf")
 
     @property
     def doc(self) -> Doc[Any]:
@@ -279,6 +295,8 @@ class DocumentRoom(YRoom):
         self._store_subscription = self.ydoc.observe(self._keep)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._write_updates()))
+        if isinstance(self.store, ReplicatedAwareness):
+            self._replicated = self.store
         if isinstance(self.store, ReplicatedStore):
             self._tasks.append(loop.create_task(self._follow(self.store)))
 
@@ -287,7 +305,12 @@ class DocumentRoom(YRoom):
         await self._saved.wait()
 
     async def close(self) -> None:
-        """Stop the room: its tasks, its observers, pycrdt-websocket's own."""
+        """Stop the room: its tasks, its observers, pycrdt-websocket's own. An awareness
+        change not sent to the other processes yet goes now."""
+        if self._awareness_flush is not None:
+            self._awareness_flush.cancel()
+            self._publish_awareness()
+        self._replicated = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -313,6 +336,17 @@ class DocumentRoom(YRoom):
         finally:
             self._applying_remote = False
         self._stored_bytes += len(update)
+
+    def apply_remote_awareness(self, update: bytes) -> None:
+        """Apply an awareness update another process published and send it to the clients
+        (not published again)."""
+        if not _awareness_decodes(update):
+            log.warning("document %s: another process's awareness update does not decode", self.document_id)
+            return
+        self.awareness.apply_awareness_update(update, ORIGIN_REMOTE)
+        message = create_awareness_message(update)
+        for peer in self._peers:
+            peer.put(message)
 
     async def serve_client(self, client: Client) -> None:
         """Serve one client until it leaves or is closed: the sync handshake, its updates and
@@ -415,10 +449,33 @@ class DocumentRoom(YRoom):
             peer.put(create_awareness_message(self.awareness.encode_awareness_update(ids)))
 
     def _track_awareness(self, topic: str, changes: tuple[dict[str, Any], Any]) -> None:
+        if topic != "update":
+            return
         change, origin = changes
-        if topic == "update" and isinstance(origin, _Peer):
+        if isinstance(origin, _Peer):
             origin.awareness_ids.update(change["added"], change["updated"])
             origin.awareness_ids.difference_update(change["removed"])
+        elif origin not in (_SERVER, _LOCAL):
+            # Another process's (not sent back) or a state timed out (as everywhere).
+            return
+        if self._replicated is not None:
+            self._awareness_out.update(change["added"], change["updated"], change["removed"])
+            if self._awareness_flush is None:
+                loop = asyncio.get_running_loop()
+                # At once when the last update went long enough ago, else that long after it.
+                delay = max(0.0, self._awareness_sent + self.limits.awareness_flush - loop.time())
+                self._awareness_flush = loop.call_later(delay, self._publish_awareness)
+
+    def _publish_awareness(self) -> None:
+        """Send the latest awareness state of each client that changed (``None`` for one that
+        left, with its clock) to the other processes."""
+        self._awareness_flush = None
+        if self._replicated is None or not self._awareness_out:
+            return
+        client_ids, self._awareness_out = list(self._awareness_out), set()
+        self._awareness_sent = asyncio.get_running_loop().time()
+        update = self.awareness.encode_awareness_update(client_ids)
+        self._replicated.publish_awareness(self.document_id, update)
 
     def _forget_awareness(self, peer: _Peer) -> None:
         ids = [client_id for client_id in peer.awareness_ids if client_id in self.awareness.states]
@@ -500,7 +557,11 @@ class DocumentRoom(YRoom):
     async def _follow(self, store: ReplicatedStore) -> None:
         delay = RETRY_FIRST
         while True:
-            updates = store.follow(self.document_id)
+            updates = (
+                store.follow(self.document_id, awareness=self.apply_remote_awareness)
+                if isinstance(store, ReplicatedAwareness)
+                else store.follow(self.document_id)
+            )
             try:
                 async for update in updates:
                     delay = RETRY_FIRST

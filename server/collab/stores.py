@@ -3,7 +3,7 @@ an embedded SQLite database (pycrdt-store's ``SQLiteYStore``).
 
 A document is kept as Yjs v1 updates. Applying an update twice changes nothing, so a
 store may merge, replay or squash them freely. The Redis store of Redis mode implements
-the same protocol (``server.cluster.collab_store``) and ``ReplicatedStore`` too.
+the same protocol (``server.cluster.collab_store``) and ``ReplicatedAwareness`` too.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -46,6 +46,27 @@ class ReplicatedStore(DocumentStore, Protocol):
     def follow(self, document_id: str, after: bytes | None = None) -> AsyncIterator[bytes]:
         """Updates written by other processes to this document, as they come, starting after
         the point `read` returned (the store keeps what that point is; `after` is opaque)."""
+
+
+@runtime_checkable
+class ReplicatedAwareness(ReplicatedStore, Protocol):
+    """A replicated store that also carries each document's awareness (who is in it, their
+    carets, the AI's state) between the processes that have it open, without keeping it."""
+
+    def follow(
+        self,
+        document_id: str,
+        after: bytes | None = None,
+        awareness: Callable[[bytes], None] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """As :meth:`ReplicatedStore.follow`; `awareness`, if given, is called with each
+        awareness update (y-protocols' encoding) the other processes publish for the
+        document, first with those of the last 30 s (so a process that opens it late
+        knows who is there)."""
+
+    def publish_awareness(self, document_id: str, update: bytes) -> None:
+        """Hand an awareness update of this process's clients to the other processes that
+        follow the document, without waiting; not kept with the document."""
 
 
 #: Updates the memory store keeps per document before it merges them into one.
