@@ -4,11 +4,13 @@ own entry, meta fields written once, and a Redis that lost its scripts."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 from redis.exceptions import ResponseError
 
+from server.cluster import redis_journal
 from server.cluster.redis_store import Append, Fenced, RedisStore, chunk_id, log_key, meta_key
 from tests.redis_server import RedisServer
 
@@ -78,3 +80,108 @@ async def test_a_session_whose_keys_are_broken_is_refused_alone(store):
     assert isinstance(results[0], ResponseError) and isinstance(results[2], ResponseError)
     assert results[1] == chunk_id(0)
     assert [f["c"] for _, f in await store.redis.xrange(log_key("b"))] == ["y"]
+
+
+async def test_any_text_is_written_as_it_was(store):
+    """The sessions' parts go to the script as one JSON argument: every character survives."""
+    await store.put_session("a", {"userId": "u"}, "p1", TTL)
+    texts = ['q"\\/\n\t', "\x00\x01\x1f", "é中\u2028\U0001f600", "", "[1, {}]", " " * 3]
+    batch = [chunk("a", seq, text) for seq, text in enumerate(texts)]
+    batch.append(Append("a", "1", "", (), ("state", "\x00é\n")))
+    assert await store.append(batch, TTL) == [*(chunk_id(seq) for seq in range(len(texts))), ""]
+    assert [f["c"] for _, f in await store.redis.xrange(log_key("a"))] == texts
+    assert await store.redis.hget(meta_key("a"), "state") == "\x00é\n"
+    assert await store.redis.hget(meta_key("a"), "lastSeq") == str(len(texts) - 1)
+
+
+async def test_ended_sessions_are_released_in_one_call(store):
+    for session in ("a", "b", "c"):
+        await store.put_session(session, {"userId": "u"}, "p1", TTL)
+        await store.reserve("u", session, 10, TTL)
+    await store.release_all([("u", "a"), ("u", "c")], "p1")
+    assert await store.redis.smembers("user:{u}:live") == {"b"}
+    assert await store.redis.smembers("proc:{p1}:sessions") == {"b"}
+
+
+class _Session:
+    """What the journal uses of a session: it records what it was given to deliver."""
+
+    def __init__(self, session_id: str) -> None:
+        self.id = session_id
+        self.journal: object = None
+        self.conversation = None
+        self.head_seq = -1
+        self.delivered: list[tuple[str, object]] = []
+
+    def take_resume(self) -> None:
+        return None
+
+    def deliver(self, event: str, payload: dict[str, object]) -> None:
+        self.delivered.append((event, payload.get("seq", payload.get("state"))))
+
+    def wake(self) -> None:
+        return None
+
+
+async def test_batches_in_flight_keep_each_session_in_order(store, monkeypatch):
+    """Several batches in flight at once, answered out of order: each session's entries are
+    written and delivered in order, an entry only once its batch is answered, none twice."""
+    monkeypatch.setattr(redis_journal, "IN_FLIGHT", 3)
+    monkeypatch.setattr(redis_journal, "BATCH", 2)
+    answered: list[int] = []
+    append = store.append
+    calls = 0
+
+    async def slow_append(batch, ttl_ms):
+        nonlocal calls
+        calls += 1
+        call = calls
+        results = await append(batch, ttl_ms)
+        await asyncio.sleep(0.01 * (4 - call % 4))  # later batches answer first
+        answered.append(call)
+        return results
+
+    monkeypatch.setattr(store, "append", slow_append)
+    ended: list[str] = []
+
+    async def finished(sessions):
+        ended.extend(session.id for session in sessions)
+
+    journal = redis_journal.RedisJournal(store, TTL, lambda session: None, finished)
+    sessions = [_Session(name) for name in "abcde"]
+    for session in sessions:
+        await store.put_session(session.id, {"userId": "u"}, "p1", TTL)
+        journal.own(session, "1")
+    writer = asyncio.create_task(journal.run())
+    try:
+        for seq in range(4):
+            for session in sessions:
+                session.head_seq = seq
+                payload = {"content": f"{session.id}{seq}", "timestamp": 1, "metadata": {}, "seq": seq}
+                assert journal.chunk(session, payload)
+            await asyncio.sleep(0)
+        for session in sessions:
+            assert journal.event(session, "complete", {"finishReason": "stop", "usage": None})
+        async with asyncio.timeout(10):
+            await journal.flushed()
+    finally:
+        writer.cancel()
+    assert answered != sorted(answered), "the batches were answered out of order"
+    for session in sessions:
+        assert session.delivered == [*(("chunk", seq) for seq in range(4)), ("complete", None)]
+        entries = await store.redis.xrange(log_key(session.id))
+        assert [entry_id for entry_id, _ in entries] == ["1-0", "2-0", "3-0", "4-0", "4-1"]
+        assert [f.get("c") for _, f in entries][:4] == [f"{session.id}{seq}" for seq in range(4)]
+    assert sorted(ended) == list("abcde")
+
+
+async def test_an_entry_may_leave_the_ttl_alone(store):
+    """A writer renews a streaming session's TTL now and then, not with every chunk."""
+    await store.put_session("a", {"userId": "u"}, "p1", TTL)
+    await store.append([chunk("a", 0, "x")], TTL)
+    await store.redis.pexpire(log_key("a"), 5_000)
+    quiet = Append("a", "1", chunk_id(1), ("c", "y"), ("lastSeq", "1"), chunk_id(0), renew=False)
+    assert await store.append([quiet], TTL) == [chunk_id(1)]
+    assert 0 < await store.redis.pttl(log_key("a")) <= 5_000
+    assert await store.append([chunk("a", 2, "z")], TTL) == [chunk_id(2)]
+    assert 5_000 < await store.redis.pttl(log_key("a")) <= TTL

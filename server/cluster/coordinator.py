@@ -35,7 +35,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -495,8 +495,8 @@ class Cluster:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _finished(self, session: StreamingSession) -> None:
-        await self.store.release(session.user_id, session.id, self.pid)
+    async def _finished(self, sessions: Sequence[StreamingSession]) -> None:
+        await self.store.release_all([(session.user_id, session.id) for session in sessions], self.pid)
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:

@@ -2,8 +2,8 @@
 process runs goes to their Redis logs, in order, one script call per flush for all of
 them (``RedisStore.append``).
 
-A session is never held up by Redis for the chunk at hand: the chunk goes to local
-viewers at once and its write follows within the same loop turn or the next. While
+A session is never held up by Redis for the chunk at hand: its write leaves within the
+same loop turn or the next, and its viewers get it once written (below). While
 writes wait (Redis slow or unreachable) the provider is not read past
 ``MAX_JOURNAL_BACKLOG`` entries, so memory stays bounded, and nothing is dropped: the
 writer retries the same entries, in order, until Redis answers; an entry sent twice is
@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
+import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,10 +62,15 @@ from server.core.sessions import MAX_JOURNAL_BACKLOG, Payload, StreamingSession
 
 log = logging.getLogger(__name__)
 
-#: Most entries written in one round trip (one script call: ``RedisStore.append``). Under
-#: load a bigger batch means fewer round trips for the same chunks, and so less waiting
-#: before delivery (bench/redis_cost.py: p99 about 450 -> 300 ms at 512 -> 4096).
-BATCH = 4096
+#: Most entries written in one round trip (one script call: ``RedisStore.append``), and
+#: batches in flight at once, each on a connection of its own: while one is written (Redis
+#: at work, or the network), the entries of the sessions not in it go out in the next, and
+#: the sessions fall into that many groups that take turns (a session's entries are never
+#: in two batches at once, so they stay in order). One at a time while Redis fails.
+#: bench/redis_cost.py, 1,500 sessions: chunk latency p99 134-150 ms at 2 x 1,024 against
+#: 152-162 ms at 1 x 4,096 and 3 x 512 (RESULTS.md, stop 25).
+BATCH = 1024
+IN_FLIGHT = 2
 TERMINAL_EVENTS = frozenset({"complete", "stream-error"})
 #: How long an ended session's log is checked after a failover or an outage: what a
 #: failover loses was written within the replicas' lag of it (seconds, with
@@ -73,6 +79,9 @@ RECENT_SECONDS = 60.0
 #: Longest a session whose Redis Cluster node did not answer waits before its entries are
 #: sent again (the delay doubles from 50 ms while the node fails).
 MAX_PARK = 1.0
+#: Most time between two renewals of a streaming session's keys' TTL: its keys always have
+#: the TTL less this left (at most a tenth of the TTL when that is shorter).
+RENEW_SECONDS = 10.0
 #: Meta fields the journal writes and a repair writes back. ``request`` is not kept (it
 #: can be large): a repair takes it from the session again.
 _KEPT_META = frozenset({"state", "lastSeq", "resume", "finishReason", "usage", "error"})
@@ -111,6 +120,8 @@ class _Track:
     #: The meta fields acknowledged (:data:`_KEPT_META`).
     meta: dict[str, str] = field(default_factory=dict)
     finished_at: float | None = None
+    #: When a chunk last asked for the TTL of the session's keys to be renewed (monotonic).
+    renewed: float = -math.inf
     #: Set while the store has lost part of the log: the loss, and the session's entries
     #: held back until what was lost is written again.
     lost: Lost | None = None
@@ -125,10 +136,12 @@ class RedisJournal:
         store: RedisStore,
         ttl_ms: int,
         on_lost: Callable[[StreamingSession], None],
-        on_finished: Callable[[StreamingSession], Awaitable[None]],
+        on_finished: Callable[[Sequence[StreamingSession]], Awaitable[None]],
     ) -> None:
         self.store = store
         self.ttl_ms = ttl_ms
+        #: A chunk renews its session's keys' TTL at most this often (every other entry does).
+        self._renew_every = min(RENEW_SECONDS, ttl_ms / 10_000)
         self._tracks: dict[str, _Track] = {}
         self._ended: deque[tuple[float, str]] = deque()
         self._on_lost = on_lost
@@ -143,6 +156,17 @@ class RedisJournal:
         self._work = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        #: Releases of ended sessions under way (one per batch that ended some).
+        self._releasing: set[asyncio.Task[None]] = set()
+        #: Batches sent and not answered yet (:data:`IN_FLIGHT` at most), and their sessions.
+        self._flying: set[asyncio.Task[None]] = set()
+        self._sending: set[str] = set()
+        #: Some session's log lost entries (:meth:`_losses`): the writer repairs it first.
+        self._repairs = False
+        #: A batch found Redis out of reach: the writer backs off before the next.
+        self._unavailable = False
+        #: What a batch's task raised that it should not have (a bug): the writer raises it.
+        self._crashed: BaseException | None = None
         #: Since when writes have been failing (loop time), or ``None``.
         self.failing_since: float | None = None
         #: Losses found (the store had less than this process wrote), chunks written back
@@ -185,8 +209,13 @@ class RedisJournal:
 
     def chunk(self, session: StreamingSession, chunk: Payload) -> bool:
         seq = chunk["seq"]
-        meta = ("lastSeq", str(seq), *_resume_meta(session))
-        return self._put(session, (seq + 1, 0), _chunk_fields(chunk), meta, ("chunk", chunk))
+        point = session.take_resume()
+        if point is None:
+            meta: tuple[str, ...] = ("lastSeq", str(seq))
+        else:
+            chars, checkpoint = point
+            meta = ("lastSeq", str(seq), "resume", encode_json({"chars": chars, "checkpoint": checkpoint}))
+        return self._put(session, (seq + 1, 0), _chunk_fields(chunk), meta, ("chunk", chunk), renew=False)
 
     def event(self, session: StreamingSession, event: str, payload: Payload) -> bool:
         track = self._tracks.get(session.id)
@@ -228,23 +257,38 @@ class RedisJournal:
         fields: tuple[str, ...],
         meta: tuple[str, ...],
         delivery: Delivery | None,
+        *,
+        renew: bool = True,
     ) -> bool:
-        track = self._tracks.get(session.id)
+        """Queue an entry (or meta fields alone); ``renew=False``: renew the session's keys'
+        TTL only if the last renewal is :attr:`_renew_every` old (a chunk: the TTL is an hour
+        or more, renewing it with every chunk cost Redis two commands per session and write)."""
+        session_id = session.id
+        track = self._tracks.get(session_id)
         if track is None:
             return False
+        queued = track.queued
+        after = f"{queued[0]}-{queued[1]}"
         entry_id = ""
-        after = format_id(track.queued)
         if position is not None:
-            entry_id = format_id(position)
+            entry_id = f"{position[0]}-{position[1]}"
             track.queued = position
-        item = (session, Append(session.id, track.fence, entry_id, fields, meta, after), delivery)
+        if not renew:
+            now = time.monotonic()
+            renew = now - track.renewed >= self._renew_every
+            if renew:
+                track.renewed = now
+        append = Append(session_id, track.fence, entry_id, fields, meta, after, renew)
+        item = (session, append, delivery)
         if track.lost is not None:
             track.held.append(item)
         else:
             self._queue.append(item)
-        self._backlog[session.id] = self._backlog.get(session.id, 0) + 1
-        self._idle.clear()
-        self._work.set()
+        backlog = self._backlog
+        backlog[session_id] = backlog.get(session_id, 0) + 1
+        if not self._work.is_set():
+            self._idle.clear()
+            self._work.set()
         return True
 
     # -- the writer ----------------------------------------------------------
@@ -253,42 +297,115 @@ class RedisJournal:
         loop = asyncio.get_running_loop()
         generation = self.store.link.generation
         self.store.link.on_switch(self._moved)
-        while True:
-            if generation != self.store.link.generation:
-                generation = self.store.link.generation
-                self._check_all()
-            lost = [track for track in self._tracks.values() if track.lost is not None]
-            batch = self._next_batch(loop.time())
-            if not batch and not lost:
-                await self._wait_for_work(loop.time())
-                continue
-            try:
-                for track in lost:
-                    await self._repair(track)
-                results = (
-                    await self.store.append([item for _, item, _ in batch], self.ttl_ms) if batch else []
+        try:
+            while True:
+                if self._crashed is not None:
+                    raise self._crashed
+                if generation != self.store.link.generation:
+                    generation = self.store.link.generation
+                    self._check_all()
+                room = 1 if self.failing_since is not None else IN_FLIGHT
+                if self._flying and (self._unavailable or len(self._flying) >= room):
+                    await asyncio.wait(tuple(self._flying), return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                if self._unavailable:
+                    await self._back_off(loop.time())
+                    continue
+                lost = (
+                    [track for track in self._tracks.values() if track.lost is not None]
+                    if self._repairs
+                    else []
                 )
+                self._repairs = bool(lost)
+                if lost:
+                    try:
+                        for track in lost:
+                            await self._repair(track)
+                    except StoreUnavailable:
+                        await self._back_off(loop.time())
+                        continue
+                    self._wrote(False, loop.time())
+                batch = self._next_batch(loop.time())
+                if batch:
+                    self._launch(batch)
+                elif not lost:
+                    await self._wait_for_work(loop.time())
+        finally:
+            for task in self._flying:
+                task.cancel()
+
+    def _launch(self, batch: list[_Item]) -> None:
+        """Send a batch; its sessions' next entries wait until it is answered."""
+        sending = self._sending
+        for item in batch:
+            sending.add(item[0].id)
+        task = asyncio.get_running_loop().create_task(self._write(batch))
+        self._flying.add(task)
+        task.add_done_callback(self._landed)
+
+    def _landed(self, task: asyncio.Task[None]) -> None:
+        self._flying.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._crashed = task.exception()
+        self._work.set()
+
+    async def _write(self, batch: list[_Item]) -> None:
+        """Write a batch, then deliver it (or, Redis out of reach, leave it queued for the
+        writer to send again); then, while all goes well, the next one at once.
+
+        After delivering, the task lets the loop run once before it looks at the queue: the
+        flushes that the deliveries scheduled run first, so the chunks they make leave in
+        this loop turn instead of the next (a turn of a busy loop is tens of milliseconds).
+        """
+        loop = asyncio.get_running_loop()
+        generation = self.store.link.generation
+        while True:
+            try:
+                results = await self.store.append([item[1] for item in batch], self.ttl_ms)
             except StoreUnavailable:
-                self._failing(loop.time())
-                await self.store.link.switched(self._delay)
-                self._delay = min(1.0, self._delay * 2)
-                continue
+                self._unavailable = True
+                return
+            finally:
+                sending = self._sending
+                for item in batch:
+                    sending.discard(item[0].id)
             self._unqueue(batch)
             batch, results, refused = self._park_unwritten(batch, results, loop.time() + self._delay)
-            if refused:
-                self._failing(loop.time())
-                self._delay = min(MAX_PARK, self._delay * 2)
-            else:
-                self._delay = 0.05
-                if self.failing_since is not None and not self._parked:
-                    log.info("redis: writing again after %.1f s", loop.time() - self.failing_since)
-                    self.failing_since = None
-                    # Redis was out of reach: it may have come back with less than it had.
-                    self._check_all()
-            found = self._losses(batch, results)
-            for item, result in zip(batch, results, strict=True):
-                if item[0].id not in found:
-                    await self._done(item, result)
+            self._wrote(refused, loop.time())
+            self._deliver(batch, results)
+            await asyncio.sleep(0)
+            if (
+                self.failing_since is not None
+                or self._repairs
+                or self._unavailable
+                or generation != self.store.link.generation
+            ):
+                return
+            batch = self._next_batch(loop.time())
+            if not batch:
+                return
+            for item in batch:
+                sending.add(item[0].id)
+
+    async def _back_off(self, now: float) -> None:
+        """Redis did not answer: wait before the next try (less when the primary moves)."""
+        self._unavailable = False
+        self._failing(now)
+        await self.store.link.switched(self._delay)
+        self._delay = min(1.0, self._delay * 2)
+
+    def _wrote(self, refused: bool, now: float) -> None:
+        """A write was answered; ``refused``: some of its sessions' nodes did not take it."""
+        if refused:
+            self._failing(now)
+            self._delay = min(MAX_PARK, self._delay * 2)
+            return
+        self._delay = 0.05
+        if self.failing_since is not None and not self._parked:
+            log.info("redis: writing again after %.1f s", now - self.failing_since)
+            self.failing_since = None
+            # Redis was out of reach: it may have come back with less than it had.
+            self._check_all()
 
     def _failing(self, now: float) -> None:
         if self.failing_since is None:
@@ -304,29 +421,35 @@ class RedisJournal:
 
     def _next_batch(self, now: float) -> list[_Item]:
         """The entries to send next, in order: the first :data:`BATCH`, but none of a
-        session that waits for its node (:meth:`_park_unwritten`)."""
+        session that has a batch in flight (its entries stay in order) or that waits for
+        its node (:meth:`_park_unwritten`)."""
         for session_id, until in tuple(self._parked.items()):
             if until <= now:
                 del self._parked[session_id]
-        if not self._parked:
-            return [self._queue[i] for i in range(min(BATCH, len(self._queue)))]
+        queue = self._queue
+        if not self._parked and not self._sending:
+            return [queue[i] for i in range(min(BATCH, len(queue)))]
         batch = []
-        for item in self._queue:
-            if item[0].id not in self._parked:
+        parked, sending = self._parked, self._sending
+        for item in queue:
+            session_id = item[0].id
+            if session_id not in sending and session_id not in parked:
                 batch.append(item)
                 if len(batch) == BATCH:
                     break
         return batch
 
     async def _wait_for_work(self, now: float) -> None:
-        """Nothing to send: wait for entries, or until a parked session may be tried again."""
+        """Nothing to send: wait for entries, for a batch in flight to be answered (its
+        sessions' next entries may go then), or until a parked session may be tried again."""
         self._work.clear()
-        if not self._queue:
+        if not self._queue and not self._flying:
             self._idle.set()
+        if not self._queue or not self._parked:
             await self._work.wait()
             return
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, min(self._parked.values(), default=now) - now)):
+            async with asyncio.timeout(max(0.0, min(self._parked.values()) - now)):
                 await self._work.wait()
 
     def _unqueue(self, batch: list[_Item]) -> None:
@@ -361,14 +484,40 @@ class RedisJournal:
         self._queue.extendleft(reversed(unwritten))
         return kept, answers, True
 
-    async def _done(self, item: _Item, result: str | Exception) -> None:
-        """An entry is written (or refused): deliver it; release a session it ended."""
-        if self._written(item, result):
-            session = item[0]
-            try:
-                await self._on_finished(session)
-            except StoreUnavailable:
-                log.warning("session %s: could not release its quota", short_id(session.id))
+    def _deliver(self, batch: list[_Item], results: list[str | Exception]) -> None:
+        """A batch is written (or refused): its entries go to their viewers, except those of
+        the sessions whose log the store lost part of (:meth:`_losses`); the sessions it
+        ended are released (:meth:`_release`)."""
+        found: set[str] = set()
+        for result in results:
+            if type(result) is not str:
+                found = self._losses(batch, results)
+                break
+        ended = [
+            item[0]
+            for item, result in zip(batch, results, strict=True)
+            if item[0].id not in found and self._written(item, result)
+        ]
+        if ended:
+            self._release(ended)
+
+    def _release(self, sessions: list[StreamingSession]) -> None:
+        """Release ended sessions (their users' quota) in one round trip, beside the writer:
+        the writer goes on while it is under way, and they settle once it is done."""
+        task = asyncio.get_running_loop().create_task(self._released(sessions))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _released(self, sessions: list[StreamingSession]) -> None:
+        try:
+            await self._on_finished(sessions)
+        except StoreUnavailable:
+            log.warning(
+                "could not release the quota of %d sessions (session %s, ...)",
+                len(sessions),
+                short_id(sessions[0].id),
+            )
+        for session in sessions:
             self._settle(session)
 
     def _losses(self, batch: list[_Item], results: list[str | Exception]) -> set[str]:
@@ -386,6 +535,7 @@ class RedisJournal:
             track.held = [item for item in batch if item[0].id == session_id] + [
                 item for item in self._queue if item[0].id == session_id
             ]
+            self._repairs = True
             self._queue = deque(item for item in self._queue if item[0].id != session_id)
         return set(found)
 
@@ -466,8 +616,13 @@ class RedisJournal:
                 del self._tracks[session_id]
 
     async def flushed(self) -> None:
-        """Wait until every queued entry is written (shutdown)."""
-        await self._idle.wait()
+        """Wait until every queued entry is written and every ended session released
+        (shutdown)."""
+        while True:
+            await self._idle.wait()
+            if not self._releasing:
+                return
+            await asyncio.wait(tuple(self._releasing))
 
     # -- losses --------------------------------------------------------------
 
@@ -561,7 +716,8 @@ class RedisJournal:
         for item in held:
             if item[1].entry_id and parse_id(item[1].entry_id) <= head:
                 # Written by an attempt whose answer never came back, and kept by the store.
-                await self._done(item, item[1].entry_id)
+                if self._written(item, item[1].entry_id):
+                    self._release([item[0]])
             else:
                 rest.append(item)
         self._queue = deque([*self._renumbered_items(track, rest, epoch), *self._queue])
@@ -574,7 +730,7 @@ class RedisJournal:
         for session, append, delivery in held:
             after = format_id(position)
             if not append.entry_id:
-                items.append((session, dataclasses.replace(append, after=after), delivery))
+                items.append((session, append._replace(after=after), delivery))
                 continue
             original = parse_id(append.entry_id)
             position = original if original[1] == 0 else (position[0], position[1] + 1)
@@ -582,7 +738,7 @@ class RedisJournal:
             if delivery is not None and delivery[0] == "stream-state":
                 delivery = (delivery[0], {**delivery[1], "epoch": epoch})
                 fields = ("e", delivery[0], "p", encode_json(delivery[1]))
-            renumbered = dataclasses.replace(append, entry_id=format_id(position), after=after, fields=fields)
+            renumbered = append._replace(entry_id=format_id(position), after=after, fields=fields)
             items.append((session, renumbered, delivery))
         track.queued = position
         return items

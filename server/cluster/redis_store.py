@@ -40,8 +40,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool, SSLConnection, parse_url
@@ -77,12 +78,15 @@ log = logging.getLogger(__name__)
 
 # Appends the queued entries of several sessions in one call (one call per flush): for each
 # session, if the caller holds its fencing token and the log is as the caller left it, its
-# entries in order, then its meta hash updated once and its keys' TTL renewed.
+# entries in order, then its meta hash updated once and (when asked) its keys' TTL renewed.
 # KEYS: meta and log of each session, in pairs (on a Redis Cluster, of one hash slot). ARGV:
 # ttl ms, '1' to announce each session's new entries on the sharded channel named as its log
-# (Redis Cluster: readers do not block there, they wait for this) or '', then per session:
-# fence, the id of the writer's entry before these ('' = unchecked), entry count, per entry
-# its id, n and n field/values (n = 0: no entry), then the meta count m and m field/values.
+# (Redis Cluster: readers do not block there, they wait for this) or '', then the sessions'
+# parts as one JSON array (one argument instead of a dozen per entry: redis-py encodes every
+# argument in Python, which cost more than the rest of the write), per session: [fence, the
+# id of the writer's entry before these ('' = unchecked), [[entry id, field, value, ...] per
+# entry (no field: no entry)], [meta field, value, ...], '1' to renew its keys' TTL or ''],
+# every value a string.
 #
 # Returns per session 'FENCED'; 'LOST <head> <epoch> <1 if flagged>' when the log's head is
 # behind what the writer had written (a failover lost it) or a reader flagged it lost:
@@ -110,13 +114,13 @@ local function refused_by_server(err)
 end
 local ttl = ARGV[1]
 local announce = ARGV[2] == '1'
-local i = 3
+local parts = cjson.decode(ARGV[3])
 local out = {}
 for s = 1, #KEYS / 2 do
   local meta, log = KEYS[2 * s - 1], KEYS[2 * s]
-  local fence, prev = ARGV[i], ARGV[i + 1]
-  local count = tonumber(ARGV[i + 2])
-  i = i + 3
+  local part = parts[s]
+  local fence, prev, entries = part[1], part[2], part[3]
+  local count = #entries
   local state = redis.pcall('HMGET', meta, 'fence', 'head', 'lost', 'epoch')
   local failed = state.err
   local fenced = not failed and state[1] ~= fence
@@ -143,8 +147,9 @@ for s = 1, #KEYS / 2 do
   local results = {}
   local partial = false
   for e = 1, count do
-    local id = ARGV[i]
-    local n = tonumber(ARGV[i + 1])
+    local entry = entries[e]
+    local id = entry[1]
+    local n = #entry - 1
     if failed or fenced or lost or n == 0 then
       results[e] = ''
     elseif checked and not follows and not before(head, id) then
@@ -155,7 +160,7 @@ for s = 1, #KEYS / 2 do
       lost = true
       results[e] = ''
     else
-      local reply = redis.pcall('XADD', log, id, unpack(ARGV, i + 2, i + 1 + n))
+      local reply = redis.pcall('XADD', log, id, unpack(entry, 2))
       if type(reply) == 'table' and reply.err then
         if refused_by_server(reply.err) then
           return redis.error_reply(reply.err)
@@ -167,12 +172,10 @@ for s = 1, #KEYS / 2 do
         head, expected, written = reply, reply, reply
       end
     end
-    i = i + 2 + n
   end
   if checked and not follows and not lost and before(head, expected) then
     lost = true
   end
-  local m = tonumber(ARGV[i])
   if failed then
     out[s] = '!' .. failed
   elseif fenced then
@@ -180,10 +183,7 @@ for s = 1, #KEYS / 2 do
   elseif lost then
     out[s] = 'LOST ' .. head .. ' ' .. (state[4] or '-') .. ' ' .. (state[3] and '1' or '0')
   else
-    local fields = {}
-    for f = i + 1, i + m do
-      fields[#fields + 1] = ARGV[f]
-    end
+    local fields = part[4]
     if written then
       fields[#fields + 1] = 'head'
       fields[#fields + 1] = written
@@ -195,8 +195,10 @@ for s = 1, #KEYS / 2 do
         return redis.error_reply(reply.err)
       end
     end
-    redis.pcall('PEXPIRE', meta, ttl)
-    redis.pcall('PEXPIRE', log, ttl)
+    if part[5] ~= '' then
+      redis.pcall('PEXPIRE', meta, ttl)
+      redis.pcall('PEXPIRE', log, ttl)
+    end
     if announce and written then
       redis.pcall('SPUBLISH', log, written)
     end
@@ -208,7 +210,6 @@ for s = 1, #KEYS / 2 do
       out[s] = count
     end
   end
-  i = i + 1 + m
 end
 return out
 """
@@ -361,19 +362,29 @@ def new_epoch() -> str:
     return secrets.token_hex(4)
 
 
-def _session_args(batch: Sequence[Append], indexes: list[int], fence: str) -> list[Any]:
-    """One session's part of ``_APPEND``'s arguments: the entry its first item follows, its
-    entries, then its meta fields merged (the last value of each field kept)."""
-    args: list[Any] = [fence, batch[indexes[0]].after, len(indexes)]
+def _session_part(batch: Sequence[Append], indexes: list[int], fence: str) -> list[Any]:
+    """One session's part of ``_APPEND``'s JSON argument: its fence, the entry its first item
+    follows, its entries, then its meta fields (merged when several items have some: the last
+    value of each field kept)."""
+    first = batch[indexes[0]]
+    if len(indexes) == 1:  # the usual case under load: one chunk per session and flush
+        return [fence, first.after, [[first.entry_id, *first.fields]], first.meta, "1" if first.renew else ""]
     meta: dict[str, str] = {}
+    entries = []
+    renew = False
     for index in indexes:
         item = batch[index]
-        args += [item.entry_id, len(item.fields), *item.fields]
-        meta.update(zip(item.meta[::2], item.meta[1::2], strict=True))
-    args.append(2 * len(meta))
-    for name, value in meta.items():
-        args += [name, value]
-    return args
+        entries.append([item.entry_id, *item.fields])
+        if item.meta:
+            meta.update(zip(item.meta[::2], item.meta[1::2], strict=True))
+        renew = renew or item.renew
+    return [
+        fence,
+        first.after,
+        entries,
+        [value for field in meta.items() for value in field],
+        "1" if renew else "",
+    ]
 
 
 class Fenced(Exception):
@@ -394,11 +405,12 @@ class Lost(Exception):
         self.flagged = flagged
 
 
-@dataclass(frozen=True, slots=True)
-class Append:
+class Append(NamedTuple):
     """One log entry (or, with no ``entry_id``, meta fields alone) to write for a session
     this process owns; ``after`` is the id of this writer's entry before it (``''``: not
-    checked)."""
+    checked); ``renew``: renew the session's keys' TTL (a writer that wrote a session lately
+    may leave it out). A named tuple: one is made per chunk, and a frozen dataclass costs
+    three times as much to make."""
 
     session_id: str
     fence: str
@@ -406,6 +418,7 @@ class Append:
     fields: Sequence[str]
     meta: Sequence[str] = ()
     after: str = ""
+    renew: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -1043,10 +1056,16 @@ class RedisStore:
 
     async def release(self, user_id: str, session_id: str, owner: str) -> None:
         """A session ended: it no longer counts for its user or its owner."""
+        await self.release_all([(user_id, session_id)], owner)
+
+    async def release_all(self, sessions: Sequence[tuple[str, str]], owner: str) -> None:
+        """Sessions (``(user id, session id)``) ended: they no longer count for their users
+        or their owner; one round trip for all."""
         async with self._guard():
             pipe = self.redis.pipeline(transaction=False)
-            pipe.srem(f"user:{{{user_id}}}:live", session_id)
-            pipe.srem(f"proc:{{{owner}}}:sessions", session_id)
+            for user_id, session_id in sessions:
+                pipe.srem(f"user:{{{user_id}}}:live", session_id)
+            pipe.srem(f"proc:{{{owner}}}:sessions", *(session_id for _, session_id in sessions))
             await pipe.execute()
 
     async def put_session(self, session_id: str, meta: dict[str, str], owner: str, ttl_ms: int) -> None:
@@ -1149,12 +1168,13 @@ class RedisStore:
         ttl_ms: int,
     ) -> list[Any]:
         """``_APPEND``'s keys count, keys and arguments for the sessions of ``call``."""
-        keys: list[str] = []
-        args: list[Any] = [ttl_ms, "1" if self.link.cluster else ""]
-        for session_id, fence in call:
-            keys += [meta_key(session_id), log_key(session_id)]
-            args += _session_args(batch, groups[(session_id, fence)], fence)
-        return [len(keys), *keys, *args]
+        keys: list[Any] = [2 * len(call)]
+        parts = []
+        for group in call:
+            session_id, fence = group
+            keys += (f"stream:{{{session_id}}}:meta", f"stream:{{{session_id}}}:log")
+            parts.append(_session_part(batch, groups[group], fence))
+        return [*keys, ttl_ms, "1" if self.link.cluster else "", orjson.dumps(parts)]
 
     @staticmethod
     def _appended(
