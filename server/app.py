@@ -26,18 +26,16 @@ from server.settings import Settings
 from server.transports.collab_api import add_routes as add_collab_routes
 from server.transports.collab_api import collab_rooms_key
 from server.transports.http_api import (
-    Handler,
     add_routes,
     authenticator_key,
-    cors_middleware,
-    engineio_handshakes,
-    json_errors,
+    edge_middleware,
     manager_key,
     settings_key,
+    upgrades_key,
 )
 from server.transports.openapi import add_openapi_route
 from server.transports.ops_api import add_routes as add_ops_routes
-from server.transports.ops_api import draining_key, request_ids
+from server.transports.ops_api import draining_key
 from server.transports.sio_direct import DirectHub
 from server.transports.socket_api import SocketAPI
 from server.transports.sse_api import add_routes as add_sse_routes
@@ -46,8 +44,6 @@ from server.transports.ws_api import stream_socket, websockets_key
 log = logging.getLogger(__name__)
 
 sio_key = web.AppKey("sio", socketio.AsyncServer)
-#: Transports of upgraded (WebSocket) requests still being handled, aborted on shutdown.
-upgrades_key = web.AppKey("upgrades", set[asyncio.Transport])
 #: The AI peers of this process (``server.collab.peer``).
 collab_peers_key = web.AppKey("collab_peers", DocumentPeers)
 socket_api_key = web.AppKey("socket_api", SocketAPI)
@@ -74,14 +70,7 @@ def create_app(
     """
     settings = settings or Settings()
     app = web.Application(
-        middlewares=[
-            request_ids,
-            _track_upgrades,
-            cors_middleware(OriginPolicy(settings.cors_origins)),
-            json_errors,
-            # Last, so that its 429 goes through json_errors and CORS.
-            engineio_handshakes,
-        ],
+        middlewares=[edge_middleware(OriginPolicy(settings.cors_origins))],
         client_max_size=max(settings.max_body_bytes, settings.max_socket_message_bytes),
     )
     manager = StreamingSessionManager(settings, InMemorySessionRegistry(), providers)
@@ -169,27 +158,6 @@ def create_app(
     _add_frontend(app, settings)
     app.on_shutdown.append(_on_shutdown)
     return app
-
-
-@web.middleware
-async def _track_upgrades(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """WebSocket upgrades: remembered so shutdown can drop them, and offered no compression.
-
-    Frames are small JSON events: permessage-deflate costs CPU on each and saves little.
-    """
-    transport = request.transport
-    if transport is None or request.headers.get("Upgrade", "").lower() != "websocket":
-        return await handler(request)
-    if "Sec-WebSocket-Extensions" in request.headers:
-        headers = request.headers.copy()
-        del headers["Sec-WebSocket-Extensions"]
-        request = request.clone(headers=headers)
-    upgrades = request.app[upgrades_key]
-    upgrades.add(transport)
-    try:
-        return await handler(request)
-    finally:
-        upgrades.discard(transport)
 
 
 def _loopback(host: str) -> bool:

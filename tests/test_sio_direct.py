@@ -22,6 +22,9 @@ import pytest
 import socketio
 
 from server.app import direct_hub_key
+from server.core.models import encode_json
+from server.transports.sio_direct_viewer import DirectViewer, event_frame
+from server.transports.wire.websocket import websocket_text_frame
 from tests.helpers import (
     WAIT,
     LiveServer,
@@ -366,3 +369,58 @@ async def test_polling_and_direct_viewers_share_a_session(
     # python-socketio's polling client waits about 20 s for its last long-poll when it
     # disconnects gracefully; this test is not about that.
     await polling.eio.disconnect(abort=True)
+
+
+class FakeConnection:
+    """What a ``DirectViewer`` writes to, recorded."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def send_frame(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def queued(self) -> int:
+        return 0
+
+    def drop_namespace(self, namespace: str, *, stalled: bool) -> None:
+        raise AssertionError("not dropped here")
+
+
+@pytest.mark.parametrize("size", [1, 60, 200, 70_000])
+def test_event_frames_are_the_text_frames_of_the_packet(size: int) -> None:
+    """Built as bytes in one go: the same frame as the packet's text framed (each header size)."""
+    namespace = "/stream/3f2b8c1e-1111-4222-8333-444455556666"
+    prefix = f"42{namespace},"
+    chunk = {"content": "é" * size, "seq": 3, "metadata": {"tokens": 1}}
+    for event, payload in (("chunk", chunk), ("status", {"state": "streaming"})):
+        expected = websocket_text_frame(prefix + encode_json([event, payload]))
+        assert event_frame(prefix.encode(), event, payload) == expected
+        connection = FakeConnection()
+        viewer = DirectViewer(connection, namespace, "sid")
+        viewer.send(event, payload)  # held until released
+        assert connection.frames == []
+        viewer.release()
+        viewer.send(event, payload)
+        assert connection.frames == [expected, expected]
+
+
+def test_viewers_of_one_session_share_a_chunk_frame() -> None:
+    """A chunk sent to several viewers of one session is encoded once; another namespace,
+    or a new chunk, gets its own frame."""
+    chunk = {"content": "hello", "seq": 0, "metadata": {}}
+    connections = [FakeConnection() for _ in range(3)]
+    viewers = [DirectViewer(c, "/stream/a", f"sid{i}") for i, c in enumerate(connections)]
+    other = FakeConnection()
+    viewers.append(DirectViewer(other, "/stream/b", "sid3"))
+    for viewer in viewers:
+        viewer.release()
+        viewer.send("chunk", chunk)
+    frames = [c.frames[0] for c in connections]
+    assert frames[0] is frames[1] is frames[2]
+    assert other.frames[0] == websocket_text_frame("42/stream/b," + encode_json(["chunk", chunk]))
+    following = {"content": "hello", "seq": 1, "metadata": {}}
+    viewers[0].send("chunk", following)
+    assert connections[0].frames[1] == websocket_text_frame(
+        "42/stream/a," + encode_json(["chunk", following])
+    )

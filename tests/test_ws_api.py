@@ -117,3 +117,15 @@ async def test_ws_bad_last_seq_is_400(server, http, value):
     session_id = await create_session(http, server)
     async with http.get(f"{server.url}/ws/stream/{session_id}?lastSeq={value}") as resp:
         assert resp.status == 400 and "lastSeq" in (await resp.json())["error"]
+
+
+async def test_ws_upgrade_declines_compression_and_echoes_the_request_id(server, http):
+    """The upgrade goes through the same edge as every request: its id is echoed, and the
+    client's permessage-deflate offer is declined (frames are small JSON events)."""
+    session_id = await create_session(http, server)
+    async with http.ws_connect(
+        f"{server.url}/ws/stream/{session_id}", compress=15, headers={"X-Request-ID": "ws-upgrade-1"}
+    ) as ws:
+        assert ws.compress == 0
+        assert ws._response.headers["X-Request-ID"] == "ws-upgrade-1"
+        assert "Sec-WebSocket-Extensions" not in ws._response.headers

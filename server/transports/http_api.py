@@ -1,12 +1,14 @@
-"""HTTP routes: create, start, inspect and cancel sessions; health; JSON errors, CORS and
-the limits every connection is counted against (:mod:`server.guards.ratelimit`)."""
+"""HTTP routes: create, start, inspect and cancel sessions; health; what every request goes
+through first (request ids, CORS, JSON errors, upgrade tracking: :func:`edge_middleware`)
+and the limits every connection is counted against (:mod:`server.guards.ratelimit`)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -24,7 +26,6 @@ from server.core.models import (
     StartIn,
     StreamConfigIn,
     TargetIn,
-    encode_json,
     parse_resume,
     parse_session_id,
 )
@@ -42,6 +43,7 @@ from server.guards.auth import (
     may_edit_document,
     may_view,
 )
+from server.guards.logs import REQUEST_ID, SESSION, new_request_id, well_formed_request_id
 from server.guards.metrics import SESSIONS_BY_ACTION
 from server.guards.ratelimit import AddressCounter, limits_key
 from server.settings import Settings
@@ -55,6 +57,8 @@ authenticator_key = web.AppKey("authenticator", Authenticator)
 Model = TypeVar("Model", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+#: What ``web.Response(text=..., content_type="application/json")`` would say.
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 #: Where python-socketio serves Engine.IO (``sio.attach(app)``'s default).
 ENGINEIO_PATH = "/socket.io/"
 #: ``Retry-After`` of a connection refused for its address's count: connections have no
@@ -76,7 +80,7 @@ class ApiError(Exception):
 
 def json_response(body: object, status: int = 200) -> web.Response:
     """A JSON response encoded with orjson (``web.json_response`` uses the stdlib)."""
-    return web.Response(text=encode_json(body), status=status, content_type="application/json")
+    return web.Response(body=orjson.dumps(body), status=status, headers={"Content-Type": JSON_CONTENT_TYPE})
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -129,18 +133,130 @@ def acquire_connection(request: web.Request) -> ConnectionSlot:
 
 #: The slot an Engine.IO handshake holds: taken (popped) by the Engine.IO session it opens,
 #: which releases it when it ends (:class:`server.transports.socket_api.SocketAPI`), else released by
-#: :func:`engineio_handshakes` once the request is answered.
+#: :func:`edge_middleware` once the request is answered.
 engineio_slot_key = web.RequestKey("engineio_slot", ConnectionSlot)
+#: Transports of upgraded (WebSocket) requests still being handled, aborted on shutdown.
+upgrades_key = web.AppKey("upgrades", set[asyncio.Transport])
+
+REQUEST_ID_HEADER = "X-Request-ID"
 
 
-@web.middleware
-async def engineio_handshakes(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """New Engine.IO sessions of python-socketio (a ``GET /socket.io/`` without ``sid``, over
-    long-polling or WebSocket) are limited per client address, in rate
-    (``HANDSHAKE_RATE_PER_ADDRESS``) and in number open (``MAX_CONNECTIONS_PER_ADDRESS``):
-    429 before python-engineio builds anything. Requests of an open session pass."""
+def edge_middleware(policy: OriginPolicy) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """What every HTTP request goes through before its route, as one middleware (each
+    layer of aiohttp's chain costs a call and a coroutine per request). In order:
+
+    - its request id: its well-formed ``X-Request-ID``, else a new one, which its log
+      lines carry and its response echoes; lines about a route's session carry that
+      session's short id (``docs/operations.md``);
+    - CORS: requests from origins ``policy`` does not allow are refused (403, before
+      anything runs: HTTP, SSE, WebSocket upgrades and python-socketio alike), the
+      allowed ones' preflights answered and their responses marked;
+    - WebSocket upgrades: remembered (:data:`upgrades_key`) so that shutdown can drop
+      them, and offered no compression (frames are small JSON events: permessage-deflate
+      costs CPU on each and saves little);
+    - JSON errors: every error is ``{"error": ...}``; a 500 never leaks a trace or a
+      secret;
+    - new Engine.IO sessions of python-socketio (a ``GET /socket.io/`` without ``sid``,
+      over long-polling or WebSocket) are limited per client address, in rate
+      (``HANDSHAKE_RATE_PER_ADDRESS``) and in number open (``MAX_CONNECTIONS_PER_ADDRESS``):
+      429 (a JSON error, with CORS) before python-engineio builds anything.
+    """
+    any_origin = policy.any
+
+    @web.middleware
+    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        headers = request.headers
+        incoming = headers.get(REQUEST_ID_HEADER)
+        request_id = incoming if well_formed_request_id(incoming) else new_request_id()
+        session_id = parse_session_id(request.match_info.get("session_id"))
+        id_token = REQUEST_ID.set(request_id)
+        session_token = SESSION.set(short_id(session_id) if session_id else None)
+        try:
+            origin = headers.get("Origin")
+            if origin is not None and not policy.allows(origin, request.host):
+                return _tagged(error_response(403, "Origin not allowed"), request_id)
+            if (
+                origin is not None
+                and request.method == "OPTIONS"
+                and "Access-Control-Request-Method" in headers
+            ):
+                response: web.StreamResponse = _preflight(headers)
+            else:
+                transport = request.transport
+                upgrade = headers.get("Upgrade")
+                upgrades = None
+                if transport is not None and upgrade is not None and upgrade.lower() == "websocket":
+                    if "Sec-WebSocket-Extensions" in headers:
+                        stripped = headers.copy()
+                        del stripped["Sec-WebSocket-Extensions"]
+                        request = request.clone(headers=stripped)
+                    upgrades = request.app[upgrades_key]
+                    upgrades.add(transport)
+                try:
+                    if request.method == "GET" and request.path == ENGINEIO_PATH:
+                        response = await _engineio_handshake(request, handler)
+                    else:
+                        response = await handler(request)
+                except Exception as exc:
+                    response = _error_answer(request, exc)
+                finally:
+                    if upgrades is not None:
+                        upgrades.discard(transport)
+            if origin is not None and not response.prepared:
+                response.headers["Access-Control-Allow-Origin"] = "*" if any_origin else origin
+                response.headers["Vary"] = "Origin"
+        except web.HTTPException as exc:
+            exc.headers[REQUEST_ID_HEADER] = request_id
+            raise
+        finally:
+            SESSION.reset(session_token)
+            REQUEST_ID.reset(id_token)
+        return _tagged(response, request_id)
+
+    return edge
+
+
+def _tagged(response: web.StreamResponse, request_id: str) -> web.StreamResponse:
+    """The response echoes the request id (one prepared inside its handler, SSE or a
+    WebSocket upgrade, got it then: ``server.transports.ops_api``)."""
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+def _preflight(headers: Mapping[str, str]) -> web.Response:
+    response = web.Response(status=204)
+    response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+    response.headers["Access-Control-Allow-Headers"] = headers.get(
+        "Access-Control-Request-Headers", "Content-Type"
+    )
+    response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
+def _error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """An error as JSON (``HTTPException`` below 400, a redirect, is raised again)."""
+    if isinstance(exc, ApiError):
+        response = error_response(exc.status, exc.message)
+        response.headers.update(exc.headers)
+        return response
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        response = error_response(exc.status, exc.reason)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    if isinstance(exc, StoreUnavailable):
+        return error_response(503, str(exc))
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, "Internal server error")
+
+
+async def _engineio_handshake(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request to python-socketio: a new Engine.IO session is limited per address."""
     # A blank ``sid=`` is no sid to python-engineio (it parses with parse_qs): a handshake.
-    if request.method != "GET" or request.path != ENGINEIO_PATH or request.query.get("sid"):
+    if request.query.get("sid"):
         return await handler(request)
     wait = request.app[limits_key].handshakes_per_address.take(client_address(request))
     if wait:
@@ -156,60 +272,6 @@ async def engineio_handshakes(request: web.Request, handler: Handler) -> web.Str
             slot.release()
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error is ``{"error": ...}``; a 500 never leaks a trace or a secret."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        response = error_response(exc.status, exc.message)
-        response.headers.update(exc.headers)
-        return response
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        response = error_response(exc.status, exc.reason)
-        if "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
-        return response
-    except StoreUnavailable as exc:
-        return error_response(503, str(exc))
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "Internal server error")
-
-
-def cors_middleware(policy: OriginPolicy) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Refuse requests from origins the policy does not allow (403, before anything runs:
-    HTTP, SSE, WebSocket upgrades and python-socketio alike); answer the allowed ones'
-    preflights and mark their responses."""
-
-    @web.middleware
-    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        if not policy.allows(origin, request.host):
-            return error_response(403, "Origin not allowed")
-        if (
-            origin is not None
-            and request.method == "OPTIONS"
-            and "Access-Control-Request-Method" in request.headers
-        ):
-            response: web.StreamResponse = web.Response(status=204)
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = request.headers.get(
-                "Access-Control-Request-Headers", "Content-Type"
-            )
-            response.headers["Access-Control-Max-Age"] = "600"
-        else:
-            response = await handler(request)
-        if origin is not None and not response.prepared:
-            response.headers["Access-Control-Allow-Origin"] = "*" if policy.any else origin
-            response.headers["Vary"] = "Origin"
-        return response
-
-    return cors
-
-
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
@@ -218,15 +280,19 @@ def _describe(exc: ValidationError) -> str:
     return "Invalid request: " + "; ".join(parts)
 
 
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"Request body too large (limit {limit} bytes)")
+
+
 async def read_body(request: web.Request, model: type[Model]) -> Model:
     """Parse and validate a JSON body, raising the right 4xx for each way it can be bad."""
     limit = request.app[settings_key].max_body_bytes
-    too_large = ApiError(413, f"Request body too large (limit {limit} bytes)")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
+    length = request.content_length
+    if length is not None and length > limit:
+        raise _too_large(limit)
     raw = await request.content.read(limit + 1)
     if len(raw) > limit:
-        raise too_large
+        raise _too_large(limit)
     try:
         data: Any = orjson.loads(raw) if raw.strip() else None
     except ValueError:

@@ -1,5 +1,7 @@
-"""Operations over HTTP: ``GET /readyz``, ``GET /metrics`` and the request id of every
-HTTP request (``docs/operations.md``). ``GET /healthz`` (liveness) is in ``http_api``."""
+"""Operations over HTTP: ``GET /readyz``, ``GET /metrics`` and the request id of streamed
+responses (``docs/operations.md``; every other response gets it from
+:func:`server.transports.http_api.edge_middleware`). ``GET /healthz`` (liveness) is in
+``http_api``."""
 
 from __future__ import annotations
 
@@ -11,40 +13,19 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from server.core.models import parse_session_id
-from server.core.session_view import short_id
-from server.guards.logs import REQUEST_ID, SESSION, new_request_id, well_formed_request_id
-from server.transports.http_api import Handler, error_response, json_response, manager_key, settings_key
+from server.guards.logs import REQUEST_ID
+from server.transports.http_api import (
+    REQUEST_ID_HEADER,
+    error_response,
+    json_response,
+    manager_key,
+    settings_key,
+)
 
 #: Set once shutdown has begun: ``/readyz`` answers 503 from then on.
 draining_key = web.AppKey("draining", asyncio.Event)
 #: What ``GET /metrics`` reads (:func:`server.guards.metrics.build_registry`).
 registry_key = web.AppKey("metrics_registry", CollectorRegistry)
-
-REQUEST_ID_HEADER = "X-Request-ID"
-
-
-@web.middleware
-async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give the request an id (its well-formed ``X-Request-ID``, else a new one) that its
-    log lines carry and its response echoes; lines about a route's session carry that
-    session's short id."""
-    incoming = request.headers.get(REQUEST_ID_HEADER)
-    request_id = incoming if well_formed_request_id(incoming) else new_request_id()
-    session_id = parse_session_id(request.match_info.get("session_id"))
-    id_token = REQUEST_ID.set(request_id)
-    session_token = SESSION.set(short_id(session_id) if session_id else None)
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        exc.headers[REQUEST_ID_HEADER] = request_id
-        raise
-    finally:
-        SESSION.reset(session_token)
-        REQUEST_ID.reset(id_token)
-    if not response.prepared:
-        response.headers[REQUEST_ID_HEADER] = request_id
-    return response
 
 
 async def _request_id_on_prepare(request: web.Request, response: web.StreamResponse) -> None:

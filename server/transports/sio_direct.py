@@ -243,6 +243,10 @@ class SioConnection(ConnectionLimits, Pinged, asyncio.Protocol):
         """One Engine.IO packet (``text`` starts with its type) in one text frame."""
         self._write(ws_wire.websocket_text_frame(text))
 
+    #: One whole frame, built by the caller (a viewer's events:
+    #: :func:`server.transports.sio_direct_viewer.event_frame`).
+    send_frame = _write
+
     def _send_close(self, code: int) -> None:
         """A close frame, then the TCP close once it is flushed."""
         self._write(ws_wire.close_frame(code))

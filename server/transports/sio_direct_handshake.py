@@ -29,6 +29,8 @@ def direct_handshake(head: bytes, origins: ws_wire.OriginCheck | None) -> ws_wir
     from long-polling, a missing or odd handshake header, an origin not allowed) gets
     ``None``: aiohttp and python-engineio then serve or refuse it as they always do.
     """
+    if not head.startswith(b"GET /socket.io"):
+        return None  # an HTTP request (most connections): not worth parsing
     handshake = ws_wire.parse_handshake(head)
     if handshake is None or handshake.path not in SOCKETIO_PATHS:
         return None

@@ -5,7 +5,7 @@ malformed payload changes nothing and never affects other clients.
 
 On python-socketio's path each Engine.IO session (long-polling, or WebSocket) also counts
 against its client's limits: one open connection for its address until it ends (taken
-over from :func:`server.transports.http_api.engineio_handshakes`), a rate of messages
+over from :func:`server.transports.http_api.edge_middleware`), a rate of messages
 (``SOCKET_MESSAGE_RATE``: an event or namespace CONNECT over it gets ``{ok: false,
 error}`` or CONNECT_ERROR and does nothing else), and ``HANDSHAKE_TIMEOUT`` to connect a
 namespace, after which it is closed.

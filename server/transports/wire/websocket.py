@@ -48,14 +48,22 @@ class Violation:
 def websocket_text_frame(text: str) -> bytes:
     """One unmasked, final, uncompressed text frame, server to client."""
     payload = text.encode()
-    size = len(payload)
+    return text_frame_header(len(payload)) + payload
+
+
+def text_frame_header(size: int) -> bytes:
+    """The header of an unmasked, final, uncompressed text frame of ``size`` bytes, server
+    to client (the UTF-8 payload follows it)."""
     if size < 126:
-        header = bytes((0x81, size))
-    elif size < 1 << 16:
-        header = struct.pack("!BBH", 0x81, 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, size)
-    return header + payload
+        return _SHORT_HEADERS[size]
+    if size < 1 << 16:
+        return _pack_medium(0x81, 126, size)
+    return _pack_long(0x81, 127, size)
+
+
+_SHORT_HEADERS = tuple(bytes((0x81, size)) for size in range(126))
+_pack_medium = struct.Struct("!BBH").pack
+_pack_long = struct.Struct("!BBQ").pack
 
 
 def control_frame(opcode: int, payload: bytes = b"") -> bytes:
