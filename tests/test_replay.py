@@ -124,17 +124,20 @@ async def finished(http, server, sio_clients, **config) -> tuple[str, dict]:
 
 
 async def test_same_epoch_resumes_after_last_seq(server, http, sio_clients):
-    session_id, status = await finished(http, server, sio_clients, maxTokens=40, tokensPerSecond=100)
+    session_id, status = await finished(http, server, sio_clients, maxTokens=40, tokensPerSecond=40)
+    # A loop that runs late makes fewer, larger chunks: resume inside the log however many.
+    assert status["chunks"] >= 2
+    last_seq = min(3, status["chunks"] - 2)
     client = sio_clients()
     namespace = f"/stream/{session_id}"
     viewer = record_events(client, namespace)
-    auth = {"lastSeq": 3, "epoch": status["epoch"]}
+    auth = {"lastSeq": last_seq, "epoch": status["epoch"]}
     await client.connect(
         server.url, namespaces=[namespace], transports=["websocket"], auth=auth, wait_timeout=WAIT
     )
     await viewer.wait_finished()
     assert viewer.resets == []
-    assert viewer.seqs == list(range(4, status["chunks"]))
+    assert viewer.seqs == list(range(last_seq + 1, status["chunks"]))
 
 
 @pytest.mark.parametrize("auth", [{"lastSeq": 3, "epoch": "another"}, {"lastSeq": 10_000}])
