@@ -37,6 +37,12 @@ def _dig(value: Any, path: tuple[str, ...]) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def _mean(runs: list[dict[str, Any]], path: tuple[str, ...]) -> float | None:
+    values = [_dig(r, path) for r in runs]
+    found = [v for v in values if v is not None]
+    return sum(found) / len(found) if found and len(found) == len(values) else None
+
+
 def figures(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     """The headline figures of a run of bench/run.py (``results[scenario]["ours"]``), and
     the ratio to the peer where the peer ran too."""
@@ -50,6 +56,13 @@ def figures(results: dict[str, dict[str, Any]]) -> dict[str, float]:
         peer = _dig(entry.get("peer"), path)
         if peer:
             out[f"{name}, ours/peer"] = round(ours / peer, 3)
+    # ``--baseline``: the means over its alternating runs, ours over the older commit's.
+    vs = results.get("vs") or {}
+    for name, scenario, path, _ in HEADLINES:
+        runs = vs.get(scenario) or {}
+        ours, base = _mean(runs.get("ours", []), path), _mean(runs.get("baseline", []), path)
+        if ours is not None and base:
+            out[f"{name}, ours/{vs['rev']}"] = round(ours / base, 3)
     return out
 
 
@@ -79,7 +92,7 @@ def record(values: dict[str, float], commit: str, date: str) -> list[str]:
         if old is None:
             lines.append(f"{name}: {value:g}")
             continue
-        higher = better.get(name.removesuffix(", ours/peer"), True)
+        higher = better.get(name.split(", ours/")[0], True)
         change = (value - old) / old if old else 0.0
         worse = change < -0.05 if higher else change > 0.05
         mark = "  <- WORSE" if worse else ""

@@ -81,6 +81,10 @@ H_DEPLOYMENTS = (
 #: (i): OWNER_LEASE_SECONDS values measured (5 is the default); a row each.
 I_LEASES = (5.0, 1.0)
 I_TARGET_LEASES = 2.0  # (i): the longest takeover < this many leases
+#: ``--baseline``: rounds of (b) and (c) on each tree, alternating.
+BASELINE_ROUNDS = 3
+#: Issue 20: (b) at least this many times the peer's content throughput.
+B_PEER_RATIO = 3.0
 
 
 def log(*parts: object) -> None:
@@ -155,8 +159,15 @@ class Server:
     """One fresh server process (ours or the peer), stopped on exit."""
 
     def __init__(
-        self, kind: str, pinning: bool, workdir: Path, settings: dict[str, str] | None = None
+        self,
+        kind: str,
+        pinning: bool,
+        workdir: Path,
+        settings: dict[str, str] | None = None,
+        root: Path | None = None,
     ) -> None:
+        """``root``: our server from another tree (``--baseline``: a worktree of an older
+        commit, run on this venv), instead of this one."""
         self.kind = kind
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -169,7 +180,7 @@ class Server:
                 MAX_SESSIONS_PER_USER="100",
                 LOG_LEVEL="warning",
                 SHUTDOWN_TIMEOUT="1",
-                PYTHONPATH=str(ROOT),
+                PYTHONPATH=str(root or ROOT),
                 # Every client of a run is on 127.0.0.1: the per-address limits (issue 12)
                 # would refuse most of it.
                 MAX_CONNECTIONS_PER_ADDRESS="100000",
@@ -186,7 +197,7 @@ class Server:
         else:
             cmd = ["node", str(PEER), *host_port]
             env["NODE_ENV"] = "production"
-        self.log_path = workdir / f"{kind}-{self.port}.log"
+        self.log_path = workdir / f"{kind if root is None else 'baseline'}-{self.port}.log"
         self._log = self.log_path.open("wb")
         # cwd is a scratch directory so that a developer's .env does not change the run.
         self.proc = subprocess.Popen(
@@ -400,6 +411,9 @@ class Bench:
     workdir: Path
     extra: dict[str, Any] = field(default_factory=dict)  # passed to every load generator run
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``--baseline``: the commit and a worktree of it, whose server (b) and (c) run beside ours.
+    baseline: tuple[str, Path] | None = None
+    baseline_rounds: int = BASELINE_ROUNDS
 
     def one(
         self, kind: str, label: str, timeout: float, deploy: Deploy | None = None, **params: Any
@@ -588,6 +602,46 @@ class Bench:
 
                 self.results["h"][name] = self.search("ours", deploy)
                 log(f"  -> {name}: {self.results['h'][name]['sessions']} sessions")
+
+    def vs(self) -> None:
+        """(b) and (c) on our server at ``--baseline``'s commit and at this tree, alternating
+        round by round, so that a regression shows as a ratio measured in one run."""
+        if self.baseline is None:
+            return
+        rev, tree = self.baseline
+        s = self.sizes
+        plans = {
+            "b": (
+                60 + s.b_sessions * s.b_tokens / 1000,
+                {"mode": "stream", "sessions": s.b_sessions, "tokens": s.b_tokens, "tps": 0},
+            ),
+            "c": (
+                60 + 2 * s.c_tokens / TPS + s.c_sessions / 50,
+                {
+                    "mode": "stream",
+                    "sessions": s.c_sessions,
+                    "tokens": s.c_tokens,
+                    "tps": TPS,
+                    "ramp": s.ramp,
+                    "stream_timeout": paced_limit(s.c_tokens, s.ramp),
+                },
+            ),
+        }
+        entry: dict[str, Any] = {"rev": rev, "rounds": self.baseline_rounds}
+        for key, (timeout, params) in plans.items():
+            runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "ours": []}
+            for n in range(self.baseline_rounds):
+                for kind, root in (("baseline", tree), ("ours", None)):
+                    log(f"scenario {key} against {rev}, round {n + 1}: {kind}")
+
+                    def deploy(root: Path | None = root) -> Server:
+                        return Server("ours", self.pinning, self.workdir, root=root)
+
+                    r = self.one(kind, f"vs{key}{n}", timeout, deploy, **params)
+                    runs[kind].append(r)
+                    log(f"  -> {brief(r)}")
+            entry[key] = runs
+        self.results["vs"] = entry
 
     def search(self, kind: str, deploy: Deploy | None = None) -> dict[str, Any]:
         """Double from d_start until a trial fails, then bisect; bounded in trials and time."""
@@ -854,6 +908,35 @@ def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
             verdict(ok),
         )
     )
+    o, p = both("b")
+    oc, pc = get(o, "charsPerSec"), get(p, "charsPerSec")
+    if oc is not None and pc is not None:
+        rows.append(
+            (
+                f"(b) our content throughput >= {B_PEER_RATIO:g}x the peer's (issue 20)",
+                ratio(oc, pc),
+                verdict(oc >= B_PEER_RATIO * pc),
+            )
+        )
+    vs = res.get("vs")
+    if vs:
+        rev = vs["rev"]
+        ours, base = vs_mean(vs, "b", "charsPerSec")
+        rows.append(
+            (
+                f"(b) content throughput >= {rev}'s (mean of {vs['rounds']} alternating runs)",
+                f"{fmt_num(ours)} vs {fmt_num(base)} chars/s ({ratio(ours, base)})",
+                verdict(None if ours is None or base is None else ours >= base),
+            )
+        )
+        ours, base = vs_mean(vs, "c", "serverCpuSeconds")
+        rows.append(
+            (
+                f"(c) server CPU <= {rev}'s (mean of {vs['rounds']} alternating runs)",
+                f"{fmt_num(ours, 2)} vs {fmt_num(base, 2)} s ({ratio(ours, base)})",
+                verdict(None if ours is None or base is None else ours <= base),
+            )
+        )
     i_rows = get(res, "i", "leases") or []
     ok = None if not i_rows else all(r.get("targetMet") for r in i_rows)
     rows.append(
@@ -870,6 +953,54 @@ def targets(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
         )
     )
     return rows
+
+
+def vs_mean(vs: dict[str, Any], key: str, name: str) -> tuple[float | None, float | None]:
+    """The mean of ``name`` over the ``--baseline`` runs of scenario ``key``: ours, baseline's
+    (None when a run failed)."""
+
+    def mean(kind: str) -> float | None:
+        values = [get(r, name) for r in vs.get(key, {}).get(kind, [])]
+        if not values or any(v is None or isinstance(v, bool) for v in values):
+            return None
+        return sum(values) / len(values)
+
+    return mean("ours"), mean("baseline")
+
+
+def vs_section(vs: dict[str, Any]) -> list[str]:
+    """The ``--baseline`` runs, one row per run."""
+    rev = vs["rev"]
+    lines = [
+        f"## Against {rev} in the same run: (b) and (c), alternating",
+        "",
+        f"Our server at commit {rev} (a git worktree, this venv) and at this tree, each on a fresh "
+        "process pinned like the rest, the two alternating round by round.",
+        "",
+        "| scenario | round | tree | chars/s | chunks | server CPU, s | chunk p99, ms | completed |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for key in "bc":
+        runs = vs.get(key) or {}
+        for n in range(vs["rounds"]):
+            for kind, label in (("baseline", rev), ("ours", "this tree")):
+                r = (runs.get(kind) or [{}] * (n + 1))[n]
+                lines.append(
+                    f"| ({key}) | {n + 1} | {label} | {fmt_num(get(r, 'charsPerSec'))} | "
+                    f"{fmt_num(get(r, 'chunks'))} | {fmt_num(get(r, 'serverCpuSeconds'), 2)} | "
+                    f"{fmt_num(get(r, 'latencyMs', 'p99'))} | {fmt_num(get(r, 'completed'))} |"
+                )
+    means: list[str] = []
+    for key, name, digits, label in (
+        ("b", "charsPerSec", 0, "(b) chars/s"),
+        ("c", "serverCpuSeconds", 2, "(c) server CPU, s"),
+    ):
+        ours, base = vs_mean(vs, key, name)
+        means.append(
+            f"- {label}, mean: this tree {fmt_num(ours, digits)}, {rev} {fmt_num(base, digits)} "
+            f"({ratio(ours, base)})"
+        )
+    return [*lines, "", *means]
 
 
 STREAM_ROWS: list[tuple[str, tuple[str, ...], str, Any]] = [
@@ -993,6 +1124,8 @@ def render(
         else:
             lines += scenario_table(entry, STREAM_ROWS)
         lines.append("")
+    if res.get("vs"):
+        lines += [*vs_section(res["vs"]), ""]
     extensions = {
         k: get(res, s, k, "wsExtensions")
         for s in res
@@ -1258,6 +1391,12 @@ def main(argv: list[str] | None = None) -> int:
         help="viewers do not offer permessage-deflate (socket.io-client and browsers do by default)",
     )
     ap.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run (b) and (c) on our server at commit REV (a git worktree), alternating with "
+        f"this tree, {BASELINE_ROUNDS} rounds each (make bench: BENCH_BASELINE, default 2ed2b33)",
+    )
+    ap.add_argument(
         "--set",
         action="append",
         default=[],
@@ -1329,14 +1468,36 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         bench = Bench(sizes, servers, pinning, Path(tmp), {"deflate": 0} if args.no_deflate else {})
+        if args.baseline and "ours" in servers:
+            tree = Path(tmp) / "baseline"
+            made = subprocess.run(
+                ["git", "worktree", "add", "--detach", str(tree), args.baseline],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if made.returncode == 0:
+                bench.baseline = (args.baseline, tree)
+            else:
+                notes.append(f"--baseline {args.baseline}: no worktree ({made.stderr.strip()[-300:]}).")
         if args.no_deflate:
             notes.append("Run with --no-deflate: viewers did not offer permessage-deflate.")
         try:
             for key in ALL_SCENARIOS:
                 if key in scenarios:
                     getattr(bench, key)()
+            bench.vs()
         except KeyboardInterrupt:
             notes.append("Interrupted: the results are partial.")
+        finally:
+            if bench.baseline is not None:
+                subprocess.run(
+                    ["git", "worktree", "remove", "--force", str(bench.baseline[1])],
+                    cwd=ROOT,
+                    capture_output=True,
+                    check=False,
+                )
         logs = {
             p.name: p.read_text(errors="replace")[-3000:]
             for p in Path(tmp).glob("*.log")
