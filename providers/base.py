@@ -6,6 +6,7 @@ provider module translates its SDK's exceptions into :class:`ProviderError` once
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -184,3 +185,20 @@ class ProviderSettings:
     request_timeout: float = 60.0
     max_retries: int = 2
     demo_tokens_per_second: float = 40.0
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
+    """Sleep until ``loop.time()`` reaches ``when``: ``asyncio.sleep`` on a loop already at
+    hand. ``asyncio.sleep`` looks the running loop up, a ``getpid()`` system call in CPython
+    3.11, and a paced stream sleeps once per token (the demo) or per chunk (the pump)."""
+    future = loop.create_future()
+    handle = loop.call_at(when, _wake, future)
+    try:
+        await future
+    finally:
+        handle.cancel()

@@ -14,7 +14,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from providers.base import AIChunk, StreamConfig, Task, Usage
+from providers.base import AIChunk, StreamConfig, Task, Usage, sleep_until
 from providers.demo_actions import answer
 
 DEFAULT_TOKENS_PER_SECOND = 40.0
@@ -192,7 +192,7 @@ class DemoProvider:
                         batch = []
                         now = loop.time()
                     if due > now:
-                        await _sleep_until(loop, due)
+                        await sleep_until(loop, due)
                         now = loop.time()
                 batch.append(token)
             if batch:
@@ -209,20 +209,3 @@ class DemoProvider:
 
 
 _METADATA = {"provider": "demo", "model": "demo", "demo": True}
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
-    """Sleep until ``loop.time()`` reaches ``when``: ``asyncio.sleep`` on a loop already at
-    hand (``asyncio.sleep`` looks the running loop up, a ``getpid()`` system call in
-    CPython 3.11, and a paced stream sleeps once per token)."""
-    future = loop.create_future()
-    handle = loop.call_at(when, _wake, future)
-    try:
-        await future
-    finally:
-        handle.cancel()

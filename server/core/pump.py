@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from providers.base import AIChunk, AIProvider, ProviderError, StreamConfig, Usage
+from providers.base import AIChunk, AIProvider, ProviderError, StreamConfig, Usage, sleep_until
 from server.core.emitter import ChunkEmitter, FlowLimits
 
 __all__ = ["ProviderPump"]
@@ -32,22 +32,6 @@ def _well_formed(item: object) -> bool:
         and (item.finish_reason is None or isinstance(item.finish_reason, str))
         and (item.checkpoint is None or isinstance(item.checkpoint, dict))
     )
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-async def _sleep(loop: asyncio.AbstractEventLoop, delay: float) -> None:
-    """``asyncio.sleep(delay)`` on a loop already at hand: ``asyncio.sleep`` looks the
-    running loop up, a ``getpid()`` system call in CPython 3.11, and this is per chunk."""
-    future = loop.create_future()
-    handle = loop.call_later(delay, _wake, future)
-    try:
-        await future
-    finally:
-        handle.cancel()
 
 
 def _never() -> bool:
@@ -128,9 +112,9 @@ class ProviderPump:
         first = True
         while True:
             if batching and pacer.interval > pacer.base:
-                wait = emitter.last_flush + pacer.interval - loop.time()
-                if wait > 0:
-                    await _sleep(loop, wait)
+                due = emitter.last_flush + pacer.interval
+                if due > loop.time():
+                    await sleep_until(loop, due)
             while not (self._streaming() and emitter.pending_chars < max_pending):
                 self._gate.clear()
                 await self._gate.wait()
