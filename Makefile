@@ -59,9 +59,6 @@ test-frontend: $(FRONTEND_STAMP)
 # Two workers for most suites, then the ones that measure time or memory alone
 # (tests/conftest.py SERIAL).
 PYTEST_WORKERS ?= 2
-# `make bench` also runs (b) and (c) on our server at this commit, alternating with this
-# tree (issue 20's targets compare against it in the same run); empty to skip.
-BENCH_BASELINE ?= 2ed2b33
 test-python: $(STAMP) $(FRONTEND_BUILD)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not serial"
 	$(BIN)/python -m pytest -q -m serial
@@ -86,6 +83,9 @@ format: $(STAMP)
 	$(BIN)/ruff format server providers tests bench deploy
 	$(BIN)/ruff check --fix .
 
+# `make bench` also runs (b) and (c) on our server at this commit, alternating with this
+# tree (issue 20's targets compare against it in the same run); empty to skip.
+BENCH_BASELINE ?= 2ed2b33
 bench: install
 	bash bench/run.sh $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
 	$(BIN)/python bench/autocomplete.py --write
