@@ -175,25 +175,26 @@ class StreamingSessionManager:
     async def create_session(self, user_id: str, config: StreamConfig) -> StreamingSession:
         """A new session owned by this process; :class:`TooManySessions` over the user's quota
         (counted across every process in Redis mode)."""
-        too_many = TooManySessions(
-            f"Too many live sessions for this user (limit {self.settings.max_sessions_per_user})"
-        )
         if self.closing:
             raise ShuttingDown("The server is shutting down")
         if self.log_budget.full:
             RATE_LIMITED.labels(scope="log_bytes").inc()
             raise LogsFull("The server holds as much session text as it may (MAX_LOG_BYTES); try again later")
         if self.cluster is None and self.registry.live_count(user_id) >= self.settings.max_sessions_per_user:
-            RATE_LIMITED.labels(scope="sessions_per_user").inc()
-            raise too_many
+            raise self._too_many()
         session = self.new_session(str(uuid.uuid4()), user_id, config)
         if self.cluster is not None and not await self.cluster.register(session):
-            RATE_LIMITED.labels(scope="sessions_per_user").inc()
-            raise too_many
+            raise self._too_many()
         self.registry.add(session)
         label = short_id(session.id)
         log.info("session %s: created (provider %s)", label, config.provider, extra={"session": label})
         return session
+
+    def _too_many(self) -> TooManySessions:
+        RATE_LIMITED.labels(scope="sessions_per_user").inc()
+        return TooManySessions(
+            f"Too many live sessions for this user (limit {self.settings.max_sessions_per_user})"
+        )
 
     def get_session(self, session_id: str) -> StreamingSession | None:
         """A session this process runs (every session, in one process)."""

@@ -19,7 +19,7 @@ from providers.base import StreamConfig, Usage
 from server.core.chunklog import ChunkLog, LogBudget
 from server.core.emitter import Payload, Viewer, ViewerSet
 from server.core.prompting import Conversation
-from server.guards.metrics import JOINS
+from server.guards.metrics import JOIN_KINDS, JOINS
 
 __all__ = [
     "TERMINAL_STATES",
@@ -28,6 +28,10 @@ __all__ = [
     "SessionView",
     "short_id",
 ]
+
+
+#: ``JOINS``'s child of each kind, looked up once (``labels()`` costs more than the count).
+_JOINS_BY_KIND = {kind: JOINS.labels(kind=kind) for kind in JOIN_KINDS}
 
 
 class SessionState(StrEnum):
@@ -162,7 +166,7 @@ class SessionView:
         else:
             start = last_seq + 1
             kind = "resume"
-        JOINS.labels(kind=kind).inc()
+        _JOINS_BY_KIND[kind].inc()
         for chunk in self.chunks.iter_from(start):
             viewer.send("chunk", chunk)
         if self._terminal_event is not None:
