@@ -50,7 +50,8 @@ def one(
     lat = result.get("latencyMs") or {}
     log(
         f"  {mode}: server CPU {result.get('serverCpuSeconds')} s, redis CPU {result['redisCpuSeconds']} s, "
-        f"p99 {lat.get('p99')} ms, completed {result.get('completed')}/{sessions}, "
+        f"p99 {lat.get('p99')} ms, chunks {result.get('chunks')}, "
+        f"completed {result.get('completed')}/{sessions}, "
         f"gaps {result.get('gaps')} dups {result.get('duplicates')}"
     )
     return result

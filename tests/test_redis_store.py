@@ -142,6 +142,8 @@ async def test_batches_in_flight_keep_each_session_in_order(store, monkeypatch):
         return results
 
     monkeypatch.setattr(store, "append", slow_append)
+    # Through the client only (tests/test_redis_append_wire.py: the append's own connection).
+    monkeypatch.setattr(store, "send_append", lambda batch, ttl_ms, answered: False)
     ended: list[str] = []
 
     async def finished(sessions):

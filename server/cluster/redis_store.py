@@ -35,13 +35,16 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
+import hiredis
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -798,6 +801,10 @@ class RedisLink:
         self._released = asyncio.Event()
         loop.call_later(HOLD_SECONDS, self._released.set)
 
+    def is_ready(self) -> bool:
+        """No promotion is in progress (:meth:`ready` would return at once)."""
+        return self._released.is_set()
+
     async def ready(self) -> None:
         """Return at once, or when a promotion in progress is over (:meth:`_hold`)."""
         if not self._released.is_set():
@@ -987,6 +994,98 @@ def stream_reads(
     return BlockingReads(client, wake_key, wake_ttl_ms)
 
 
+# -- the append's own connection ---------------------------------------------------------
+
+#: How long after a failure of the append's own connection it is opened again (meanwhile
+#: appends take the client's connections).
+WIRE_RETRY_SECONDS = 1.0
+
+#: What :meth:`RedisStore.send_append` calls with the replies of its call, or ``None``
+#: when there are none to trust (the connection failed or timed out).
+Answered = Callable[[list[Any] | None], None]
+
+
+class _AppendWire(asyncio.Protocol):
+    """A connection to the primary for appends only, opened by redis-py (address, TLS,
+    password, database) and then read here: each reply is parsed as it arrives and handed
+    to its caller in the loop callback that reads it. Through redis-py's connection the
+    reply wakes a task, which runs one loop turn later; on a busy loop a turn is tens of
+    milliseconds, and every chunk waits for it (issue 20).
+
+    Calls are pipelined and answered in order. Anything unusual (the connection closed or
+    reset, no reply within ``timeout``, a reply that cannot be parsed) closes it and
+    answers every call still waiting with ``None``: its caller sends them again through
+    redis-py, whose errors and retries then apply."""
+
+    def __init__(self, timeout: float, generation: int) -> None:
+        self.timeout = timeout
+        #: The primary's generation (:attr:`RedisLink.generation`) it was opened under.
+        self.generation = generation
+        self.transport: asyncio.Transport | None = None
+        #: redis-py's connection that opened it: kept, since redis-py closes the transport
+        #: of a connection it collects.
+        self.connection: object = None
+        self._reader = hiredis.Reader(replyError=ResponseError, encoding="utf-8")
+        #: Calls sent and not answered: when sent (loop time), how many replies, the callback.
+        self._waiting: deque[tuple[float, int, Answered]] = deque()
+        self._replies: list[Any] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def send(self, data: bytes, replies: int, answered: Answered) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        self.transport.write(data)
+        self._waiting.append((loop.time(), replies, answered))
+        if self._timer is None:
+            self._timer = loop.call_later(self.timeout, self._check)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        try:
+            reader.feed(data)
+            while (reply := reader.gets()) is not False:
+                replies = self._replies
+                replies.append(reply)
+                if not self._waiting:
+                    raise ValueError("a reply that no call waits for")
+                if len(replies) == self._waiting[0][1]:
+                    answered = self._waiting.popleft()[2]
+                    self._replies = []
+                    answered(replies)
+        except (hiredis.HiredisError, ValueError) as exc:
+            log.warning("redis: the append connection read %s; closing it", exc)
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiting, self._waiting = self._waiting, deque()
+        for _, _, answered in waiting:
+            answered(None)
+
+    def _check(self) -> None:
+        """Close the connection when its oldest call is not answered within the timeout."""
+        self._timer = None
+        if not self._waiting:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._waiting[0][0] + self.timeout
+        if loop.time() >= due:
+            log.warning("redis: no answer to an append within %.1f s; closing its connection", self.timeout)
+            self.close()
+        else:
+            self._timer = loop.call_at(due, self._check)
+
+
 # -- the store ---------------------------------------------------------------------------
 
 
@@ -1028,8 +1127,19 @@ class RedisStore:
         self._reserve = self.redis.register_script(_RESERVE)
         self._repair = self.redis.register_script(_REPAIR)
         self._mark_lost = self.redis.register_script(_MARK_LOST)
+        #: The append's own connection (:meth:`send_append`), being opened, and not before
+        #: when (loop time) after a failure.
+        self._wire: _AppendWire | None = None
+        self._opening: asyncio.Task[None] | None = None
+        self._wire_after = 0.0
+        self._closed = False
+        self.link.on_switch(self._drop_wire)
 
     async def close(self) -> None:
+        self._closed = True
+        if self._opening is not None:
+            self._opening.cancel()
+        self._drop_wire()
         await self.redis.aclose()
         await self.reader.aclose()
         await self.link.aclose()
@@ -1159,6 +1269,109 @@ class RedisStore:
                 continue
             self._appended(out, batch, groups, call, reply)
         return out
+
+    def send_append(
+        self, batch: Sequence[Append], ttl_ms: int, answered: Callable[[list[str | Exception] | None], None]
+    ) -> bool:
+        """Send ``batch`` as :meth:`append` does, on the append's own connection
+        (:class:`_AppendWire`), and call ``answered`` with the items' results in the loop
+        callback that reads the reply. ``answered(None)``: no result to trust (the
+        connection failed, or the script did not run: ``NOSCRIPT``, a read-only replica,
+        ...): the caller sends the batch again with :meth:`append`, which handles those.
+        ``False``: not sent (a Redis Cluster, the connection not open yet, a failover under
+        way); the connection is opened meanwhile."""
+        wire = self._wire
+        link = self.link
+        if wire is None or not wire.open or wire.generation != link.generation or not link.is_ready():
+            self._want_wire()
+            return False
+        groups: dict[tuple[str, str], list[int]] = {}
+        for index, item in enumerate(batch):
+            groups.setdefault((item.session_id, item.fence), []).append(index)
+        call = list(groups)
+        pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
+        data = pack(("EVALSHA", self._append_sha, *self._append_args(batch, groups, call, ttl_ms)))
+        count = 1
+        if self.wait_replicas:
+            data += pack(("WAIT", self.wait_replicas, self.wait_timeout_ms))
+            count = 2
+
+        def received(replies: list[Any] | None) -> None:
+            if replies is None:
+                if not self._closed:  # closed: the journal has stopped, nothing to send again
+                    answered(None)
+                return
+            reply = replies[0]
+            if isinstance(reply, Exception):
+                if _moved(reply):
+                    self._drop_wire()
+                answered(None)
+                return
+            if count == 2:
+                self._replicated(replies[1])
+            out: list[str | Exception] = [""] * len(batch)
+            self._appended(out, batch, groups, call, reply)
+            answered(out)
+
+        wire.send(data, count, received)
+        return True
+
+    def _want_wire(self) -> None:
+        """Open the append's own connection, unless it is being opened or failed lately."""
+        if self.link.cluster or self._closed or self._opening is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wire = self._wire
+        if wire is not None:
+            # Closed (it failed) or opened before the primary moved: a new one, later.
+            self._drop_wire()
+            self._wire_after = loop.time() + WIRE_RETRY_SECONDS
+        if loop.time() < self._wire_after:
+            return
+        self._opening = loop.create_task(self._open_wire())
+
+    async def _open_wire(self) -> None:
+        """redis-py opens the connection (it finds the primary, speaks TLS, authenticates,
+        selects the database); then its replies are read by :class:`_AppendWire`."""
+        generation = self.link.generation
+        try:
+            await self.link.ready()
+            pool = cast(aioredis.Redis, self.redis).connection_pool
+            connection = pool.make_connection()  # type: ignore[no-untyped-call]
+            await connection.connect()
+            # Its first call finds the script (a new or restarted Redis has none).
+            await connection.send_command("SCRIPT", "LOAD", _APPEND)
+            await connection.read_response()
+            # redis-py has no public way to its transport. A version without this attribute
+            # keeps every append on the client's connections.
+            writer = getattr(connection, "_writer", None)
+            if writer is None or not hasattr(writer, "transport"):
+                log.warning("redis: this redis-py gives no transport; appends use the client's connections")
+                await connection.disconnect()
+                self._wire_after = math.inf
+                return
+            wire = _AppendWire(self.link.timeout, generation)
+            transport = cast(asyncio.Transport, writer.transport)
+            wire.transport = transport
+            wire.connection = connection
+            transport.set_protocol(wire)
+            if generation != self.link.generation or self._closed:
+                wire.close()
+                return
+            self._wire = wire
+        except (RedisError, OSError) as exc:
+            raise_if_cancelling(exc)
+            log.debug("redis: could not open the append connection: %s", exc)
+            self._wire_after = asyncio.get_running_loop().time() + WIRE_RETRY_SECONDS
+        finally:
+            self._opening = None
+
+    def _drop_wire(self) -> None:
+        """Close the append's own connection (the primary moved, or it failed): the calls it
+        still waits for are answered ``None`` and sent again."""
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            wire.close()
 
     def _append_args(
         self,
