@@ -107,7 +107,8 @@ def write_section(title: str, text: str) -> None:
     if title in current:
         start = current.index(title)
         end = current.find("\n## ", start + len(title))
-        current = current[:start] + text + (current[end + 1 :] if end >= 0 else "")
+        rest = "\n" + current[end + 1 :] if end >= 0 else ""
+        current = current[:start] + text.rstrip("\n") + "\n" + rest
     else:
         current = current.rstrip("\n") + "\n\n" + text
     path.write_text(current)
