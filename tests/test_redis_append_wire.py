@@ -13,9 +13,8 @@ import pytest
 from server.cluster import redis_journal
 from server.cluster.redis_store import Append, Fenced, RedisStore, chunk_id, log_key
 from tests.redis_server import RedisServer
-from tests.test_redis_store import _Session
-
-TTL = 60_000
+from tests.test_redis_store import TTL, assert_logged_and_delivered, journal_chunk, owned_journal
+from tests.test_redis_store import chunk as store_chunk
 
 
 @pytest.fixture
@@ -27,7 +26,8 @@ async def store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
 
 
 def chunk(session: str, seq: int, text: str, fence: str = "1") -> Append:
-    return Append(session, fence, chunk_id(seq), ("c", text), ("lastSeq", str(seq)), f"{seq}-0")
+    """The entry ``seq`` of a log written by this test alone (the one before it checked)."""
+    return store_chunk(session, seq, text, fence, after=f"{seq}-0")
 
 
 async def opened(store: RedisStore) -> None:
@@ -146,23 +146,12 @@ async def test_the_journal_writes_on_it_and_survives_its_loss(store, monkeypatch
         return sent
 
     monkeypatch.setattr(store, "send_append", counted)
-    ended: list[str] = []
-
-    async def finished(sessions):
-        ended.extend(session.id for session in sessions)
-
-    journal = redis_journal.RedisJournal(store, TTL, lambda session: None, finished)
-    sessions = [_Session(name) for name in "abcde"]
-    for session in sessions:
-        await store.put_session(session.id, {"userId": "u"}, "p1", TTL)
-        journal.own(session, "1")
+    journal, sessions, ended = await owned_journal(store)
     writer = asyncio.create_task(journal.run())
     try:
         for seq in range(6):
             for session in sessions:
-                session.head_seq = seq
-                payload = {"content": f"{session.id}{seq}", "timestamp": 1, "metadata": {}, "seq": seq}
-                assert journal.chunk(session, payload)
+                journal_chunk(journal, session, seq)
             await asyncio.sleep(0)
             if seq == 2:
                 assert journal._wired > 0
@@ -175,9 +164,5 @@ async def test_the_journal_writes_on_it_and_survives_its_loss(store, monkeypatch
     finally:
         writer.cancel()
     assert 1 in wired
-    for session in sessions:
-        assert session.delivered == [*(("chunk", seq) for seq in range(6)), ("complete", None)]
-        entries = await store.redis.xrange(log_key(session.id))
-        assert [entry_id for entry_id, _ in entries] == [*(f"{seq + 1}-0" for seq in range(6)), "6-1"]
-        assert [f.get("c") for _, f in entries][:6] == [f"{session.id}{seq}" for seq in range(6)]
+    await assert_logged_and_delivered(store, sessions, 6)
     assert sorted(ended) == list("abcde")

@@ -25,8 +25,8 @@ async def store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
     await store.close()
 
 
-def chunk(session: str, seq: int, text: str, fence: str = "1") -> Append:
-    return Append(session, fence, chunk_id(seq), ("c", text), ("lastSeq", str(seq)))
+def chunk(session: str, seq: int, text: str, fence: str = "1", after: str = "") -> Append:
+    return Append(session, fence, chunk_id(seq), ("c", text), ("lastSeq", str(seq)), after)
 
 
 async def test_one_call_writes_every_session_in_order(store):
@@ -123,6 +123,41 @@ class _Session:
         return None
 
 
+async def owned_journal(store: RedisStore) -> tuple[redis_journal.RedisJournal, list[_Session], list[str]]:
+    """A journal owning five sessions (``a`` to ``e``) in ``store``, and the ids of the
+    sessions it ended (released), as it ends them."""
+    ended: list[str] = []
+
+    async def finished(sessions):
+        ended.extend(session.id for session in sessions)
+
+    journal = redis_journal.RedisJournal(store, TTL, lambda session: None, finished)
+    sessions = [_Session(name) for name in "abcde"]
+    for session in sessions:
+        await store.put_session(session.id, {"userId": "u"}, "p1", TTL)
+        journal.own(session, "1")
+    return journal, sessions, ended
+
+
+def journal_chunk(journal: redis_journal.RedisJournal, session: _Session, seq: int) -> None:
+    session.head_seq = seq
+    payload = {"content": f"{session.id}{seq}", "timestamp": 1, "metadata": {}, "seq": seq}
+    assert journal.chunk(session, payload)
+
+
+async def assert_logged_and_delivered(store: RedisStore, sessions: list[_Session], chunks: int) -> None:
+    """Each session's ``chunks`` chunks and ``complete`` are in its log once, in order, and
+    were delivered in that order."""
+    for session in sessions:
+        assert session.delivered == [*(("chunk", seq) for seq in range(chunks)), ("complete", None)]
+        entries = await store.redis.xrange(log_key(session.id))
+        assert [entry_id for entry_id, _ in entries] == [
+            *(chunk_id(seq) for seq in range(chunks)),
+            f"{chunks}-1",
+        ]
+        assert [f.get("c") for _, f in entries][:chunks] == [f"{session.id}{seq}" for seq in range(chunks)]
+
+
 async def test_batches_in_flight_keep_each_session_in_order(store, monkeypatch):
     """Several batches in flight at once, answered out of order: each session's entries are
     written and delivered in order, an entry only once its batch is answered, none twice."""
@@ -144,23 +179,12 @@ async def test_batches_in_flight_keep_each_session_in_order(store, monkeypatch):
     monkeypatch.setattr(store, "append", slow_append)
     # Through the client only (tests/test_redis_append_wire.py: the append's own connection).
     monkeypatch.setattr(store, "send_append", lambda batch, ttl_ms, answered: False)
-    ended: list[str] = []
-
-    async def finished(sessions):
-        ended.extend(session.id for session in sessions)
-
-    journal = redis_journal.RedisJournal(store, TTL, lambda session: None, finished)
-    sessions = [_Session(name) for name in "abcde"]
-    for session in sessions:
-        await store.put_session(session.id, {"userId": "u"}, "p1", TTL)
-        journal.own(session, "1")
+    journal, sessions, ended = await owned_journal(store)
     writer = asyncio.create_task(journal.run())
     try:
         for seq in range(4):
             for session in sessions:
-                session.head_seq = seq
-                payload = {"content": f"{session.id}{seq}", "timestamp": 1, "metadata": {}, "seq": seq}
-                assert journal.chunk(session, payload)
+                journal_chunk(journal, session, seq)
             await asyncio.sleep(0)
         for session in sessions:
             assert journal.event(session, "complete", {"finishReason": "stop", "usage": None})
@@ -169,11 +193,7 @@ async def test_batches_in_flight_keep_each_session_in_order(store, monkeypatch):
     finally:
         writer.cancel()
     assert answered != sorted(answered), "the batches were answered out of order"
-    for session in sessions:
-        assert session.delivered == [*(("chunk", seq) for seq in range(4)), ("complete", None)]
-        entries = await store.redis.xrange(log_key(session.id))
-        assert [entry_id for entry_id, _ in entries] == ["1-0", "2-0", "3-0", "4-0", "4-1"]
-        assert [f.get("c") for _, f in entries][:4] == [f"{session.id}{seq}" for seq in range(4)]
+    await assert_logged_and_delivered(store, sessions, 4)
     assert sorted(ended) == list("abcde")
 
 
